@@ -1,0 +1,360 @@
+//! The channel's event contract: one Avro schema per event (the `.avsc` files beside this crate
+//! are the source of truth), typed Rust records for them, and Avro single-object encoding.
+//!
+//! Every record value on a channel topic is `C3 01`, the schema's CRC-64-AVRO fingerprint
+//! (8 bytes, little-endian), then the Avro binary datum, exactly as the Avro specification's
+//! "single-object encoding" says. Any consumer can therefore decode a value with nothing but the
+//! files in `schemas/`: look the fingerprint up among their parsing canonical forms.
+
+mod ids;
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::Schema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use ids::{conversation_id, normalize_whatsapp_address};
+
+/// The two marker bytes that open every single-object encoded value.
+pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
+
+/// Why a value could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The value does not start with `C3 01` and a fingerprint.
+    #[error("not an avro single-object encoded value ({0})")]
+    NotSingleObject(&'static str),
+    /// The fingerprint names no schema in `schemas/`.
+    #[error("unknown writer schema fingerprint {0:016x}")]
+    UnknownFingerprint(u64),
+    /// The writer schema is known but is another event type than the one expected.
+    #[error("value is a {found}, expected a {expected}")]
+    WrongType {
+        /// full name of the schema that wrote the value
+        found: String,
+        /// full name of the schema the reader asked for
+        expected: String,
+    },
+    /// The Avro library refused the datum.
+    #[error("avro: {0}")]
+    Avro(String),
+}
+
+impl From<apache_avro::Error> for CodecError {
+    fn from(err: apache_avro::Error) -> Self {
+        Self::Avro(err.to_string())
+    }
+}
+
+/// A parsed schema with its fingerprint, built once per process.
+#[derive(Debug)]
+pub struct SchemaInfo {
+    /// The parsed schema.
+    pub schema: Schema,
+    /// The full name, e.g. `wachannel.v1.InboundMessageReceived`.
+    pub full_name: String,
+    /// CRC-64-AVRO (Rabin) fingerprint of the parsing canonical form.
+    pub fingerprint: u64,
+    /// The `.avsc` text.
+    pub source: &'static str,
+}
+
+impl SchemaInfo {
+    fn parse(source: &'static str) -> Self {
+        let schema = Schema::parse_str(source).expect("schemas/*.avsc are valid avro");
+        let full_name = match &schema {
+            Schema::Record(record) => record.name.fullname(None),
+            _ => panic!("every event schema is a record"),
+        };
+        let digest = schema.fingerprint::<Rabin>();
+        let fingerprint = u64::from_le_bytes(
+            digest.bytes.as_slice().try_into().expect("rabin fingerprints are 8 bytes"),
+        );
+        Self { schema, full_name, fingerprint, source }
+    }
+
+    /// The 10-byte header that opens each value written with this schema.
+    pub fn header(&self) -> [u8; 10] {
+        let mut header = [0u8; 10];
+        header[..2].copy_from_slice(&SINGLE_OBJECT_MAGIC);
+        header[2..].copy_from_slice(&self.fingerprint.to_le_bytes());
+        header
+    }
+}
+
+/// An event of the channel: a serde record with its schema and CloudEvents type.
+pub trait Event: Serialize + DeserializeOwned {
+    /// The `.avsc` text of this event's schema.
+    const SCHEMA: &'static str;
+    /// The CloudEvents `ce_type`, e.g. `wachannel.inbound.message.received.v1`.
+    const CE_TYPE: &'static str;
+
+    /// The parsed schema and fingerprint.
+    fn schema_info() -> &'static SchemaInfo;
+    /// The event's unique id.
+    fn event_id(&self) -> &str;
+    /// The conversation the event belongs to, used as the record key.
+    fn conversation_id(&self) -> &str;
+    /// When the event happened, in Unix milliseconds.
+    fn occurred_at(&self) -> i64;
+
+    /// Encodes the event as an Avro single-object value.
+    fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        let info = Self::schema_info();
+        let value = apache_avro::to_value(self)?.resolve(&info.schema)?;
+        let datum = apache_avro::to_avro_datum(&info.schema, value)?;
+        let mut out = Vec::with_capacity(10 + datum.len());
+        out.extend_from_slice(&info.header());
+        out.extend_from_slice(&datum);
+        Ok(out)
+    }
+
+    /// Decodes an Avro single-object value written with this event's schema (or an older
+    /// version of it listed in `schemas/`).
+    fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let (writer, mut datum) = split_single_object(bytes)?;
+        let reader = Self::schema_info();
+        if writer.full_name != reader.full_name {
+            return Err(CodecError::WrongType {
+                found: writer.full_name.clone(),
+                expected: reader.full_name.clone(),
+            });
+        }
+        let reader_schema = (writer.fingerprint != reader.fingerprint).then_some(&reader.schema);
+        let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, reader_schema)?;
+        if !datum.is_empty() {
+            return Err(CodecError::Avro(format!("{} trailing bytes after the datum", datum.len())));
+        }
+        Ok(apache_avro::from_value(&value)?)
+    }
+}
+
+/// Splits a single-object value into its writer schema and the datum bytes.
+pub fn split_single_object(bytes: &[u8]) -> Result<(&'static SchemaInfo, &[u8]), CodecError> {
+    if bytes.len() < 10 {
+        return Err(CodecError::NotSingleObject("shorter than the 10-byte header"));
+    }
+    if bytes[..2] != SINGLE_OBJECT_MAGIC {
+        return Err(CodecError::NotSingleObject("missing the C3 01 marker"));
+    }
+    let fingerprint = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
+    let writer = registry().get(&fingerprint).ok_or(CodecError::UnknownFingerprint(fingerprint))?;
+    Ok((writer, &bytes[10..]))
+}
+
+/// Every schema in `schemas/`, by fingerprint.
+pub fn registry() -> &'static HashMap<u64, &'static SchemaInfo> {
+    static REGISTRY: OnceLock<HashMap<u64, &'static SchemaInfo>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        all_schemas().iter().map(|info| (info.fingerprint, *info)).collect()
+    })
+}
+
+/// Every event schema, in a fixed order.
+pub fn all_schemas() -> [&'static SchemaInfo; 6] {
+    [
+        InboundMessageReceived::schema_info(),
+        OutboundRequested::schema_info(),
+        OutboundWindowChecked::schema_info(),
+        OutboundAuthorized::schema_info(),
+        OutboundRejected::schema_info(),
+        OutboundDispatched::schema_info(),
+    ]
+}
+
+macro_rules! event {
+    ($ty:ident, $file:literal, $ce_type:literal) => {
+        impl Event for $ty {
+            const SCHEMA: &'static str = include_str!(concat!("../", $file));
+            const CE_TYPE: &'static str = $ce_type;
+
+            fn schema_info() -> &'static SchemaInfo {
+                static INFO: OnceLock<SchemaInfo> = OnceLock::new();
+                INFO.get_or_init(|| SchemaInfo::parse(Self::SCHEMA))
+            }
+            fn event_id(&self) -> &str {
+                &self.event_id
+            }
+            fn conversation_id(&self) -> &str {
+                &self.conversation_id
+            }
+            fn occurred_at(&self) -> i64 {
+                self.occurred_at
+            }
+        }
+    };
+}
+
+/// A media attachment of an inbound message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Media {
+    /// Twilio's URL of the media.
+    pub url: String,
+    /// Its MIME type.
+    pub content_type: String,
+}
+
+/// A customer's WhatsApp message, as Twilio posted it (topic `wa.inbound.v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundMessageReceived {
+    /// Unique id of this event; derived from the MessageSid, so a retried webhook has the same.
+    pub event_id: String,
+    /// When ingress received it, Unix millis.
+    pub occurred_at: i64,
+    /// Conversation id (record key).
+    pub conversation_id: String,
+    /// Twilio MessageSid.
+    pub message_sid: String,
+    /// Twilio AccountSid.
+    pub account_sid: String,
+    /// Twilio MessagingServiceSid, when the number belongs to one.
+    pub messaging_service_sid: Option<String>,
+    /// Customer address.
+    pub from: String,
+    /// Business sender address.
+    pub to: String,
+    /// Message text (empty for media-only messages).
+    pub body: String,
+    /// Media attachments.
+    pub media: Vec<Media>,
+    /// The customer's WhatsApp profile name.
+    pub profile_name: Option<String>,
+    /// The customer's WhatsApp id.
+    pub wa_id: Option<String>,
+    /// Twilio's MessageType (text, image, button, location, ...).
+    pub message_type: Option<String>,
+    /// Every other webhook parameter, verbatim.
+    pub other_params: HashMap<String, String>,
+}
+event!(InboundMessageReceived, "inbound_message_received.avsc", "wachannel.inbound.message.received.v1");
+
+/// An agent's message the CRM asks to send (topic `wa.outbound.requested.v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundRequested {
+    /// Unique id of this event.
+    pub event_id: String,
+    /// When the request was accepted, Unix millis.
+    pub occurred_at: i64,
+    /// Conversation id (record key).
+    pub conversation_id: String,
+    /// The CRM's idempotency key.
+    pub request_id: String,
+    /// Business sender address.
+    pub from: String,
+    /// Customer address.
+    pub to: String,
+    /// Free-form text.
+    pub body: Option<String>,
+    /// Media URLs.
+    pub media_urls: Vec<String>,
+}
+event!(OutboundRequested, "outbound_requested.avsc", "wachannel.outbound.requested.v1");
+
+/// session-window's verdict on an outbound request (topic `wa.outbound.checked.v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundWindowChecked {
+    /// Unique id of this event.
+    pub event_id: String,
+    /// When the check was made, Unix millis.
+    pub occurred_at: i64,
+    /// Conversation id (record key).
+    pub conversation_id: String,
+    /// The CRM's idempotency key.
+    pub request_id: String,
+    /// Business sender address.
+    pub from: String,
+    /// Customer address.
+    pub to: String,
+    /// Free-form text.
+    pub body: Option<String>,
+    /// Media URLs.
+    pub media_urls: Vec<String>,
+    /// Whether the window allows a free-form send.
+    pub allowed: bool,
+    /// Why not, when not allowed (`no_window`, `window_closed`).
+    pub refusal_reason: Option<String>,
+    /// When the window closes, Unix millis, if there is one.
+    pub window_expires_at: Option<i64>,
+}
+event!(OutboundWindowChecked, "outbound_window_checked.avsc", "wachannel.outbound.checked.v1");
+
+/// A message cleared for sending (topic `wa.outbound.authorized.v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundAuthorized {
+    /// Unique id of this event.
+    pub event_id: String,
+    /// When it was authorized, Unix millis.
+    pub occurred_at: i64,
+    /// Conversation id (record key).
+    pub conversation_id: String,
+    /// The CRM's idempotency key.
+    pub request_id: String,
+    /// Business sender address.
+    pub from: String,
+    /// Customer address.
+    pub to: String,
+    /// Free-form text.
+    pub body: Option<String>,
+    /// Media URLs.
+    pub media_urls: Vec<String>,
+    /// When the window closes, Unix millis; dispatch re-checks it.
+    pub window_expires_at: Option<i64>,
+}
+event!(OutboundAuthorized, "outbound_authorized.avsc", "wachannel.outbound.authorized.v1");
+
+/// An outbound request refused before it reached Twilio (topic `wa.outbound.rejected.v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundRejected {
+    /// Unique id of this event.
+    pub event_id: String,
+    /// When it was refused, Unix millis.
+    pub occurred_at: i64,
+    /// Conversation id (record key).
+    pub conversation_id: String,
+    /// The CRM's idempotency key.
+    pub request_id: String,
+    /// Business sender address.
+    pub from: String,
+    /// Customer address.
+    pub to: String,
+    /// Machine-readable reason.
+    pub reason: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The service that refused it.
+    pub rejected_by: String,
+}
+event!(OutboundRejected, "outbound_rejected.avsc", "wachannel.outbound.rejected.v1");
+
+/// The outcome of a send to Twilio (topic `wa.outbound.dispatched.v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundDispatched {
+    /// Unique id of this event.
+    pub event_id: String,
+    /// When the outcome was known, Unix millis.
+    pub occurred_at: i64,
+    /// Conversation id (record key).
+    pub conversation_id: String,
+    /// The CRM's idempotency key.
+    pub request_id: String,
+    /// Business sender address.
+    pub from: String,
+    /// Customer address.
+    pub to: String,
+    /// `sent` or `failed`.
+    pub outcome: String,
+    /// Twilio's message sid when sent.
+    pub message_sid: Option<String>,
+    /// Twilio's status in its response.
+    pub twilio_status: Option<String>,
+    /// Twilio's error code when failed.
+    pub error_code: Option<i32>,
+    /// Twilio's error message when failed.
+    pub error_message: Option<String>,
+    /// HTTP attempts made.
+    pub attempts: i32,
+}
+event!(OutboundDispatched, "outbound_dispatched.avsc", "wachannel.outbound.dispatched.v1");

@@ -1,0 +1,147 @@
+//! The encoding contract: every schema round-trips, and a third-party implementation (fastavro,
+//! see fixtures/make_fastavro_fixtures.py) computes the same fingerprints and bytes as we do.
+
+use serde_json::Value as Json;
+use wa_schemas::{
+    all_schemas, split_single_object, CodecError, Event, InboundMessageReceived,
+    OutboundAuthorized, OutboundDispatched, OutboundRejected, OutboundRequested,
+    OutboundWindowChecked, SchemaInfo,
+};
+
+struct Fixture {
+    file: String,
+    canonical_form: String,
+    fingerprint_le_hex: String,
+    sample: Json,
+    bytes: Vec<u8>,
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let text = include_str!("../fixtures/fastavro.json");
+    let doc: Json = serde_json::from_str(text).expect("fixture is json");
+    doc["schemas"]
+        .as_array()
+        .expect("schemas array")
+        .iter()
+        .map(|entry| Fixture {
+            file: entry["file"].as_str().unwrap().to_owned(),
+            canonical_form: entry["canonical_form"].as_str().unwrap().to_owned(),
+            fingerprint_le_hex: entry["fingerprint_le_hex"].as_str().unwrap().to_owned(),
+            sample: entry["sample"].clone(),
+            bytes: hex::decode(entry["single_object_hex"].as_str().unwrap()).unwrap(),
+        })
+        .collect()
+}
+
+fn fixture(file: &str) -> Fixture {
+    fixtures().into_iter().find(|f| f.file == file).unwrap_or_else(|| panic!("no fixture {file}"))
+}
+
+fn info_for(file: &str) -> &'static SchemaInfo {
+    let source = std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    all_schemas().into_iter().find(|info| info.source == source).expect("schema is registered")
+}
+
+/// Decodes fastavro's bytes into our type, compares with the sample, and re-encodes to the
+/// same bytes.
+fn check_against_fastavro<E: Event + std::fmt::Debug + PartialEq>(file: &str) {
+    let fixture = fixture(file);
+    let info = E::schema_info();
+    assert_eq!(info.schema.canonical_form(), fixture.canonical_form, "{file}: canonical form");
+    assert_eq!(
+        hex::encode(info.fingerprint.to_le_bytes()),
+        fixture.fingerprint_le_hex,
+        "{file}: CRC-64-AVRO fingerprint"
+    );
+    let decoded = E::decode(&fixture.bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let expected: E = serde_json::from_value(fixture.sample.clone()).unwrap();
+    assert_eq!(decoded, expected, "{file}: decoded value");
+    assert_eq!(decoded.encode().unwrap(), fixture.bytes, "{file}: our bytes equal fastavro's");
+}
+
+#[test]
+fn every_schema_file_is_registered_and_has_a_fixture() {
+    let mut files: Vec<String> = std::fs::read_dir(env!("CARGO_MANIFEST_DIR"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".avsc"))
+        .collect();
+    files.sort();
+    let mut fixture_files: Vec<String> = fixtures().into_iter().map(|f| f.file).collect();
+    fixture_files.sort();
+    assert_eq!(files, fixture_files);
+    for file in &files {
+        info_for(file);
+    }
+}
+
+#[test]
+fn inbound_message_received_matches_fastavro() {
+    check_against_fastavro::<InboundMessageReceived>("inbound_message_received.avsc");
+}
+
+#[test]
+fn outbound_requested_matches_fastavro() {
+    check_against_fastavro::<OutboundRequested>("outbound_requested.avsc");
+}
+
+#[test]
+fn outbound_window_checked_matches_fastavro() {
+    check_against_fastavro::<OutboundWindowChecked>("outbound_window_checked.avsc");
+}
+
+#[test]
+fn outbound_authorized_matches_fastavro() {
+    check_against_fastavro::<OutboundAuthorized>("outbound_authorized.avsc");
+}
+
+#[test]
+fn outbound_rejected_matches_fastavro() {
+    check_against_fastavro::<OutboundRejected>("outbound_rejected.avsc");
+}
+
+#[test]
+fn outbound_dispatched_matches_fastavro() {
+    check_against_fastavro::<OutboundDispatched>("outbound_dispatched.avsc");
+}
+
+#[test]
+fn round_trip_keeps_every_field_including_empty_and_absent_ones() {
+    let event = InboundMessageReceived {
+        event_id: "e".into(),
+        occurred_at: -1,
+        conversation_id: "c".into(),
+        message_sid: "SM1".into(),
+        account_sid: "AC1".into(),
+        messaging_service_sid: Some("MG1".into()),
+        from: "whatsapp:US.123".into(),
+        to: "whatsapp:+1".into(),
+        body: String::new(),
+        media: vec![],
+        profile_name: None,
+        wa_id: None,
+        message_type: None,
+        other_params: [("A".to_owned(), "1".to_owned()), ("B".to_owned(), String::new())].into(),
+    };
+    let bytes = event.encode().unwrap();
+    assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+    assert_eq!(InboundMessageReceived::decode(&bytes).unwrap(), event);
+}
+
+#[test]
+fn decoding_refuses_other_types_and_garbage_with_a_reason() {
+    let requested = OutboundRequested::decode(&fixture("outbound_requested.avsc").bytes).unwrap();
+    let bytes = requested.encode().unwrap();
+    assert!(matches!(OutboundRejected::decode(&bytes), Err(CodecError::WrongType { .. })));
+    assert!(matches!(OutboundRequested::decode(b"{\"json\":1}"), Err(CodecError::NotSingleObject(_))));
+    let mut unknown = bytes.clone();
+    unknown[2] ^= 0xFF;
+    assert!(matches!(OutboundRequested::decode(&unknown), Err(CodecError::UnknownFingerprint(_))));
+    let truncated = &bytes[..bytes.len() - 3];
+    assert!(matches!(OutboundRequested::decode(truncated), Err(CodecError::Avro(_))));
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert!(OutboundRequested::decode(&trailing).is_err());
+    let (writer, _) = split_single_object(&bytes).unwrap();
+    assert_eq!(writer.full_name, "wachannel.v1.OutboundRequested");
+}

@@ -1,0 +1,132 @@
+//! Configuration from environment variables, with documented defaults.
+//!
+//! Each service lists the variables it reads as [`EnvVar`]s; the README's table and the
+//! `docker-compose.yml` test are checked against those lists.
+
+use std::str::FromStr;
+
+/// A configuration variable a service reads.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvVar {
+    /// The environment variable's name.
+    pub name: &'static str,
+    /// The value used when it is unset or empty; `None` when the variable is optional.
+    pub default: Option<&'static str>,
+    /// What it configures.
+    pub doc: &'static str,
+}
+
+/// A configuration value that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {name}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The variable at fault.
+    pub name: &'static str,
+    /// Its value.
+    pub value: String,
+    /// Why it is invalid.
+    pub reason: String,
+}
+
+/// The variable's value, or `None` when it is unset or empty.
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.trim().is_empty())
+}
+
+/// The variable's value, or the variable's documented default.
+pub fn var_or(var_doc: &EnvVar) -> String {
+    var(var_doc.name).unwrap_or_else(|| var_doc.default.unwrap_or_default().to_owned())
+}
+
+/// The variable parsed, or its documented default parsed.
+pub fn parse<T>(var_doc: &EnvVar) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let value = var_or(var_doc);
+    value.trim().parse().map_err(|err: T::Err| ConfigError {
+        name: var_doc.name,
+        value,
+        reason: err.to_string(),
+    })
+}
+
+/// A comma-separated list variable; empty when unset.
+pub fn list(var_doc: &EnvVar) -> Vec<String> {
+    var_or(var_doc)
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `KAFKA_BOOTSTRAP_SERVERS`: the broker list.
+pub const KAFKA_BOOTSTRAP_SERVERS: EnvVar = EnvVar {
+    name: "KAFKA_BOOTSTRAP_SERVERS",
+    default: Some("127.0.0.1:9092"),
+    doc: "Kafka bootstrap servers (host:port, comma-separated)",
+};
+/// `WA_TOPIC_PREFIX`: prefix for every topic and consumer group name.
+pub const WA_TOPIC_PREFIX: EnvVar = EnvVar {
+    name: "WA_TOPIC_PREFIX",
+    default: Some(""),
+    doc: "prefix for every topic and consumer-group name (isolates tests and tenants)",
+};
+/// `HTTP_ADDR`: where the service's HTTP listener binds.
+pub const HTTP_ADDR: &str = "HTTP_ADDR";
+/// `TWILIO_ACCOUNT_SID`.
+pub const TWILIO_ACCOUNT_SID: EnvVar = EnvVar {
+    name: "TWILIO_ACCOUNT_SID",
+    default: Some("AC00000000000000000000000000000000"),
+    doc: "Twilio account SID (the default is a local placeholder for the simulator)",
+};
+/// `TWILIO_AUTH_TOKEN`.
+pub const TWILIO_AUTH_TOKEN: EnvVar = EnvVar {
+    name: "TWILIO_AUTH_TOKEN",
+    default: Some("local-dev-auth-token"),
+    doc: "Twilio auth token: signs webhooks and authenticates API calls (local default for the simulator only)",
+};
+
+/// Kafka connection settings shared by every service.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Bootstrap servers.
+    pub bootstrap_servers: String,
+    /// Prefix for topic and group names.
+    pub topic_prefix: String,
+}
+
+impl KafkaConfig {
+    /// The variables this reads.
+    pub const ENV: &'static [EnvVar] = &[KAFKA_BOOTSTRAP_SERVERS, WA_TOPIC_PREFIX];
+
+    /// Reads `KAFKA_BOOTSTRAP_SERVERS` and `WA_TOPIC_PREFIX`.
+    pub fn from_env() -> Self {
+        Self {
+            bootstrap_servers: var_or(&KAFKA_BOOTSTRAP_SERVERS),
+            topic_prefix: var_or(&WA_TOPIC_PREFIX),
+        }
+    }
+
+    /// The full name of a topic, with the prefix.
+    pub fn topic(&self, spec: &crate::topics::TopicSpec) -> String {
+        format!("{}{}", self.topic_prefix, spec.name)
+    }
+
+    /// The full name of a consumer group, with the prefix.
+    pub fn group(&self, group: &str) -> String {
+        format!("{}{}", self.topic_prefix, group)
+    }
+}
+
+/// The HTTP listen address: `HTTP_ADDR`, or the service's default.
+pub fn http_addr(default: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let value = var(HTTP_ADDR).unwrap_or_else(|| default.to_owned());
+    value.parse().map_err(|err: std::net::AddrParseError| ConfigError {
+        name: HTTP_ADDR,
+        value,
+        reason: err.to_string(),
+    })
+}

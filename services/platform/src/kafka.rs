@@ -1,0 +1,27 @@
+//! Kafka plumbing over librdkafka: client settings, topic administration, the event producer,
+//! the at-least-once consumer loop with its dead-letter topic, and record headers.
+
+mod admin;
+mod consumer;
+mod headers;
+mod producer;
+
+use rdkafka::ClientConfig;
+
+pub use admin::{ensure_topics, wait_for_broker};
+pub use consumer::{run_consumer, ConsumerSettings, HandleError, Handler, Record};
+pub use headers::{header_str, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID, CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE, TRACEPARENT};
+pub use producer::{EventProducer, PublishError};
+
+use crate::config::KafkaConfig;
+
+/// Client settings every producer, consumer and admin client starts from.
+pub fn client_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", client_id)
+        // librdkafka's own logs go through `tracing` at their level; keep them short.
+        .set("log.connection.close", "false");
+    config
+}

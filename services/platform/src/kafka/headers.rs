@@ -1,0 +1,84 @@
+//! Record headers: CloudEvents binary mode (`ce_*`, `content-type`) and W3C trace context
+//! (`traceparent`, `tracestate`), so one trace runs from the webhook to the Twilio call.
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::{Extractor, Injector};
+use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use wa_schemas::Event;
+
+/// CloudEvents `id` header.
+pub const CE_ID: &str = "ce_id";
+/// CloudEvents `type` header.
+pub const CE_TYPE: &str = "ce_type";
+/// CloudEvents `source` header.
+pub const CE_SOURCE: &str = "ce_source";
+/// CloudEvents `time` header.
+pub const CE_TIME: &str = "ce_time";
+/// CloudEvents `subject` header (the conversation id).
+pub const CE_SUBJECT: &str = "ce_subject";
+/// W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
+/// The content type of every event value.
+pub const AVRO_CONTENT_TYPE: &str = "application/avro";
+
+/// The headers of an event record: CloudEvents attributes plus the current trace context.
+pub(crate) fn event_headers<E: Event>(event: &E, source: &str) -> OwnedHeaders {
+    let time = chrono::DateTime::from_timestamp_millis(event.occurred_at())
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "ce_specversion", value: Some("1.0") })
+        .insert(Header { key: CE_ID, value: Some(event.event_id()) })
+        .insert(Header { key: CE_TYPE, value: Some(E::CE_TYPE) })
+        .insert(Header { key: CE_SOURCE, value: Some(source) })
+        .insert(Header { key: CE_TIME, value: Some(time.as_str()) })
+        .insert(Header { key: CE_SUBJECT, value: Some(event.conversation_id()) })
+        .insert(Header { key: "content-type", value: Some(AVRO_CONTENT_TYPE) });
+    with_trace_context(headers)
+}
+
+/// Adds the current span's trace context.
+pub(crate) fn with_trace_context(mut headers: OwnedHeaders) -> OwnedHeaders {
+    let mut carrier = HashMap::new();
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut MapInjector(&mut carrier))
+    });
+    for (key, value) in &carrier {
+        headers = headers.insert(Header { key: key.as_str(), value: Some(value.as_str()) });
+    }
+    headers
+}
+
+struct MapInjector<'a>(&'a mut HashMap<String, String>);
+
+impl Injector for MapInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+/// Reads trace context from a record's headers.
+pub struct HeaderExtractor<'a>(pub Option<&'a BorrowedHeaders>);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        header_str(self.0, key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.map(|h| h.iter().map(|header| header.key).collect()).unwrap_or_default()
+    }
+}
+
+/// The UTF-8 value of the last header named `key`, if any.
+pub fn header_str<'a>(headers: Option<&'a BorrowedHeaders>, key: &str) -> Option<&'a str> {
+    headers?
+        .iter()
+        .filter(|header| header.key.eq_ignore_ascii_case(key))
+        .last()
+        .and_then(|header| header.value)
+        .and_then(|value| std::str::from_utf8(value).ok())
+}

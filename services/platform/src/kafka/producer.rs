@@ -1,0 +1,90 @@
+//! The event producer: idempotent, acks=all, events keyed by conversation id.
+
+use std::time::Duration;
+
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use wa_schemas::{CodecError, Event};
+
+use crate::config::KafkaConfig;
+use crate::topics::TopicSpec;
+
+/// Why an event was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The event could not be encoded (a bug, not a broker problem).
+    #[error("encoding failed: {0}")]
+    Encode(#[from] CodecError),
+    /// The broker did not acknowledge the record in time.
+    #[error("broker did not acknowledge: {0}")]
+    Broker(#[from] rdkafka::error::KafkaError),
+}
+
+/// Publishes events, each acknowledged by all in-sync replicas before `publish` returns.
+#[derive(Clone)]
+pub struct EventProducer {
+    inner: FutureProducer,
+    kafka: KafkaConfig,
+    source: String,
+}
+
+impl EventProducer {
+    /// A producer for `source` (the CloudEvents source, e.g. `wachannel/ingress`).
+    /// `delivery_timeout` bounds how long one publish may take before it fails.
+    pub fn new(kafka: &KafkaConfig, source: &str, delivery_timeout: Duration) -> anyhow::Result<Self> {
+        let inner: FutureProducer = super::client_config(kafka, source)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Java-compatible partitioning, so CRM producers written in Java put a conversation
+            // on the same partition as we do.
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
+            .create()?;
+        Ok(Self { inner, kafka: kafka.clone(), source: source.to_owned() })
+    }
+
+    /// Publishes `event` to `topic`, keyed by its conversation id, and waits for the broker's
+    /// acknowledgement. Returns (partition, offset).
+    pub async fn publish<E: Event>(&self, topic: &TopicSpec, event: &E) -> Result<(i32, i64), PublishError> {
+        let payload = event.encode()?;
+        let headers = super::headers::event_headers(event, &self.source);
+        let name = self.kafka.topic(topic);
+        let result = self.send(&name, Some(event.conversation_id().as_bytes()), &payload, headers).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("wa_events_published_total", "topic" => topic.name, "outcome" => outcome)
+            .increment(1);
+        result.map_err(PublishError::from)
+    }
+
+    /// Publishes raw bytes (dead letters keep the original value).
+    pub(crate) async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<(i32, i64), rdkafka::error::KafkaError> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        match self.inner.send(record, Timeout::Never).await {
+            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+            Err((err, _message)) => Err(err),
+        }
+    }
+
+    /// The prefixed name of a topic.
+    pub fn topic_name(&self, topic: &TopicSpec) -> String {
+        self.kafka.topic(topic)
+    }
+
+    /// Waits for every queued record to be acknowledged, up to `timeout`.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(err) = self.inner.flush(timeout) {
+            tracing::error!(error = %err, "producer flush failed; queued records may be lost");
+        }
+    }
+}

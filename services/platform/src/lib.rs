@@ -1,0 +1,22 @@
+//! The platform every service of the channel shares: configuration, topics, Kafka plumbing
+//! (producer, at-least-once consumer loop, dead letters, trace context in headers), telemetry,
+//! the operational HTTP endpoints, graceful shutdown, and Twilio webhook signatures.
+//!
+//! A service built on it stays small: it declares its configuration and handlers, and
+//! [`service::run_until_stopped`] does the rest.
+
+pub mod config;
+pub mod http;
+pub mod kafka;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topics;
+pub mod twilio_signature;
+
+pub use tokio_util::sync::CancellationToken;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
