@@ -71,9 +71,18 @@ impl SchemaInfo {
         };
         let digest = schema.fingerprint::<Rabin>();
         let fingerprint = u64::from_le_bytes(
-            digest.bytes.as_slice().try_into().expect("rabin fingerprints are 8 bytes"),
+            digest
+                .bytes
+                .as_slice()
+                .try_into()
+                .expect("rabin fingerprints are 8 bytes"),
         );
-        Self { schema, full_name, fingerprint, source }
+        Self {
+            schema,
+            full_name,
+            fingerprint,
+            source,
+        }
     }
 
     /// The 10-byte header that opens each value written with this schema.
@@ -126,7 +135,10 @@ pub trait Event: Serialize + DeserializeOwned {
         let reader_schema = (writer.fingerprint != reader.fingerprint).then_some(&reader.schema);
         let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, reader_schema)?;
         if !datum.is_empty() {
-            return Err(CodecError::Avro(format!("{} trailing bytes after the datum", datum.len())));
+            return Err(CodecError::Avro(format!(
+                "{} trailing bytes after the datum",
+                datum.len()
+            )));
         }
         Ok(apache_avro::from_value(&value)?)
     }
@@ -135,13 +147,17 @@ pub trait Event: Serialize + DeserializeOwned {
 /// Splits a single-object value into its writer schema and the datum bytes.
 pub fn split_single_object(bytes: &[u8]) -> Result<(&'static SchemaInfo, &[u8]), CodecError> {
     if bytes.len() < 10 {
-        return Err(CodecError::NotSingleObject("shorter than the 10-byte header"));
+        return Err(CodecError::NotSingleObject(
+            "shorter than the 10-byte header",
+        ));
     }
     if bytes[..2] != SINGLE_OBJECT_MAGIC {
         return Err(CodecError::NotSingleObject("missing the C3 01 marker"));
     }
     let fingerprint = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
-    let writer = registry().get(&fingerprint).ok_or(CodecError::UnknownFingerprint(fingerprint))?;
+    let writer = registry()
+        .get(&fingerprint)
+        .ok_or(CodecError::UnknownFingerprint(fingerprint))?;
     Ok((writer, &bytes[10..]))
 }
 
@@ -149,7 +165,10 @@ pub fn split_single_object(bytes: &[u8]) -> Result<(&'static SchemaInfo, &[u8]),
 pub fn registry() -> &'static HashMap<u64, &'static SchemaInfo> {
     static REGISTRY: OnceLock<HashMap<u64, &'static SchemaInfo>> = OnceLock::new();
     REGISTRY.get_or_init(|| {
-        all_schemas().iter().map(|info| (info.fingerprint, *info)).collect()
+        all_schemas()
+            .iter()
+            .map(|info| (info.fingerprint, *info))
+            .collect()
     })
 }
 
@@ -229,7 +248,11 @@ pub struct InboundMessageReceived {
     /// Every other webhook parameter, verbatim.
     pub other_params: HashMap<String, String>,
 }
-event!(InboundMessageReceived, "inbound_message_received.avsc", "wachannel.inbound.message.received.v1");
+event!(
+    InboundMessageReceived,
+    "inbound_message_received.avsc",
+    "wachannel.inbound.message.received.v1"
+);
 
 /// An agent's message the CRM asks to send (topic `wa.outbound.requested.v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,7 +274,11 @@ pub struct OutboundRequested {
     /// Media URLs.
     pub media_urls: Vec<String>,
 }
-event!(OutboundRequested, "outbound_requested.avsc", "wachannel.outbound.requested.v1");
+event!(
+    OutboundRequested,
+    "outbound_requested.avsc",
+    "wachannel.outbound.requested.v1"
+);
 
 /// session-window's verdict on an outbound request (topic `wa.outbound.checked.v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,7 +306,11 @@ pub struct OutboundWindowChecked {
     /// When the window closes, Unix millis, if there is one.
     pub window_expires_at: Option<i64>,
 }
-event!(OutboundWindowChecked, "outbound_window_checked.avsc", "wachannel.outbound.checked.v1");
+event!(
+    OutboundWindowChecked,
+    "outbound_window_checked.avsc",
+    "wachannel.outbound.checked.v1"
+);
 
 /// A message cleared for sending (topic `wa.outbound.authorized.v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,7 +334,11 @@ pub struct OutboundAuthorized {
     /// When the window closes, Unix millis; dispatch re-checks it.
     pub window_expires_at: Option<i64>,
 }
-event!(OutboundAuthorized, "outbound_authorized.avsc", "wachannel.outbound.authorized.v1");
+event!(
+    OutboundAuthorized,
+    "outbound_authorized.avsc",
+    "wachannel.outbound.authorized.v1"
+);
 
 /// An outbound request refused before it reached Twilio (topic `wa.outbound.rejected.v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,7 +362,11 @@ pub struct OutboundRejected {
     /// The service that refused it.
     pub rejected_by: String,
 }
-event!(OutboundRejected, "outbound_rejected.avsc", "wachannel.outbound.rejected.v1");
+event!(
+    OutboundRejected,
+    "outbound_rejected.avsc",
+    "wachannel.outbound.rejected.v1"
+);
 
 /// The outcome of a send to Twilio (topic `wa.outbound.dispatched.v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,7 +393,13 @@ pub struct OutboundDispatched {
     pub error_code: Option<i32>,
     /// Twilio's error message when failed.
     pub error_message: Option<String>,
+    /// Why it failed: `window_closed`, `twilio_rejected` or `retries_exhausted`.
+    pub failure_reason: Option<String>,
     /// HTTP attempts made.
     pub attempts: i32,
 }
-event!(OutboundDispatched, "outbound_dispatched.avsc", "wachannel.outbound.dispatched.v1");
+event!(
+    OutboundDispatched,
+    "outbound_dispatched.avsc",
+    "wachannel.outbound.dispatched.v1"
+);

@@ -1,1 +1,461 @@
-//! placeholder
+//! The end-to-end harness: the whole channel (four services and the Twilio simulator) started
+//! in this process on port 0, against the real broker named by `KAFKA_BOOTSTRAP_SERVERS`
+//! (`cargo xtask test` starts one). Every channel gets its own topic prefix, so tests run in
+//! parallel without seeing each other's records.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
+use wa_platform::config::KafkaConfig;
+use wa_platform::topics::{self, TopicSpec};
+use wa_platform::{twilio_signature, CancellationToken};
+use wa_schemas::Event;
+
+/// The business's WhatsApp sender used by tests.
+pub const BUSINESS: &str = "whatsapp:+14155238886";
+/// The simulator's and ingress's auth token in tests.
+pub const AUTH_TOKEN: &str = "e2e-auth-token";
+/// The account in tests.
+pub const ACCOUNT_SID: &str = "AC11111111111111111111111111111111";
+/// How long a test waits for an event before it fails.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The broker tests run against.
+pub fn bootstrap_servers() -> String {
+    std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| {
+        panic!("KAFKA_BOOTSTRAP_SERVERS is not set: run the tests with `cargo xtask test`, which starts a broker")
+    })
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub payload: Vec<u8>,
+    /// Headers (last value wins).
+    pub headers: HashMap<String, String>,
+}
+
+impl RawRecord {
+    /// Decodes the value as `E`.
+    pub fn decode<E: Event>(&self) -> E {
+        E::decode(&self.payload)
+            .unwrap_or_else(|err| panic!("record at {} is not decodable: {err}", self.offset))
+    }
+
+    /// The trace id of the record's `traceparent` header.
+    pub fn trace_id(&self) -> Option<String> {
+        let traceparent = self.headers.get("traceparent")?;
+        traceparent.split('-').nth(1).map(str::to_owned)
+    }
+}
+
+/// A running channel.
+pub struct Channel {
+    /// Broker and this channel's topic prefix.
+    pub kafka: KafkaConfig,
+    /// Ingress base URL.
+    pub ingress_url: String,
+    /// Simulator base URL.
+    pub sim_url: String,
+    /// Ops base URLs of every component, by service name.
+    pub service_urls: HashMap<&'static str, String>,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+}
+
+fn loopback() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().expect("loopback address")
+}
+
+impl Channel {
+    /// Creates this channel's topics, starts every component and waits until each is ready.
+    pub async fn start() -> Self {
+        static TELEMETRY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        TELEMETRY.get_or_init(|| {
+            let guard =
+                wa_platform::telemetry::init_with("e2e-tests", "warn", true).expect("telemetry");
+            std::mem::forget(guard);
+        });
+        let kafka = KafkaConfig {
+            bootstrap_servers: bootstrap_servers(),
+            topic_prefix: format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        };
+        wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60))
+            .await
+            .expect("broker answers");
+        wa_platform::kafka::ensure_topics(&kafka, topics::ALL)
+            .await
+            .expect("topics created");
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mut service_urls = HashMap::new();
+
+        let sim = twilio_sim::bind(twilio_sim::Config {
+            http_addr: loopback(),
+            account_sid: ACCOUNT_SID.to_owned(),
+            auth_token: AUTH_TOKEN.to_owned(),
+        })
+        .await
+        .expect("simulator binds");
+        let sim_url = format!("http://{}", sim.local_addr());
+        service_urls.insert(twilio_sim::SERVICE, sim_url.clone());
+        tasks.push((twilio_sim::SERVICE, tokio::spawn(sim.run(shutdown.clone()))));
+
+        let ingress = ingress::bind(ingress::Config {
+            http_addr: loopback(),
+            kafka: kafka.clone(),
+            public_url: None,
+            auth_tokens: vec![AUTH_TOKEN.to_owned()],
+            api_tokens: vec![],
+            publish_timeout: Duration::from_secs(8),
+            max_body_bytes: 64 * 1024,
+            dedupe_capacity: 10_000,
+        })
+        .await
+        .expect("ingress binds");
+        let ingress_url = format!("http://{}", ingress.local_addr());
+        service_urls.insert(ingress::SERVICE, ingress_url.clone());
+        tasks.push((
+            ingress::SERVICE,
+            tokio::spawn(ingress.run(shutdown.clone())),
+        ));
+
+        let session = session_window::bind(session_window::Config {
+            http_addr: loopback(),
+            kafka: kafka.clone(),
+            safety_margin: Duration::from_secs(60),
+            catch_up_timeout: Duration::from_secs(10),
+        })
+        .await
+        .expect("session-window binds");
+        service_urls.insert(
+            session_window::SERVICE,
+            format!("http://{}", session.local_addr()),
+        );
+        tasks.push((
+            session_window::SERVICE,
+            tokio::spawn(session.run(shutdown.clone())),
+        ));
+
+        let approval = template_approval::bind(template_approval::Config {
+            http_addr: loopback(),
+            kafka: kafka.clone(),
+        })
+        .await
+        .expect("template-approval binds");
+        service_urls.insert(
+            template_approval::SERVICE,
+            format!("http://{}", approval.local_addr()),
+        );
+        tasks.push((
+            template_approval::SERVICE,
+            tokio::spawn(approval.run(shutdown.clone())),
+        ));
+
+        let dispatch = outbound_dispatch::bind(outbound_dispatch::Config {
+            http_addr: loopback(),
+            kafka: kafka.clone(),
+            twilio_base_url: sim_url.clone(),
+            account_sid: ACCOUNT_SID.to_owned(),
+            auth_username: ACCOUNT_SID.to_owned(),
+            auth_password: AUTH_TOKEN.to_owned(),
+            status_callback_url: Some(format!("{ingress_url}/twilio/status")),
+            request_timeout: Duration::from_secs(5),
+            retry_deadline: Duration::from_secs(20),
+        })
+        .await
+        .expect("outbound-dispatch binds");
+        service_urls.insert(
+            outbound_dispatch::SERVICE,
+            format!("http://{}", dispatch.local_addr()),
+        );
+        tasks.push((
+            outbound_dispatch::SERVICE,
+            tokio::spawn(dispatch.run(shutdown.clone())),
+        ));
+
+        let channel = Self {
+            kafka,
+            ingress_url,
+            sim_url,
+            service_urls,
+            http: reqwest::Client::new(),
+            shutdown,
+            tasks,
+        };
+        channel.wait_until_ready().await;
+        channel
+    }
+
+    /// Polls every component's `/readyz` until it answers 200 (each becomes ready once it is
+    /// connected and, for session-window, has projected the inbound topic).
+    async fn wait_until_ready(&self) {
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        for (service, url) in &self.service_urls {
+            loop {
+                let ready = self
+                    .http
+                    .get(format!("{url}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|response| response.status().is_success());
+                if ready {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{service} did not become ready"
+                );
+                if let Some((_, task)) = self.tasks.iter().find(|(name, _)| name == service) {
+                    assert!(!task.is_finished(), "{service} stopped before it was ready");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Stops every component and checks none of them failed.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for (service, task) in self.tasks {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(err))) => panic!("{service} failed: {err:#}"),
+                Ok(Err(join)) => panic!("{service} panicked: {join}"),
+                Err(_) => panic!("{service} did not stop within 30 s of shutdown"),
+            }
+        }
+    }
+
+    /// The full name of a topic of this channel.
+    pub fn topic(&self, spec: &TopicSpec) -> String {
+        self.kafka.topic(spec)
+    }
+
+    /// An inbound WhatsApp webhook's parameters, as Twilio posts them.
+    pub fn inbound_params(
+        &self,
+        message_sid: &str,
+        customer: &str,
+        body: &str,
+    ) -> Vec<(String, String)> {
+        [
+            ("SmsMessageSid", message_sid),
+            ("NumMedia", "0"),
+            ("ProfileName", "Test Customer"),
+            ("MessageType", "text"),
+            ("SmsSid", message_sid),
+            ("WaId", customer.trim_start_matches("whatsapp:+")),
+            ("SmsStatus", "received"),
+            ("Body", body),
+            ("To", BUSINESS),
+            ("NumSegments", "1"),
+            ("ReferralNumMedia", "0"),
+            ("MessageSid", message_sid),
+            ("AccountSid", ACCOUNT_SID),
+            ("From", customer),
+            ("ApiVersion", "2010-04-01"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// Posts a webhook to ingress with the given signature (`None`: signed correctly).
+    pub async fn post_inbound(
+        &self,
+        params: &[(String, String)],
+        signature: Option<&str>,
+    ) -> reqwest::Response {
+        let url = format!("{}/twilio/inbound", self.ingress_url);
+        let signature = signature.map_or_else(
+            || twilio_signature::compute(AUTH_TOKEN, &url, params),
+            str::to_owned,
+        );
+        self.http
+            .post(&url)
+            .header(twilio_signature::HEADER, signature)
+            .form(params)
+            .send()
+            .await
+            .expect("ingress answers")
+    }
+
+    /// Posts a CRM request to `/v1/outbound`.
+    pub async fn post_outbound(&self, request: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/outbound", self.ingress_url))
+            .json(request)
+            .send()
+            .await
+            .expect("ingress answers")
+    }
+
+    /// Every message the simulator accepted.
+    pub async fn sim_messages(&self) -> Vec<serde_json::Value> {
+        self.http
+            .get(format!("{}/sim/messages", self.sim_url))
+            .send()
+            .await
+            .expect("simulator answers")
+            .json()
+            .await
+            .expect("simulator answers json")
+    }
+
+    /// A GET on a component's HTTP port.
+    pub async fn get(&self, service: &str, path: &str) -> reqwest::Response {
+        let base = self
+            .service_urls
+            .get(service)
+            .unwrap_or_else(|| panic!("no service {service}"));
+        self.http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("service answers")
+    }
+
+    /// Produces raw bytes to a topic of this channel, as a CRM producer or a faulty client would.
+    pub async fn produce_raw(&self, spec: &TopicSpec, key: &str, payload: &[u8]) {
+        let producer = wa_platform::kafka::EventProducer::new(
+            &self.kafka,
+            "e2e-tests",
+            Duration::from_secs(10),
+        )
+        .expect("producer");
+        let topic = self.topic(spec);
+        producer
+            .send_raw(&topic, Some(key.as_bytes()), payload)
+            .await
+            .expect("raw record acknowledged");
+    }
+
+    /// Reads a topic from the beginning until a record matches `matches`; fails after
+    /// [`EVENT_TIMEOUT`].
+    pub async fn await_record(
+        &self,
+        spec: &TopicSpec,
+        mut matches: impl FnMut(&RawRecord) -> bool,
+    ) -> RawRecord {
+        let topic = self.topic(spec);
+        let consumer = assign_from_beginning(&self.kafka, &topic).await;
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let message = tokio::time::timeout_at(deadline, consumer.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no matching record on {topic} within {EVENT_TIMEOUT:?}")
+                })
+                .expect("consume");
+            let record = raw(&message);
+            if matches(&record) {
+                return record;
+            }
+        }
+    }
+
+    /// Every record on a topic up to its end as of now.
+    pub async fn read_to_end(&self, spec: &TopicSpec) -> Vec<RawRecord> {
+        let topic = self.topic(spec);
+        let consumer = assign_from_beginning(&self.kafka, &topic).await;
+        let highs = watermarks(&self.kafka, &topic).await;
+        let mut next: Vec<i64> = vec![0; highs.len()];
+        let mut records = Vec::new();
+        while next.iter().zip(&highs).any(|(n, h)| n < h) {
+            let message = tokio::time::timeout(EVENT_TIMEOUT, consumer.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{topic} did not deliver up to its high watermarks"))
+                .expect("consume");
+            next[message.partition() as usize] = message.offset() + 1;
+            records.push(raw(&message));
+        }
+        records
+    }
+}
+
+fn raw(message: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        h.value
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    RawRecord {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().unwrap_or_default().to_vec(),
+        headers,
+    }
+}
+
+async fn watermarks(kafka: &KafkaConfig, topic: &str) -> Vec<i64> {
+    let client: Arc<BaseConsumer> = Arc::new(
+        wa_platform::kafka::client_config(kafka, "e2e-watermarks")
+            .create()
+            .expect("client"),
+    );
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(10);
+        let metadata = client
+            .fetch_metadata(Some(&topic), timeout)
+            .expect("metadata");
+        let partitions = metadata.topics()[0].partitions().len() as i32;
+        (0..partitions)
+            .map(|p| {
+                client
+                    .fetch_watermarks(&topic, p, timeout)
+                    .expect("watermarks")
+                    .1
+            })
+            .collect()
+    })
+    .await
+    .expect("watermark lookup")
+}
+
+async fn assign_from_beginning(kafka: &KafkaConfig, topic: &str) -> StreamConsumer {
+    let partitions = watermarks(kafka, topic).await.len() as i32;
+    let consumer: StreamConsumer = wa_platform::kafka::client_config(kafka, "e2e-reader")
+        .set(
+            "group.id",
+            format!("{}e2e-reader-{}", kafka.topic_prefix, uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
+}

@@ -1,1 +1,66 @@
-fn main() {}
+//! `cargo xtask`: the project's own scripts.
+//!
+//! - `cargo xtask up [--fresh]`: runs the whole channel locally: a tansu broker (installed on
+//!   first use) with SQLite storage under `.local/`, the topics, the four services and the
+//!   Twilio simulator. Ctrl-C stops everything cleanly.
+//! - `cargo xtask test [-- <cargo test args>]`: starts a throwaway broker and runs every test.
+//! - `cargo xtask broker`: only the broker and topics, until Ctrl-C.
+//! - `cargo xtask inbound --from <customer> --body <text>`: posts a webhook signed the way
+//!   Twilio signs it to the running ingress, as a customer's WhatsApp message would arrive.
+//!
+//! With `KAFKA_BOOTSTRAP_SERVERS` set, that broker is used and no tansu is started.
+
+mod broker;
+mod channel;
+
+use std::process::ExitCode;
+
+fn usage() -> &'static str {
+    "usage: cargo xtask <command>
+
+commands:
+  up [--fresh]                 run the whole channel locally (Ctrl-C stops it); --fresh wipes .local/
+  test [-- <cargo test args>]  start a throwaway broker and run every test
+  broker                       run only the broker (with topics) until Ctrl-C
+  inbound --from <addr> --body <text> [--to <addr>] [--sid <MessageSid>] [--url <ingress url>]
+                               post a signed WhatsApp webhook to ingress, as Twilio would
+
+environment:
+  KAFKA_BOOTSTRAP_SERVERS      use this broker instead of starting tansu
+  TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN   credentials (local defaults otherwise)"
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("up") => channel::up(args.iter().any(|a| a == "--fresh")).await,
+        Some("test") => {
+            channel::test(
+                args.iter()
+                    .skip_while(|a| *a != "--")
+                    .skip(1)
+                    .cloned()
+                    .collect(),
+            )
+            .await
+        }
+        Some("broker") => channel::broker_only().await,
+        Some("inbound") => channel::inbound(&args[1..]).await,
+        Some("help" | "--help" | "-h") => {
+            println!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{}", usage());
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

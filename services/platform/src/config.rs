@@ -30,7 +30,9 @@ pub struct ConfigError {
 
 /// The variable's value, or `None` when it is unset or empty.
 pub fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|value| !value.trim().is_empty())
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
 }
 
 /// The variable's value, or the variable's documented default.
@@ -124,9 +126,11 @@ impl KafkaConfig {
 /// The HTTP listen address: `HTTP_ADDR`, or the service's default.
 pub fn http_addr(default: &str) -> Result<std::net::SocketAddr, ConfigError> {
     let value = var(HTTP_ADDR).unwrap_or_else(|| default.to_owned());
-    value.parse().map_err(|err: std::net::AddrParseError| ConfigError {
-        name: HTTP_ADDR,
-        value,
-        reason: err.to_string(),
-    })
+    value
+        .parse()
+        .map_err(|err: std::net::AddrParseError| ConfigError {
+            name: HTTP_ADDR,
+            value,
+            reason: err.to_string(),
+        })
 }

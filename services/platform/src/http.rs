@@ -62,7 +62,9 @@ pub fn router(service: &'static str, health: Arc<Health>, routes: Router) -> Rou
         .with_state(health);
     routes
         .merge(ops)
-        .layer(axum::middleware::from_fn(move |req, next| record_request(service, req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            record_request(service, req, next)
+        }))
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> Response {
@@ -90,6 +92,12 @@ async fn record_request(service: &'static str, request: Request, next: Next) -> 
 }
 
 /// Serves `router` on `listener` until `shutdown`, then finishes in-flight requests.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }

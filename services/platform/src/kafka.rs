@@ -10,7 +10,10 @@ use rdkafka::ClientConfig;
 
 pub use admin::{ensure_topics, wait_for_broker};
 pub use consumer::{run_consumer, ConsumerSettings, HandleError, Handler, Record};
-pub use headers::{header_str, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID, CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE, TRACEPARENT};
+pub use headers::{
+    header_str, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID, CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE,
+    TRACEPARENT,
+};
 pub use producer::{EventProducer, PublishError};
 
 use crate::config::KafkaConfig;

@@ -33,7 +33,11 @@ where
 {
     let local = listener.local_addr()?;
     let stop = shutdown.child_token();
-    let server = tokio::spawn(http::serve(listener, http::router(service, health.clone(), routes), stop.clone()));
+    let server = tokio::spawn(http::serve(
+        listener,
+        http::router(service, health.clone(), routes),
+        stop.clone(),
+    ));
     tracing::info!(service, addr = %local, "service started");
     let worker_result = worker.await;
     health.set_ready(false);
@@ -44,4 +48,37 @@ where
     server.await??;
     tracing::info!(service, "service stopped");
     worker_result
+}
+
+/// Runs a service whose work is one consumer loop: waits for the broker, creates the producer,
+/// builds the handler with it, marks the service ready and consumes until `shutdown`, then
+/// flushes the producer.
+pub async fn run_consumer_service<H, F>(
+    listener: TcpListener,
+    kafka: crate::config::KafkaConfig,
+    settings: crate::kafka::ConsumerSettings,
+    shutdown: CancellationToken,
+    make_handler: F,
+) -> anyhow::Result<()>
+where
+    H: crate::kafka::Handler + 'static,
+    F: FnOnce(crate::kafka::EventProducer) -> anyhow::Result<H> + Send + 'static,
+{
+    let service = settings.service;
+    let health = Health::new();
+    let ready = health.clone();
+    let stopped = shutdown.clone();
+    let worker = async move {
+        crate::kafka::wait_for_broker(&kafka, std::time::Duration::from_secs(60)).await?;
+        let source = format!("wachannel/{service}");
+        let producer =
+            crate::kafka::EventProducer::new(&kafka, &source, std::time::Duration::from_secs(30))?;
+        let handler = make_handler(producer.clone())?;
+        ready.set_ready(true);
+        let result =
+            crate::kafka::run_consumer(&kafka, &settings, &producer, &handler, &stopped).await;
+        producer.flush(std::time::Duration::from_secs(10));
+        result
+    };
+    run_until_stopped(service, listener, Router::new(), health, shutdown, worker).await
 }

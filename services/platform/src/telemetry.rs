@@ -46,14 +46,29 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber, tracer provider and W3C propagator for `service`.
 /// A second call in one process (tests start several services) keeps the first setup.
 pub fn init(service: &str) -> anyhow::Result<TelemetryGuard> {
+    init_with(service, "info", false)
+}
+
+/// Like [`init`], with the log filter used when `RUST_LOG` is unset, and optionally logging
+/// through the test harness's captured output.
+pub fn init_with(
+    service: &str,
+    default_filter: &str,
+    test_writer: bool,
+) -> anyhow::Result<TelemetryGuard> {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     if INSTALLED.get().is_some() {
         return Ok(TelemetryGuard { provider: None });
     }
-    let mut builder = SdkTracerProvider::builder()
-        .with_resource(Resource::builder().with_service_name(service.to_owned()).build());
+    let mut builder = SdkTracerProvider::builder().with_resource(
+        Resource::builder()
+            .with_service_name(service.to_owned())
+            .build(),
+    );
     if var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()?;
         builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
@@ -61,19 +76,32 @@ pub fn init(service: &str) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let otel = tracing_opentelemetry::layer().with_tracer(tracer);
     let json = var("LOG_FORMAT").is_some_and(|format| format.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
-    let installed = if json {
-        registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init()
-    } else {
-        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
+    let installed = match (json, test_writer) {
+        (_, true) => registry
+            .with(tracing_subscriber::fmt::layer().with_test_writer())
+            .try_init(),
+        (true, false) => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        (false, false) => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
     };
     if installed.is_err() {
         // Another subscriber was installed first (a test harness); keep it.
         return Ok(TelemetryGuard { provider: None });
     }
     let _ = INSTALLED.set(());
-    Ok(TelemetryGuard { provider: Some(provider) })
+    Ok(TelemetryGuard {
+        provider: Some(provider),
+    })
 }

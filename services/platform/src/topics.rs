@@ -25,7 +25,8 @@ pub const INBOUND: TopicSpec = TopicSpec {
     name: "wa.inbound.v1",
     partitions: MESSAGE_PARTITIONS,
     configs: &[("retention.ms", "-1")],
-    doc: "customer messages (InboundMessageReceived); kept forever: session state is rebuilt from it",
+    doc:
+        "customer messages (InboundMessageReceived); kept forever: session state is rebuilt from it",
 };
 /// Outbound requests from the CRM (ingress or CRM producers → session-window).
 pub const OUTBOUND_REQUESTED: TopicSpec = TopicSpec {

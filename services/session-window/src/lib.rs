@@ -1,1 +1,195 @@
-//! placeholder
+//! Session-window: the 24-hour customer-service window.
+//!
+//! Projects `wa.inbound.v1` into per-conversation windows and answers every
+//! `wa.outbound.requested.v1` record with a verdict on `wa.outbound.checked.v1`.
+
+mod projection;
+pub mod window;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+use wa_platform::config::{self, EnvVar, KafkaConfig};
+use wa_platform::http::Health;
+use wa_platform::kafka::{ConsumerSettings, EventProducer, HandleError, Handler, Record};
+use wa_platform::topics::{OUTBOUND_CHECKED, OUTBOUND_REQUESTED};
+use wa_platform::CancellationToken;
+use wa_schemas::{Event, OutboundRequested, OutboundWindowChecked};
+
+use crate::projection::Projection;
+
+/// The service name.
+pub const SERVICE: &str = "session-window";
+
+const SAFETY_MARGIN_MS: EnvVar = EnvVar {
+    name: "SESSION_SAFETY_MARGIN_MS",
+    default: Some("60000"),
+    doc: "free-form sends are refused this long before the window closes, so they do not reach Twilio after it",
+};
+const CATCH_UP_TIMEOUT_MS: EnvVar = EnvVar {
+    name: "SESSION_CATCH_UP_TIMEOUT_MS",
+    default: Some("10000"),
+    doc: "how long a verdict waits for the projection to read the latest inbound messages before retrying",
+};
+
+/// Session-window configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the HTTP listener binds.
+    pub http_addr: SocketAddr,
+    /// Broker and topic prefix.
+    pub kafka: KafkaConfig,
+    /// Refuse free-form sends this long before the window closes.
+    pub safety_margin: Duration,
+    /// Bound on waiting for the projection before a verdict.
+    pub catch_up_timeout: Duration,
+}
+
+impl Config {
+    /// Every variable session-window reads (beyond telemetry's).
+    pub const ENV: &'static [EnvVar] = &[
+        config::KAFKA_BOOTSTRAP_SERVERS,
+        config::WA_TOPIC_PREFIX,
+        SAFETY_MARGIN_MS,
+        CATCH_UP_TIMEOUT_MS,
+    ];
+    /// The default HTTP address.
+    pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8081";
+
+    /// Reads the configuration from the environment.
+    pub fn from_env() -> Result<Self, config::ConfigError> {
+        Ok(Self {
+            http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
+            kafka: KafkaConfig::from_env(),
+            safety_margin: Duration::from_millis(config::parse(&SAFETY_MARGIN_MS)?),
+            catch_up_timeout: Duration::from_millis(config::parse(&CATCH_UP_TIMEOUT_MS)?),
+        })
+    }
+}
+
+/// Checks outbound requests against the projected windows.
+struct CheckWindow {
+    projection: Arc<Projection>,
+    producer: EventProducer,
+    config: Config,
+}
+
+impl Handler for CheckWindow {
+    async fn handle(&self, record: &Record<'_>) -> Result<(), HandleError> {
+        let request = OutboundRequested::decode(record.payload)?;
+        self.projection
+            .catch_up(self.config.catch_up_timeout)
+            .await
+            .map_err(HandleError::Transient)?;
+        let window = self.projection.window(&request.conversation_id);
+        let now = wa_platform::now_millis();
+        let margin = i64::try_from(self.config.safety_margin.as_millis()).unwrap_or(i64::MAX);
+        let verdict = window::check_free_form(window.as_ref(), now, margin);
+        metrics::counter!("wa_session_verdicts_total", "verdict" => verdict.map_or_else(|r| r.code(), |()| "allowed"))
+            .increment(1);
+        tracing::info!(request_id = %request.request_id, allowed = verdict.is_ok(), "window checked");
+        let checked = OutboundWindowChecked {
+            event_id: Uuid::new_v5(
+                &Uuid::NAMESPACE_OID,
+                format!("wachannel:checked:{}", request.event_id()).as_bytes(),
+            )
+            .to_string(),
+            occurred_at: now,
+            conversation_id: request.conversation_id,
+            request_id: request.request_id,
+            from: request.from,
+            to: request.to,
+            body: request.body,
+            media_urls: request.media_urls,
+            allowed: verdict.is_ok(),
+            refusal_reason: verdict.err().map(|refusal| refusal.code().to_owned()),
+            window_expires_at: window.map(|w| w.expires_at),
+        };
+        self.producer.publish(&OUTBOUND_CHECKED, &checked).await?;
+        Ok(())
+    }
+}
+
+/// A bound, not yet running, session-window.
+pub struct SessionWindow {
+    listener: TcpListener,
+    config: Config,
+}
+
+/// Binds the HTTP listener.
+pub async fn bind(config: Config) -> anyhow::Result<SessionWindow> {
+    let listener = wa_platform::service::bind(config.http_addr).await?;
+    Ok(SessionWindow { listener, config })
+}
+
+impl SessionWindow {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Projects and checks until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let health = Health::new();
+        let ready = health.clone();
+        let config = self.config.clone();
+        let stopped = shutdown.clone();
+        let worker = async move {
+            let kafka = &config.kafka;
+            wa_platform::kafka::wait_for_broker(kafka, Duration::from_secs(60)).await?;
+            let producer =
+                EventProducer::new(kafka, "wachannel/session-window", Duration::from_secs(30))?;
+            let (projection, consumer) = Projection::start(kafka).await?;
+            let projecting = {
+                let projection = projection.clone();
+                let stopped = stopped.clone();
+                tokio::spawn(async move { projection.run(consumer, stopped).await })
+            };
+            // Ready once the state holds everything published before start.
+            while let Err(reason) = projection.catch_up(Duration::from_secs(30)).await {
+                tracing::warn!(reason = %reason, "initial projection still catching up");
+                if stopped.is_cancelled() {
+                    return Ok(());
+                }
+            }
+            ready.set_ready(true);
+            let settings = ConsumerSettings {
+                group: "session-window".to_owned(),
+                topics: vec![OUTBOUND_REQUESTED],
+                service: SERVICE,
+            };
+            let handler = CheckWindow {
+                projection,
+                producer: producer.clone(),
+                config: config.clone(),
+            };
+            let result =
+                wa_platform::kafka::run_consumer(kafka, &settings, &producer, &handler, &stopped)
+                    .await;
+            producer.flush(Duration::from_secs(10));
+            stopped.cancel();
+            projecting.await??;
+            result
+        };
+        wa_platform::service::run_until_stopped(
+            SERVICE,
+            self.listener,
+            Router::new(),
+            health,
+            shutdown,
+            worker,
+        )
+        .await
+    }
+}
+
+/// Binds and runs until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    bind(config).await?.run(shutdown).await
+}

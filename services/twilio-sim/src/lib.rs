@@ -1,1 +1,251 @@
-//! placeholder
+//! A Twilio simulator for tests and the local run, speaking Twilio's wire formats.
+//!
+//! - `POST /2010-04-01/Accounts/{AccountSid}/Messages.json`: the Messages API. Form body,
+//!   HTTP Basic auth (account SID + auth token), Twilio's message resource JSON (201) with an
+//!   `SM…` sid, and Twilio's error JSON (`code`, `message`, `more_info`, `status`).
+//! - `GET /sim/messages`: every accepted message, for assertions, with all its form
+//!   parameters.
+//!
+//! Production never talks to it: dispatch's `TWILIO_API_BASE_URL` points at api.twilio.com.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use wa_platform::config::{self, EnvVar};
+use wa_platform::http::Health;
+use wa_platform::CancellationToken;
+
+/// The service name.
+pub const SERVICE: &str = "twilio-sim";
+
+/// Simulator configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the HTTP listener binds.
+    pub http_addr: SocketAddr,
+    /// The account it accepts.
+    pub account_sid: String,
+    /// The account's auth token.
+    pub auth_token: String,
+}
+
+impl Config {
+    /// Every variable the simulator reads.
+    pub const ENV: &'static [EnvVar] = &[config::TWILIO_ACCOUNT_SID, config::TWILIO_AUTH_TOKEN];
+    /// The default HTTP address.
+    pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8090";
+
+    /// Reads the configuration from the environment.
+    pub fn from_env() -> Result<Self, config::ConfigError> {
+        Ok(Self {
+            http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
+            account_sid: config::var_or(&config::TWILIO_ACCOUNT_SID),
+            auth_token: config::var_or(&config::TWILIO_AUTH_TOKEN),
+        })
+    }
+}
+
+/// A message the simulator accepted.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimMessage {
+    /// The sid it was given.
+    pub sid: String,
+    /// The account it was sent on.
+    pub account_sid: String,
+    /// Every form parameter, in the order sent (repeated ones like `MediaUrl` included).
+    pub params: Vec<(String, String)>,
+    /// When it was accepted, RFC 3339.
+    pub received_at: String,
+}
+
+struct Sim {
+    config: Config,
+    messages: Mutex<Vec<SimMessage>>,
+}
+
+/// Twilio's error response.
+fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
+    let body = json!({
+        "code": code,
+        "message": message,
+        "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+        "status": status.as_u16(),
+    });
+    (status, Json(body)).into_response()
+}
+
+fn authenticated(sim: &Sim, headers: &HeaderMap) -> bool {
+    let Some(encoded) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let expected = format!("{}:{}", sim.config.account_sid, sim.config.auth_token);
+    decoded == expected.as_bytes()
+}
+
+async fn create_message(
+    State(sim): State<Arc<Sim>>,
+    Path(account_sid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authenticated(&sim, &headers) {
+        return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    }
+    if account_sid != sim.config.account_sid {
+        return twilio_error(
+            StatusCode::NOT_FOUND,
+            20404,
+            &format!("The requested resource /2010-04-01/Accounts/{account_sid}/Messages.json was not found"),
+        );
+    }
+    let params: Vec<(String, String)> = form_urlencoded::parse(&body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    let Some(to) = get("To") else {
+        return twilio_error(
+            StatusCode::BAD_REQUEST,
+            21604,
+            "A 'To' phone number is required.",
+        );
+    };
+    let from = get("From");
+    let service = get("MessagingServiceSid");
+    if from.is_none() && service.is_none() {
+        return twilio_error(
+            StatusCode::BAD_REQUEST,
+            21603,
+            "A 'From' phone number is required.",
+        );
+    }
+    let media: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "MediaUrl")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if get("Body").is_none() && media.is_empty() && get("ContentSid").is_none() {
+        return twilio_error(
+            StatusCode::BAD_REQUEST,
+            21619,
+            "A text message body or media urls must be specified.",
+        );
+    }
+    let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
+    let now = chrono::Utc::now();
+    let date = now.to_rfc2822();
+    let resource = json!({
+        "account_sid": account_sid,
+        "api_version": "2010-04-01",
+        "body": get("Body").unwrap_or(""),
+        "date_created": date,
+        "date_sent": null,
+        "date_updated": date,
+        "direction": "outbound-api",
+        "error_code": null,
+        "error_message": null,
+        "from": from.unwrap_or(""),
+        "messaging_service_sid": service,
+        "num_media": media.len().to_string(),
+        "num_segments": "1",
+        "price": null,
+        "price_unit": "USD",
+        "sid": sid,
+        "status": if service.is_some() && from.is_none() { "accepted" } else { "queued" },
+        "subresource_uris": { "media": format!("/2010-04-01/Accounts/{account_sid}/Messages/{sid}/Media.json") },
+        "to": to,
+        "uri": format!("/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json"),
+    });
+    let message = SimMessage {
+        sid,
+        account_sid,
+        params: params.clone(),
+        received_at: now.to_rfc3339(),
+    };
+    sim.messages.lock().expect("messages lock").push(message);
+    metrics::counter!("twilio_sim_messages_accepted_total").increment(1);
+    (StatusCode::CREATED, Json(resource)).into_response()
+}
+
+async fn list_messages(State(sim): State<Arc<Sim>>) -> Json<Vec<SimMessage>> {
+    Json(sim.messages.lock().expect("messages lock").clone())
+}
+
+/// A bound, not yet running, simulator.
+pub struct TwilioSim {
+    listener: TcpListener,
+    config: Config,
+}
+
+/// Binds the listener.
+pub async fn bind(config: Config) -> anyhow::Result<TwilioSim> {
+    let listener = wa_platform::service::bind(config.http_addr).await?;
+    Ok(TwilioSim { listener, config })
+}
+
+impl TwilioSim {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let sim = Arc::new(Sim {
+            config: self.config,
+            messages: Mutex::default(),
+        });
+        let routes = Router::new()
+            .route(
+                "/2010-04-01/Accounts/{account_sid}/Messages.json",
+                post(create_message),
+            )
+            .route("/sim/messages", get(list_messages))
+            .with_state(sim);
+        let health = Health::new();
+        health.set_ready(true);
+        let stopped = shutdown.clone();
+        let worker = async move {
+            stopped.cancelled().await;
+            Ok(())
+        };
+        wa_platform::service::run_until_stopped(
+            SERVICE,
+            self.listener,
+            routes,
+            health,
+            shutdown,
+            worker,
+        )
+        .await
+    }
+}
+
+/// Binds and runs until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    bind(config).await?.run(shutdown).await
+}

@@ -18,7 +18,9 @@ pub async fn wait_for_broker(kafka: &KafkaConfig, deadline: Duration) -> anyhow:
     loop {
         let probe = consumer.clone();
         let answered = tokio::task::spawn_blocking(move || {
-            probe.fetch_metadata(None, Duration::from_secs(2)).map(|_| ())
+            probe
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|_| ())
         })
         .await?;
         match answered {

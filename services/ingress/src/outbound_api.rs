@@ -1,0 +1,283 @@
+//! `POST /v1/outbound`: the CRM asks to send an agent's message.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+use wa_platform::topics::OUTBOUND_REQUESTED;
+use wa_schemas::{conversation_id, normalize_whatsapp_address, OutboundRequested};
+
+use crate::problem::Problem;
+use crate::{mask, AppState};
+
+/// WhatsApp's limit on a free-form message body.
+const MAX_BODY_CHARS: usize = 4096;
+/// WhatsApp accepts one media item per message; Twilio up to 10 URLs.
+const MAX_MEDIA: usize = 10;
+
+/// The CRM's request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboundRequest {
+    /// Idempotency key; generated when absent.
+    request_id: Option<String>,
+    /// Business sender, `whatsapp:+E164`.
+    from: String,
+    /// Customer address.
+    to: String,
+    /// Free-form text.
+    body: Option<String>,
+    /// Media URLs.
+    #[serde(default)]
+    media_urls: Vec<String>,
+}
+
+/// What the CRM gets back.
+#[derive(Debug, Serialize)]
+struct Accepted {
+    request_id: String,
+    conversation_id: String,
+    status: &'static str,
+}
+
+fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    if state.api_tokens.is_empty() {
+        return true;
+    }
+    let Some(presented) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    state
+        .api_tokens
+        .iter()
+        .any(|token| bool::from(token.as_bytes().ct_eq(presented.trim().as_bytes())))
+}
+
+/// Validates the request and publishes it.
+pub(crate) async fn create(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        metrics::counter!("wa_outbound_api_rejected_total", "reason" => "unauthorized")
+            .increment(1);
+        let mut response = Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+    if !is_json {
+        return reject(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-content-type",
+            "unsupported content type",
+            "expected application/json",
+        ));
+    }
+    let request: OutboundRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return reject(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                "malformed request",
+                err.to_string(),
+            ))
+        }
+    };
+    let event = match validate(request) {
+        Ok(event) => event,
+        Err(problem) => return reject(problem),
+    };
+    let span = tracing::info_span!("outbound_request", request_id = %event.request_id, to = %mask(&event.to));
+    let published = tokio::time::timeout(
+        state.publish_timeout,
+        tracing::Instrument::instrument(
+            state.producer.publish(&OUTBOUND_REQUESTED, &event),
+            span.clone(),
+        ),
+    )
+    .await;
+    match published {
+        Ok(Ok(_)) => {
+            span.in_scope(|| tracing::info!("outbound request accepted"));
+            metrics::counter!("wa_outbound_api_accepted_total").increment(1);
+            let accepted = Accepted {
+                request_id: event.request_id,
+                conversation_id: event.conversation_id,
+                status: "accepted",
+            };
+            (StatusCode::ACCEPTED, Json(accepted)).into_response()
+        }
+        Ok(Err(err)) => unavailable(err.to_string()),
+        Err(_) => unavailable("broker did not acknowledge in time".to_owned()),
+    }
+}
+
+fn reject(problem: Problem) -> Response {
+    metrics::counter!("wa_outbound_api_rejected_total", "reason" => "invalid").increment(1);
+    problem.into_response()
+}
+
+fn unavailable(reason: String) -> Response {
+    tracing::error!(reason = %reason, "outbound request not durable; answering 503");
+    let mut response = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "broker-unavailable",
+        "temporarily unavailable",
+        reason,
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    response
+}
+
+fn validate(request: OutboundRequest) -> Result<OutboundRequested, Problem> {
+    let from = normalize_whatsapp_address(&request.from).ok_or_else(|| {
+        Problem::invalid_field(
+            "from",
+            "from must be the business's WhatsApp sender, e.g. whatsapp:+14155238886",
+        )
+    })?;
+    let to = normalize_whatsapp_address(&request.to).ok_or_else(|| {
+        Problem::invalid_field("to", "to must be the customer's WhatsApp address")
+    })?;
+    let body = request.body.filter(|body| !body.trim().is_empty());
+    if body.is_none() && request.media_urls.is_empty() {
+        return Err(Problem::invalid_field(
+            "body",
+            "a body or at least one media URL is required",
+        ));
+    }
+    if let Some(body) = &body {
+        let chars = body.chars().count();
+        if chars > MAX_BODY_CHARS {
+            return Err(Problem::invalid_field(
+                "body",
+                format!("body has {chars} characters; WhatsApp allows {MAX_BODY_CHARS}"),
+            ));
+        }
+    }
+    if request.media_urls.len() > MAX_MEDIA {
+        return Err(Problem::invalid_field(
+            "media_urls",
+            format!("at most {MAX_MEDIA} media URLs"),
+        ));
+    }
+    if let Some(bad) = request
+        .media_urls
+        .iter()
+        .find(|url| !(url.starts_with("https://") || url.starts_with("http://")))
+    {
+        return Err(Problem::invalid_field(
+            "media_urls",
+            format!("{bad:?} is not an http(s) URL"),
+        ));
+    }
+    let request_id = match request.request_id {
+        Some(id) if id.trim().is_empty() || id.len() > 200 => {
+            return Err(Problem::invalid_field(
+                "request_id",
+                "request_id must be 1 to 200 characters",
+            ))
+        }
+        Some(id) => id,
+        None => Uuid::new_v4().to_string(),
+    };
+    Ok(OutboundRequested {
+        event_id: Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("wachannel:outbound:{request_id}").as_bytes(),
+        )
+        .to_string(),
+        occurred_at: wa_platform::now_millis(),
+        conversation_id: conversation_id(&from, &to),
+        request_id,
+        from,
+        to,
+        body,
+        media_urls: request.media_urls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> Result<OutboundRequested, serde_json::Value> {
+        let request: OutboundRequest = serde_json::from_value(json).unwrap();
+        validate(request).map_err(|problem| serde_json::to_value(problem).unwrap())
+    }
+
+    #[test]
+    fn a_valid_request_becomes_an_event_keyed_by_conversation() {
+        let event = request(serde_json::json!({
+            "request_id": "r1", "from": "+14155238886", "to": "whatsapp:+15551234567", "body": "hi"
+        }))
+        .unwrap();
+        assert_eq!(event.from, "whatsapp:+14155238886");
+        assert_eq!(
+            event.conversation_id,
+            conversation_id("whatsapp:+14155238886", "whatsapp:+15551234567")
+        );
+        assert_eq!(event.request_id, "r1");
+    }
+
+    #[test]
+    fn problems_name_the_field() {
+        let cases = [
+            (
+                serde_json::json!({"from": "", "to": "whatsapp:+1", "body": "x"}),
+                "from",
+            ),
+            (
+                serde_json::json!({"from": "whatsapp:+1", "to": " ", "body": "x"}),
+                "to",
+            ),
+            (
+                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2"}),
+                "body",
+            ),
+            (
+                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x".repeat(4097)}),
+                "body",
+            ),
+            (
+                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2", "media_urls": ["ftp://x"]}),
+                "media_urls",
+            ),
+            (
+                serde_json::json!({"request_id": "", "from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x"}),
+                "request_id",
+            ),
+        ];
+        for (json, field) in cases {
+            assert_eq!(request(json).unwrap_err()["field"], field);
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The `up`, `test`, `broker` and `inbound` commands.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+use wa_platform::config::{self, var, var_or};
+use wa_platform::topics;
+use wa_platform::twilio_signature;
+
+use crate::broker::{terminate, Broker};
+
+/// The repository root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_owned()
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    command.current_dir(root());
+    command
+}
+
+/// A component of the local channel.
+struct Component {
+    /// Binary and service name.
+    name: &'static str,
+    /// Its HTTP address.
+    addr: &'static str,
+    /// Extra environment (defaults the user's environment may override).
+    env: Vec<(&'static str, String)>,
+}
+
+fn components(bootstrap: &str) -> Vec<Component> {
+    let ingress =
+        var("INGRESS_HTTP_ADDR").unwrap_or_else(|| ingress::Config::DEFAULT_HTTP_ADDR.to_owned());
+    let sim = twilio_sim::Config::DEFAULT_HTTP_ADDR;
+    let with_kafka = |mut env: Vec<(&'static str, String)>| {
+        env.push(("KAFKA_BOOTSTRAP_SERVERS", bootstrap.to_owned()));
+        env
+    };
+    vec![
+        Component {
+            name: twilio_sim::SERVICE,
+            addr: sim,
+            env: vec![],
+        },
+        Component {
+            name: ingress::SERVICE,
+            addr: ingress::Config::DEFAULT_HTTP_ADDR,
+            env: with_kafka(vec![]),
+        },
+        Component {
+            name: session_window::SERVICE,
+            addr: session_window::Config::DEFAULT_HTTP_ADDR,
+            env: with_kafka(vec![]),
+        },
+        Component {
+            name: template_approval::SERVICE,
+            addr: template_approval::Config::DEFAULT_HTTP_ADDR,
+            env: with_kafka(vec![]),
+        },
+        Component {
+            name: outbound_dispatch::SERVICE,
+            addr: outbound_dispatch::Config::DEFAULT_HTTP_ADDR,
+            env: with_kafka(vec![
+                (
+                    "TWILIO_API_BASE_URL",
+                    var("TWILIO_API_BASE_URL").unwrap_or_else(|| format!("http://{sim}")),
+                ),
+                (
+                    "DISPATCH_STATUS_CALLBACK_URL",
+                    var("DISPATCH_STATUS_CALLBACK_URL")
+                        .unwrap_or_else(|| format!("http://{ingress}/twilio/status")),
+                ),
+            ]),
+        },
+    ]
+}
+
+fn spawn_component(target_dir: &Path, component: &Component) -> anyhow::Result<Child> {
+    let binary = target_dir.join(component.name);
+    let mut child = Command::new(&binary)
+        .env("HTTP_ADDR", component.addr)
+        .envs(component.env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let name = component.name;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    for stream in [
+        Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(stderr),
+    ] {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{name:>18} | {line}");
+            }
+        });
+    }
+    Ok(child)
+}
+
+async fn wait_ready(addr: &str, name: &str, child: &mut Child) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(response) = client.get(format!("http://{addr}/readyz")).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("{name} exited before it was ready ({status})");
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{name} was not ready on {addr} within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `cargo xtask up`.
+pub(crate) async fn up(fresh: bool) -> anyhow::Result<ExitCode> {
+    let data_dir = root().join(".local/tansu");
+    if fresh && data_dir.exists() {
+        std::fs::remove_dir_all(&data_dir)?;
+    }
+    eprintln!("xtask: building the services");
+    let status = cargo()
+        .args([
+            "build",
+            "--bins",
+            "-p",
+            "ingress",
+            "-p",
+            "session-window",
+            "-p",
+            "template-approval",
+        ])
+        .args(["-p", "outbound-dispatch", "-p", "twilio-sim"])
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "cargo build failed");
+    let mut broker = Broker::start(9092, &data_dir).await?;
+    let result = run_channel(&broker).await;
+    broker.stop().await;
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+async fn run_channel(broker: &Broker) -> anyhow::Result<()> {
+    wa_platform::kafka::ensure_topics(&broker.kafka(), topics::ALL).await?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root().join("target"), PathBuf::from)
+        .join("debug");
+    let components = components(&broker.bootstrap_servers);
+    let mut children = Vec::new();
+    for component in &components {
+        children.push((component.name, spawn_component(&target_dir, component)?));
+    }
+    let mut ready = Ok(());
+    for (component, (name, child)) in components.iter().zip(children.iter_mut()) {
+        if let Err(err) = wait_ready(component.addr, name, child).await {
+            ready = Err(err);
+            break;
+        }
+    }
+    if ready.is_ok() {
+        eprintln!(
+            "\nxtask: the channel is up.\n  ingress        http://{}  (POST /twilio/inbound, POST /v1/outbound)\n  twilio-sim     http://{}  (GET /sim/messages)\n  broker         {}\n  ops endpoints  /healthz /readyz /metrics on ports 8080-8083 and 8090\nCtrl-C stops everything.\n",
+            components[1].addr, components[0].addr, broker.bootstrap_servers
+        );
+        let exited = async {
+            loop {
+                for (name, child) in children.iter_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return (*name, status);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => eprintln!("\nxtask: stopping the channel"),
+            (name, status) = exited => {
+                ready = Err(anyhow::anyhow!("{name} exited unexpectedly ({status})"));
+            }
+        }
+    }
+    for (name, child) in children.iter_mut().rev() {
+        terminate(child, name, Duration::from_secs(15)).await;
+    }
+    ready
+}
+
+/// `cargo xtask broker`.
+pub(crate) async fn broker_only() -> anyhow::Result<ExitCode> {
+    let mut broker = Broker::start(9092, &root().join(".local/tansu")).await?;
+    let created = wa_platform::kafka::ensure_topics(&broker.kafka(), topics::ALL).await;
+    if created.is_ok() {
+        eprintln!(
+            "xtask: broker ready on {}; Ctrl-C stops it",
+            broker.bootstrap_servers
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    broker.stop().await;
+    created.map(|()| ExitCode::SUCCESS)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `cargo xtask test`.
+pub(crate) async fn test(cargo_args: Vec<String>) -> anyhow::Result<ExitCode> {
+    // Build first, so a cold compile does not run while the broker waits.
+    let status = cargo()
+        .args(["test", "--workspace", "--no-run"])
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "building the tests failed");
+    let data_dir = root()
+        .join("target")
+        .join(format!("xtask-test-broker-{}", std::process::id()));
+    let mut broker = Broker::start(free_port()?, &data_dir).await?;
+    let status = cargo()
+        .args(["test", "--workspace"])
+        .args(&cargo_args)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap_servers)
+        .status()
+        .await;
+    broker.stop().await;
+    if data_dir.exists() {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    let status = status?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `cargo xtask inbound --from ... --body ...`.
+pub(crate) async fn inbound(args: &[String]) -> anyhow::Result<ExitCode> {
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let from = flag("--from")
+        .context("--from <customer address> is required, e.g. --from whatsapp:+15551234567")?;
+    let body = flag("--body").context("--body <text> is required")?;
+    let to = flag("--to").unwrap_or_else(|| "whatsapp:+14155238886".to_owned());
+    let sid = flag("--sid").unwrap_or_else(|| format!("SM{}", uuid::Uuid::new_v4().simple()));
+    let base =
+        flag("--url").unwrap_or_else(|| format!("http://{}", ingress::Config::DEFAULT_HTTP_ADDR));
+    let url = format!("{}/twilio/inbound", base.trim_end_matches('/'));
+    let account_sid = var_or(&config::TWILIO_ACCOUNT_SID);
+    let params: Vec<(String, String)> = [
+        ("MessageSid", sid.as_str()),
+        ("SmsMessageSid", sid.as_str()),
+        ("AccountSid", account_sid.as_str()),
+        ("From", from.as_str()),
+        ("To", to.as_str()),
+        ("Body", body.as_str()),
+        ("NumMedia", "0"),
+        ("MessageType", "text"),
+        ("ProfileName", "Local Customer"),
+        (
+            "WaId",
+            from.trim_start_matches("whatsapp:").trim_start_matches('+'),
+        ),
+        ("ApiVersion", "2010-04-01"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let signature = twilio_signature::compute(&var_or(&config::TWILIO_AUTH_TOKEN), &url, &params);
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header(twilio_signature::HEADER, signature)
+        .form(&params)
+        .send()
+        .await
+        .with_context(|| format!("posting to {url}; is `cargo xtask up` running?"))?;
+    let status = response.status();
+    println!("{status} {}", response.text().await.unwrap_or_default());
+    println!("MessageSid {sid}");
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
