@@ -161,6 +161,15 @@ pub fn split_single_object(bytes: &[u8]) -> Result<(&'static SchemaInfo, &[u8]),
     Ok((writer, &bytes[10..]))
 }
 
+/// Decodes any channel value into JSON, with the writer schema's full name: what an analytics
+/// consumer that knows only the `.avsc` files can do.
+pub fn decode_to_json(bytes: &[u8]) -> Result<(String, serde_json::Value), CodecError> {
+    let (writer, mut datum) = split_single_object(bytes)?;
+    let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, None)?;
+    let json = serde_json::Value::try_from(value)?;
+    Ok((writer.full_name.clone(), json))
+}
+
 /// Every schema in `schemas/`, by fingerprint.
 pub fn registry() -> &'static HashMap<u64, &'static SchemaInfo> {
     static REGISTRY: OnceLock<HashMap<u64, &'static SchemaInfo>> = OnceLock::new();

@@ -175,3 +175,12 @@ fn decoding_refuses_other_types_and_garbage_with_a_reason() {
     let (writer, _) = split_single_object(&bytes).unwrap();
     assert_eq!(writer.full_name, "wachannel.v1.OutboundRequested");
 }
+
+#[test]
+fn any_value_decodes_to_json_with_nothing_but_the_schema_files() {
+    for fixture in fixtures() {
+        let (schema, json) = wa_schemas::decode_to_json(&fixture.bytes).unwrap();
+        assert!(schema.starts_with("wachannel.v1."), "{schema}");
+        assert_eq!(json, fixture.sample, "{}", fixture.file);
+    }
+}

@@ -237,22 +237,72 @@ pub(crate) async fn test(cargo_args: Vec<String>) -> anyhow::Result<ExitCode> {
         .join("target")
         .join(format!("xtask-test-broker-{}", std::process::id()));
     let mut broker = Broker::start(free_port()?, &data_dir).await?;
-    let status = cargo()
-        .args(["test", "--workspace"])
-        .args(&cargo_args)
-        .env("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap_servers)
-        .status()
-        .await;
+    let outcome = run_tests(&broker, &cargo_args).await;
     broker.stop().await;
     if data_dir.exists() {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
-    let status = status?;
-    Ok(if status.success() {
+    let (status, totals) = outcome?;
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    Ok(if status.success() && totals.passed > 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Test counts summed over every test binary.
+#[derive(Debug, Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds a libtest summary line (`test result: ok. 7 passed; 0 failed; 0 ignored; ...`).
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(count), Some(kind)) = (words.next(), words.next()) {
+                let Ok(count) = count.parse::<u64>() else {
+                    continue;
+                };
+                match kind {
+                    "passed" => self.passed += count,
+                    "failed" => self.failed += count,
+                    "ignored" => self.ignored += count,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs `cargo test` against the broker, echoing its output and summing its counts.
+async fn run_tests(
+    broker: &Broker,
+    cargo_args: &[String],
+) -> anyhow::Result<(std::process::ExitStatus, Totals)> {
+    let mut child = cargo()
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(cargo_args)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap_servers)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut totals = Totals::default();
+    while let Some(line) = lines.next_line().await? {
+        println!("{line}");
+        totals.add_line(&line);
+    }
+    Ok((child.wait().await?, totals))
 }
 
 /// `cargo xtask inbound --from ... --body ...`.
@@ -307,4 +357,96 @@ pub(crate) async fn inbound(args: &[String]) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `cargo xtask events <topic>`: every record of a topic up to its current end, decoded.
+pub(crate) async fn events(topic: Option<&str>) -> anyhow::Result<ExitCode> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::message::{Headers as _, Message as _};
+
+    let names: Vec<&str> = topics::ALL.iter().map(|spec| spec.name).collect();
+    let Some(topic) = topic else {
+        anyhow::bail!("name a topic: {}", names.join(", "));
+    };
+    let kafka = wa_platform::config::KafkaConfig::from_env();
+    let full = if names.contains(&topic) {
+        format!("{}{topic}", kafka.topic_prefix)
+    } else {
+        topic.to_owned()
+    };
+    let consumer: BaseConsumer = wa_platform::kafka::client_config(&kafka, "xtask-events")
+        .set("group.id", format!("xtask-events-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(&full), timeout)?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len()) as i32;
+    anyhow::ensure!(
+        partitions > 0,
+        "topic {full} does not exist on {}",
+        kafka.bootstrap_servers
+    );
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    let mut remaining = 0;
+    let mut highs = Vec::new();
+    for partition in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(&full, partition, timeout)?;
+        highs.push(high);
+        remaining += high - low;
+        assignment.add_partition_offset(&full, partition, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut printed = 0;
+    while remaining > 0 {
+        let Some(message) = consumer.poll(timeout) else {
+            anyhow::bail!("{full}: no record within {timeout:?} though {remaining} remain");
+        };
+        let message = message?;
+        if message.offset() >= highs[message.partition() as usize] {
+            continue;
+        }
+        remaining -= 1;
+        let payload = message.payload().unwrap_or_default();
+        let mut line = match wa_schemas::decode_to_json(payload) {
+            Ok((schema, value)) => serde_json::json!({"schema": schema, "event": value}),
+            Err(err) => serde_json::json!({"undecodable": err.to_string(), "bytes": payload.len()}),
+        };
+        line["partition"] = message.partition().into();
+        line["offset"] = message.offset().into();
+        if let Some(headers) = message.headers() {
+            let map: serde_json::Map<String, serde_json::Value> = headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                            .into_owned()
+                            .into(),
+                    )
+                })
+                .collect();
+            line["headers"] = map.into();
+        }
+        println!("{line}");
+        printed += 1;
+    }
+    eprintln!("xtask: {printed} records on {full}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn totals_sum_libtest_summaries() {
+        let mut totals = Totals::default();
+        totals.add_line("test result: ok. 7 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 9.46s");
+        totals.add_line("test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.1s");
+        totals.add_line("test something ... ok");
+        assert_eq!((totals.passed, totals.failed, totals.ignored), (9, 3, 1));
+    }
 }

@@ -7,6 +7,7 @@
 //! - `cargo xtask broker`: only the broker and topics, until Ctrl-C.
 //! - `cargo xtask inbound --from <customer> --body <text>`: posts a webhook signed the way
 //!   Twilio signs it to the running ingress, as a customer's WhatsApp message would arrive.
+//! - `cargo xtask events <topic>`: prints every record of a topic, decoded with `schemas/`.
 //!
 //! With `KAFKA_BOOTSTRAP_SERVERS` set, that broker is used and no tansu is started.
 
@@ -24,6 +25,7 @@ commands:
   broker                       run only the broker (with topics) until Ctrl-C
   inbound --from <addr> --body <text> [--to <addr>] [--sid <MessageSid>] [--url <ingress url>]
                                post a signed WhatsApp webhook to ingress, as Twilio would
+  events <topic>               print a topic's records (e.g. wa.outbound.rejected.v1) as JSON lines
 
 environment:
   KAFKA_BOOTSTRAP_SERVERS      use this broker instead of starting tansu
@@ -47,6 +49,7 @@ async fn main() -> ExitCode {
         }
         Some("broker") => channel::broker_only().await,
         Some("inbound") => channel::inbound(&args[1..]).await,
+        Some("events") => channel::events(args.get(1).map(String::as_str)).await,
         Some("help" | "--help" | "-h") => {
             println!("{}", usage());
             return ExitCode::SUCCESS;

@@ -10,7 +10,8 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
-use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
@@ -76,26 +77,28 @@ pub fn init_with(
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
 
+    // RUST_LOG filters what is logged only: spans reach OpenTelemetry at INFO whatever the log
+    // level, so trace context is propagated even when logs are quiet.
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(LevelFilter::INFO);
     let json = var("LOG_FORMAT").is_some_and(|format| format.eq_ignore_ascii_case("json"));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
-    let installed = match (json, test_writer) {
-        (_, true) => registry
-            .with(tracing_subscriber::fmt::layer().with_test_writer())
-            .try_init(),
-        (true, false) => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        (false, false) => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
+    let logs = match (json, test_writer) {
+        (_, true) => tracing_subscriber::fmt::layer().with_test_writer().boxed(),
+        (true, false) => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        (false, false) => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let installed = tracing_subscriber::registry()
+        .with(otel)
+        .with(logs.with_filter(filter))
+        .try_init();
     if installed.is_err() {
         // Another subscriber was installed first (a test harness); keep it.
         return Ok(TelemetryGuard { provider: None });
