@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use wa_platform::config::{self, EnvVar, KafkaConfig};
 use wa_platform::http::Health;
 use wa_platform::kafka::EventProducer;
+use wa_platform::service::{Bound, Service};
 use wa_platform::CancellationToken;
 
 /// The service name, in logs, metrics and CloudEvents `source`.
@@ -122,85 +123,72 @@ pub(crate) struct AppState {
     pub(crate) dedupe: dedupe::RecentMessages,
 }
 
-/// A bound, not yet running, ingress.
-pub struct Ingress {
-    listener: TcpListener,
-    state: Arc<AppState>,
-    config: Config,
-}
+/// The ingress service.
+pub struct Ingress;
 
-/// Binds the listener and creates the producer.
-pub async fn bind(config: Config) -> anyhow::Result<Ingress> {
-    let listener = wa_platform::service::bind(config.http_addr).await?;
-    let public_url = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", listener.local_addr().expect("bound")))
-        .trim_end_matches('/')
-        .to_owned();
-    let producer = EventProducer::new(&config.kafka, "wachannel/ingress", config.publish_timeout)?;
-    if config.api_tokens.is_empty() {
-        tracing::warn!(
-            "INGRESS_API_TOKENS is unset: /v1/outbound accepts requests without a token"
-        );
-    }
-    let state = Arc::new(AppState {
-        producer,
-        public_url,
-        auth_tokens: config.auth_tokens.clone(),
-        api_tokens: config.api_tokens.clone(),
-        publish_timeout: config.publish_timeout,
-        dedupe: dedupe::RecentMessages::new(config.dedupe_capacity),
-    });
-    Ok(Ingress {
-        listener,
-        state,
-        config,
-    })
-}
+impl Service for Ingress {
+    const NAME: &'static str = SERVICE;
+    type Config = Config;
 
-impl Ingress {
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+    fn http_addr(config: &Config) -> SocketAddr {
+        config.http_addr
     }
 
     /// Serves until `shutdown`, then flushes the producer.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let health = Health::new();
+    async fn run(
+        listener: TcpListener,
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", listener.local_addr().expect("bound")))
+            .trim_end_matches('/')
+            .to_owned();
+        let producer =
+            EventProducer::new(&config.kafka, "wachannel/ingress", config.publish_timeout)?;
+        if config.api_tokens.is_empty() {
+            tracing::warn!(
+                "INGRESS_API_TOKENS is unset: /v1/outbound accepts requests without a token"
+            );
+        }
+        let state = Arc::new(AppState {
+            producer: producer.clone(),
+            public_url,
+            auth_tokens: config.auth_tokens.clone(),
+            api_tokens: config.api_tokens.clone(),
+            publish_timeout: config.publish_timeout,
+            dedupe: dedupe::RecentMessages::new(config.dedupe_capacity),
+        });
         let routes = Router::new()
             .route("/twilio/inbound", post(webhook::inbound))
             .route("/v1/outbound", post(outbound_api::create))
-            .layer(DefaultBodyLimit::max(self.config.max_body_bytes))
-            .with_state(self.state.clone());
-        let kafka = self.config.kafka.clone();
+            .layer(DefaultBodyLimit::max(config.max_body_bytes))
+            .with_state(state);
+        let health = Health::new();
         let ready = health.clone();
-        let producer = self.state.producer.clone();
         let stopped = shutdown.clone();
         let worker = async move {
-            wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await?;
+            wa_platform::kafka::wait_for_broker(&config.kafka, Duration::from_secs(60)).await?;
             ready.set_ready(true);
             stopped.cancelled().await;
             producer.flush(Duration::from_secs(10));
             Ok(())
         };
-        wa_platform::service::run_until_stopped(
-            SERVICE,
-            self.listener,
-            routes,
-            health,
-            shutdown,
-            worker,
-        )
-        .await
+        wa_platform::service::run_until_stopped(SERVICE, listener, routes, health, shutdown, worker)
+            .await
     }
+}
+
+/// Binds the HTTP listener (port 0 picks a free one).
+pub async fn bind(config: Config) -> anyhow::Result<Bound<Ingress>> {
+    Bound::bind(config).await
 }
 
 /// Binds and runs until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    bind(config).await?.run(shutdown).await
+    wa_platform::service::run::<Ingress>(config, shutdown).await
 }
 
 /// Masks an address for logs: `whatsapp:+15551234567` becomes `whatsapp:+155*****67`.

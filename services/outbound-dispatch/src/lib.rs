@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 use wa_platform::config::{self, EnvVar, KafkaConfig};
 use wa_platform::kafka::{ConsumerSettings, EventProducer, HandleError, Handler, Record};
+use wa_platform::service::{Bound, Service};
 use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_DISPATCHED};
 use wa_platform::CancellationToken;
 use wa_schemas::{Event, OutboundAuthorized, OutboundDispatched};
@@ -268,37 +269,30 @@ impl Handler for Dispatch {
     }
 }
 
-/// A bound, not yet running, outbound-dispatch.
-pub struct OutboundDispatch {
-    listener: TcpListener,
-    config: Config,
-}
+/// The outbound-dispatch service.
+pub struct OutboundDispatch;
 
-/// Binds the HTTP listener.
-pub async fn bind(config: Config) -> anyhow::Result<OutboundDispatch> {
-    let listener = wa_platform::service::bind(config.http_addr).await?;
-    Ok(OutboundDispatch { listener, config })
-}
+impl Service for OutboundDispatch {
+    const NAME: &'static str = SERVICE;
+    type Config = Config;
 
-impl OutboundDispatch {
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+    fn http_addr(config: &Config) -> SocketAddr {
+        config.http_addr
     }
 
-    /// Dispatches until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run(
+        listener: TcpListener,
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let settings = ConsumerSettings {
             group: "outbound-dispatch".to_owned(),
             topics: vec![OUTBOUND_AUTHORIZED],
             service: SERVICE,
         };
-        let config = self.config;
         let kafka = config.kafka.clone();
         wa_platform::service::run_consumer_service(
-            self.listener,
+            listener,
             kafka,
             settings,
             shutdown,
@@ -321,9 +315,14 @@ impl OutboundDispatch {
     }
 }
 
+/// Binds the HTTP listener (port 0 picks a free one).
+pub async fn bind(config: Config) -> anyhow::Result<Bound<OutboundDispatch>> {
+    Bound::bind(config).await
+}
+
 /// Binds and runs until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    bind(config).await?.run(shutdown).await
+    wa_platform::service::run::<OutboundDispatch>(config, shutdown).await
 }
 
 #[cfg(test)]

@@ -82,3 +82,54 @@ where
     };
     run_until_stopped(service, listener, Router::new(), health, shutdown, worker).await
 }
+
+/// A service of the channel: how to find its HTTP address in its configuration and how to run
+/// it on a bound listener. [`Bound`] does the rest.
+pub trait Service {
+    /// The service name, in logs, metrics and CloudEvents sources.
+    const NAME: &'static str;
+    /// Its configuration.
+    type Config: Send + 'static;
+
+    /// Where the HTTP listener binds.
+    fn http_addr(config: &Self::Config) -> std::net::SocketAddr;
+
+    /// Runs the service on `listener` until `shutdown`.
+    fn run(
+        listener: TcpListener,
+        config: Self::Config,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// A service with its listener bound but not yet running, so tests can bind port 0 and learn
+/// the port before starting it.
+pub struct Bound<S: Service> {
+    listener: TcpListener,
+    config: S::Config,
+}
+
+impl<S: Service> Bound<S> {
+    /// Binds the service's HTTP listener.
+    pub async fn bind(config: S::Config) -> anyhow::Result<Self> {
+        let listener = bind(S::http_addr(&config)).await?;
+        Ok(Self { listener, config })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        S::run(self.listener, self.config, shutdown).await
+    }
+}
+
+/// Binds and runs `S` until `shutdown`.
+pub async fn run<S: Service>(config: S::Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Bound::<S>::bind(config).await?.run(shutdown).await
+}

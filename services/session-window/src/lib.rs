@@ -16,6 +16,7 @@ use uuid::Uuid;
 use wa_platform::config::{self, EnvVar, KafkaConfig};
 use wa_platform::http::Health;
 use wa_platform::kafka::{ConsumerSettings, EventProducer, HandleError, Handler, Record};
+use wa_platform::service::{Bound, Service};
 use wa_platform::topics::{OUTBOUND_CHECKED, OUTBOUND_REQUESTED};
 use wa_platform::CancellationToken;
 use wa_schemas::{Event, OutboundRequested, OutboundWindowChecked};
@@ -114,31 +115,25 @@ impl Handler for CheckWindow {
     }
 }
 
-/// A bound, not yet running, session-window.
-pub struct SessionWindow {
-    listener: TcpListener,
-    config: Config,
-}
+/// The session-window service.
+pub struct SessionWindow;
 
-/// Binds the HTTP listener.
-pub async fn bind(config: Config) -> anyhow::Result<SessionWindow> {
-    let listener = wa_platform::service::bind(config.http_addr).await?;
-    Ok(SessionWindow { listener, config })
-}
+impl Service for SessionWindow {
+    const NAME: &'static str = SERVICE;
+    type Config = Config;
 
-impl SessionWindow {
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+    fn http_addr(config: &Config) -> SocketAddr {
+        config.http_addr
     }
 
     /// Projects and checks until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run(
+        listener: TcpListener,
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let health = Health::new();
         let ready = health.clone();
-        let config = self.config.clone();
         let stopped = shutdown.clone();
         let worker = async move {
             let kafka = &config.kafka;
@@ -146,16 +141,19 @@ impl SessionWindow {
             let producer =
                 EventProducer::new(kafka, "wachannel/session-window", Duration::from_secs(30))?;
             let (projection, consumer) = Projection::start(kafka).await?;
+            // Stops the projection when the checks stop, for whatever reason.
+            let stop_projection = stopped.child_token();
             let projecting = {
                 let projection = projection.clone();
-                let stopped = stopped.clone();
-                tokio::spawn(async move { projection.run(consumer, stopped).await })
+                let stop = stop_projection.clone();
+                tokio::spawn(async move { projection.run(consumer, stop).await })
             };
             // Ready once the state holds everything published before start.
             while let Err(reason) = projection.catch_up(Duration::from_secs(30)).await {
                 tracing::warn!(reason = %reason, "initial projection still catching up");
                 if stopped.is_cancelled() {
-                    return Ok(());
+                    stop_projection.cancel();
+                    return projecting.await?;
                 }
             }
             ready.set_ready(true);
@@ -173,13 +171,13 @@ impl SessionWindow {
                 wa_platform::kafka::run_consumer(kafka, &settings, &producer, &handler, &stopped)
                     .await;
             producer.flush(Duration::from_secs(10));
-            stopped.cancel();
+            stop_projection.cancel();
             projecting.await??;
             result
         };
         wa_platform::service::run_until_stopped(
             SERVICE,
-            self.listener,
+            listener,
             Router::new(),
             health,
             shutdown,
@@ -189,7 +187,12 @@ impl SessionWindow {
     }
 }
 
+/// Binds the HTTP listener (port 0 picks a free one).
+pub async fn bind(config: Config) -> anyhow::Result<Bound<SessionWindow>> {
+    Bound::bind(config).await
+}
+
 /// Binds and runs until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    bind(config).await?.run(shutdown).await
+    wa_platform::service::run::<SessionWindow>(config, shutdown).await
 }

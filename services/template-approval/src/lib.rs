@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 use wa_platform::config::{self, EnvVar, KafkaConfig};
 use wa_platform::kafka::{ConsumerSettings, EventProducer, HandleError, Handler, Record};
+use wa_platform::service::{Bound, Service};
 use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_REJECTED};
 use wa_platform::CancellationToken;
 use wa_schemas::{Event, OutboundAuthorized, OutboundRejected, OutboundWindowChecked};
@@ -129,36 +130,30 @@ impl Handler for Authorize {
     }
 }
 
-/// A bound, not yet running, template-approval.
-pub struct TemplateApproval {
-    listener: TcpListener,
-    config: Config,
-}
+/// The template-approval service.
+pub struct TemplateApproval;
 
-/// Binds the HTTP listener.
-pub async fn bind(config: Config) -> anyhow::Result<TemplateApproval> {
-    let listener = wa_platform::service::bind(config.http_addr).await?;
-    Ok(TemplateApproval { listener, config })
-}
+impl Service for TemplateApproval {
+    const NAME: &'static str = SERVICE;
+    type Config = Config;
 
-impl TemplateApproval {
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+    fn http_addr(config: &Config) -> SocketAddr {
+        config.http_addr
     }
 
-    /// Authorizes until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run(
+        listener: TcpListener,
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let settings = ConsumerSettings {
             group: "template-approval".to_owned(),
             topics: vec![OUTBOUND_CHECKED],
             service: SERVICE,
         };
         wa_platform::service::run_consumer_service(
-            self.listener,
-            self.config.kafka,
+            listener,
+            config.kafka,
             settings,
             shutdown,
             |producer| Ok(Authorize { producer }),
@@ -167,9 +162,14 @@ impl TemplateApproval {
     }
 }
 
+/// Binds the HTTP listener (port 0 picks a free one).
+pub async fn bind(config: Config) -> anyhow::Result<Bound<TemplateApproval>> {
+    Bound::bind(config).await
+}
+
 /// Binds and runs until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    bind(config).await?.run(shutdown).await
+    wa_platform::service::run::<TemplateApproval>(config, shutdown).await
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use wa_platform::config::{self, EnvVar};
 use wa_platform::http::Health;
+use wa_platform::service::{Bound, Service};
 use wa_platform::CancellationToken;
 
 /// The service name.
@@ -193,30 +194,24 @@ async fn list_messages(State(sim): State<Arc<Sim>>) -> Json<Vec<SimMessage>> {
     Json(sim.messages.lock().expect("messages lock").clone())
 }
 
-/// A bound, not yet running, simulator.
-pub struct TwilioSim {
-    listener: TcpListener,
-    config: Config,
-}
+/// The simulator.
+pub struct TwilioSim;
 
-/// Binds the listener.
-pub async fn bind(config: Config) -> anyhow::Result<TwilioSim> {
-    let listener = wa_platform::service::bind(config.http_addr).await?;
-    Ok(TwilioSim { listener, config })
-}
+impl Service for TwilioSim {
+    const NAME: &'static str = SERVICE;
+    type Config = Config;
 
-impl TwilioSim {
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+    fn http_addr(config: &Config) -> SocketAddr {
+        config.http_addr
     }
 
-    /// Serves until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run(
+        listener: TcpListener,
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let sim = Arc::new(Sim {
-            config: self.config,
+            config,
             messages: Mutex::default(),
         });
         let routes = Router::new()
@@ -233,19 +228,17 @@ impl TwilioSim {
             stopped.cancelled().await;
             Ok(())
         };
-        wa_platform::service::run_until_stopped(
-            SERVICE,
-            self.listener,
-            routes,
-            health,
-            shutdown,
-            worker,
-        )
-        .await
+        wa_platform::service::run_until_stopped(SERVICE, listener, routes, health, shutdown, worker)
+            .await
     }
+}
+
+/// Binds the HTTP listener (port 0 picks a free one).
+pub async fn bind(config: Config) -> anyhow::Result<Bound<TwilioSim>> {
+    Bound::bind(config).await
 }
 
 /// Binds and runs until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    bind(config).await?.run(shutdown).await
+    wa_platform::service::run::<TwilioSim>(config, shutdown).await
 }
