@@ -149,13 +149,21 @@ pub async fn run_consumer<H: Handler>(
             Ok(message) => message,
             Err(err) => {
                 tracing::warn!(error = %err, "consumer error");
-                continue;
+                // Errors repeat while the broker is away: do not spin.
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
             }
         };
         if !process(&message, settings, dead_letters, handler, shutdown).await {
             break;
         }
-        consumer.store_offset_from_message(&message)?;
+        if let Err(err) = consumer.store_offset_from_message(&message) {
+            // The partition was revoked while the record was handled: its new owner reads it
+            // again (at-least-once), which the deterministic event ids make harmless.
+            tracing::warn!(error = %err, partition = message.partition(), offset = message.offset(), "offset not stored");
+        }
     }
 
     if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
