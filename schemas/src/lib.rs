@@ -105,8 +105,8 @@ pub trait Event: Serialize + DeserializeOwned {
     fn schema_info() -> &'static SchemaInfo;
     /// The event's unique id.
     fn event_id(&self) -> &str;
-    /// The conversation the event belongs to, used as the record key.
-    fn conversation_id(&self) -> &str;
+    /// The record key: the conversation id for message events.
+    fn key(&self) -> &str;
     /// When the event happened, in Unix milliseconds.
     fn occurred_at(&self) -> i64;
 
@@ -195,6 +195,9 @@ pub fn all_schemas() -> [&'static SchemaInfo; 6] {
 
 macro_rules! event {
     ($ty:ident, $file:literal, $ce_type:literal) => {
+        event!($ty, $file, $ce_type, conversation_id);
+    };
+    ($ty:ident, $file:literal, $ce_type:literal, $key:ident) => {
         impl Event for $ty {
             const SCHEMA: &'static str = include_str!(concat!("../", $file));
             const CE_TYPE: &'static str = $ce_type;
@@ -206,8 +209,8 @@ macro_rules! event {
             fn event_id(&self) -> &str {
                 &self.event_id
             }
-            fn conversation_id(&self) -> &str {
-                &self.conversation_id
+            fn key(&self) -> &str {
+                &self.$key
             }
             fn occurred_at(&self) -> i64 {
                 self.occurred_at

@@ -8,7 +8,6 @@
 
 mod dedupe;
 mod outbound_api;
-mod problem;
 mod webhook;
 
 use std::net::SocketAddr;

@@ -8,12 +8,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
+use wa_platform::http::{bearer_authorized, Problem};
 use wa_platform::topics::OUTBOUND_REQUESTED;
 use wa_schemas::{conversation_id, normalize_whatsapp_address, OutboundRequested};
 
-use crate::problem::Problem;
 use crate::{mask, AppState};
 
 /// WhatsApp's limit on a free-form message body.
@@ -46,44 +45,16 @@ struct Accepted {
     status: &'static str,
 }
 
-fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    if state.api_tokens.is_empty() {
-        return true;
-    }
-    let Some(presented) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    state
-        .api_tokens
-        .iter()
-        .any(|token| bool::from(token.as_bytes().ct_eq(presented.trim().as_bytes())))
-}
-
 /// Validates the request and publishes it.
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !authorized(&state, &headers) {
+    if !bearer_authorized(&state.api_tokens, &headers) {
         metrics::counter!("wa_outbound_api_rejected_total", "reason" => "unauthorized")
             .increment(1);
-        let mut response = Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unauthorized",
-            "a valid bearer token is required",
-        )
-        .into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        return response;
+        return Problem::unauthorized();
     }
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -144,17 +115,7 @@ fn reject(problem: Problem) -> Response {
 
 fn unavailable(reason: String) -> Response {
     tracing::error!(reason = %reason, "outbound request not durable; answering 503");
-    let mut response = Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "broker-unavailable",
-        "temporarily unavailable",
-        reason,
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-    response
+    Problem::unavailable(reason)
 }
 
 fn validate(request: OutboundRequest) -> Result<OutboundRequested, Problem> {

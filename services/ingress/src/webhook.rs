@@ -8,12 +8,12 @@ use axum::extract::{OriginalUri, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
+use wa_platform::http::Problem;
 use wa_platform::topics::INBOUND;
 use wa_platform::twilio_signature;
 use wa_schemas::{conversation_id, normalize_whatsapp_address, InboundMessageReceived, Media};
 
 use crate::dedupe::Outcome;
-use crate::problem::Problem;
 use crate::{mask, AppState};
 
 /// The empty TwiML document: "received, nothing to reply".

@@ -1,5 +1,9 @@
 //! The HTTP listener every service has: `/healthz`, `/readyz`, Prometheus `/metrics`, plus the
-//! service's own routes, with request metrics.
+//! service's own routes, with request metrics; and the problem responses APIs share.
+
+mod problem;
+
+pub use problem::{bearer_authorized, Problem};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -3,6 +3,7 @@
 
 mod admin;
 mod consumer;
+mod follower;
 mod headers;
 mod producer;
 
@@ -10,6 +11,7 @@ use rdkafka::ClientConfig;
 
 pub use admin::{ensure_topics, wait_for_broker};
 pub use consumer::{run_consumer, ConsumerSettings, HandleError, Handler, Record};
+pub use follower::TopicFollower;
 pub use headers::{
     header_str, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID, CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE,
     TRACEPARENT,

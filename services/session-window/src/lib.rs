@@ -140,13 +140,13 @@ impl Service for SessionWindow {
             wa_platform::kafka::wait_for_broker(kafka, Duration::from_secs(60)).await?;
             let producer =
                 EventProducer::new(kafka, "wachannel/session-window", Duration::from_secs(30))?;
-            let (projection, consumer) = Projection::start(kafka).await?;
+            let projection = Projection::start(kafka).await?;
             // Stops the projection when the checks stop, for whatever reason.
             let stop_projection = stopped.child_token();
             let projecting = {
                 let projection = projection.clone();
                 let stop = stop_projection.clone();
-                tokio::spawn(async move { projection.run(consumer, stop).await })
+                tokio::spawn(async move { projection.run(stop).await })
             };
             // Ready once the state holds everything published before start.
             while let Err(reason) = projection.catch_up(Duration::from_secs(30)).await {

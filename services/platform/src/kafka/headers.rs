@@ -16,7 +16,7 @@ pub const CE_TYPE: &str = "ce_type";
 pub const CE_SOURCE: &str = "ce_source";
 /// CloudEvents `time` header.
 pub const CE_TIME: &str = "ce_time";
-/// CloudEvents `subject` header (the conversation id).
+/// CloudEvents `subject` header (the record key: the conversation id for message events).
 pub const CE_SUBJECT: &str = "ce_subject";
 /// W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
@@ -51,7 +51,7 @@ pub(crate) fn event_headers<E: Event>(event: &E, source: &str) -> OwnedHeaders {
         })
         .insert(Header {
             key: CE_SUBJECT,
-            value: Some(event.conversation_id()),
+            value: Some(event.key()),
         })
         .insert(Header {
             key: "content-type",

@@ -56,7 +56,7 @@ impl EventProducer {
         })
     }
 
-    /// Publishes `event` to `topic`, keyed by its conversation id, and waits for the broker's
+    /// Publishes `event` to `topic`, keyed by its key (the conversation id for message events), and waits for the broker's
     /// acknowledgement. Returns (partition, offset).
     pub async fn publish<E: Event>(
         &self,
@@ -67,12 +67,7 @@ impl EventProducer {
         let headers = super::headers::event_headers(event, &self.source);
         let name = self.kafka.topic(topic);
         let result = self
-            .send(
-                &name,
-                Some(event.conversation_id().as_bytes()),
-                &payload,
-                headers,
-            )
+            .send(&name, Some(event.key().as_bytes()), &payload, headers)
             .await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!("wa_events_published_total", "topic" => topic.name, "outcome" => outcome)

@@ -1,0 +1,148 @@
+//! Following a topic from its beginning, for a service that holds the topic's whole state in
+//! memory (session windows, templates), and knowing when it has caught up with the broker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+use crate::topics::TopicSpec;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads every partition of one topic from its beginning (no consumer group, nothing
+/// committed) and tracks how far it has read.
+pub struct TopicFollower {
+    topic: String,
+    consumer: StreamConsumer,
+    /// Next offset to read, per partition.
+    positions: watch::Sender<Vec<i64>>,
+    /// A client for watermark queries.
+    metadata: Arc<BaseConsumer>,
+}
+
+impl TopicFollower {
+    /// Connects and assigns every partition of `spec` from its beginning.
+    pub async fn start(
+        kafka: &KafkaConfig,
+        spec: &TopicSpec,
+        client_id: &str,
+    ) -> anyhow::Result<Arc<Self>> {
+        let topic = kafka.topic(spec);
+        let metadata: Arc<BaseConsumer> =
+            Arc::new(super::client_config(kafka, client_id).create()?);
+        let lookup = metadata.clone();
+        let lookup_topic = topic.clone();
+        let lows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<i64>> {
+            let meta = lookup.fetch_metadata(Some(&lookup_topic), METADATA_TIMEOUT)?;
+            let partitions = meta
+                .topics()
+                .first()
+                .map(|t| t.partitions().len())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| anyhow::anyhow!("topic {lookup_topic} does not exist"))?;
+            (0..partitions)
+                .map(|p| {
+                    Ok(lookup
+                        .fetch_watermarks(&lookup_topic, p as i32, METADATA_TIMEOUT)?
+                        .0)
+                })
+                .collect()
+        })
+        .await??;
+        let consumer: StreamConsumer = super::client_config(kafka, client_id)
+            .set("group.id", kafka.group(client_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create()?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..lows.len() {
+            assignment.add_partition_offset(&topic, partition as i32, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        tracing::info!(topic = %topic, partitions = lows.len(), "following from the beginning");
+        let (positions, _) = watch::channel(lows);
+        Ok(Arc::new(Self {
+            topic,
+            consumer,
+            positions,
+            metadata,
+        }))
+    }
+
+    /// The followed topic's full name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Hands every record to `apply`, in partition order, until `shutdown`.
+    pub async fn run(
+        &self,
+        shutdown: CancellationToken,
+        mut apply: impl FnMut(&BorrowedMessage<'_>) + Send,
+    ) -> anyhow::Result<()> {
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                message = self.consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(err) => {
+                    tracing::warn!(topic = %self.topic, error = %err, "follower consumer error");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    }
+                }
+            };
+            apply(&message);
+            let partition = message.partition() as usize;
+            let next = message.offset() + 1;
+            self.positions.send_modify(|positions| {
+                if let Some(position) = positions.get_mut(partition) {
+                    *position = (*position).max(next);
+                }
+            });
+        }
+    }
+
+    /// Waits until every record the broker holds now has been applied.
+    pub async fn catch_up(&self, timeout: Duration) -> Result<(), String> {
+        let metadata = self.metadata.clone();
+        let topic = self.topic.clone();
+        let partitions = self.positions.borrow().len();
+        let highs = tokio::task::spawn_blocking(move || {
+            (0..partitions)
+                .map(|p| {
+                    metadata
+                        .fetch_watermarks(&topic, p as i32, METADATA_TIMEOUT)
+                        .map(|(_, high)| high)
+                })
+                .collect::<Result<Vec<i64>, _>>()
+        })
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(|err| format!("cannot read watermarks of {}: {err}", self.topic))?;
+        let mut positions = self.positions.subscribe();
+        let reached = async {
+            positions
+                .wait_for(|positions| positions.iter().zip(&highs).all(|(pos, high)| pos >= high))
+                .await
+                .map(|_| ())
+        };
+        match tokio::time::timeout(timeout, reached).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("follower stopped".to_owned()),
+            Err(_) => Err(format!(
+                "did not catch up with {} within {timeout:?}",
+                self.topic
+            )),
+        }
+    }
+}
