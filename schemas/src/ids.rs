@@ -21,16 +21,9 @@ pub fn normalize_whatsapp_address(address: &str) -> Option<String> {
     if id.is_empty() {
         return None;
     }
-    let looks_like_phone = id
-        .chars()
-        .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '.' | '(' | ')'));
-    let id = if looks_like_phone {
-        id.chars()
-            .filter(|c| c.is_ascii_digit() || *c == '+')
-            .collect()
-    } else {
-        id.to_owned()
-    };
+    let looks_like_phone = id.chars().all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '.' | '(' | ')'));
+    let id =
+        if looks_like_phone { id.chars().filter(|c| c.is_ascii_digit() || *c == '+').collect() } else { id.to_owned() };
     Some(format!("whatsapp:{id}"))
 }
 
@@ -50,14 +43,8 @@ mod tests {
     #[test]
     fn formats_of_one_number_normalize_alike() {
         let expected = Some("whatsapp:+15551234567".to_owned());
-        assert_eq!(
-            normalize_whatsapp_address("whatsapp:+15551234567"),
-            expected
-        );
-        assert_eq!(
-            normalize_whatsapp_address("WhatsApp:+1 (555) 123-4567"),
-            expected
-        );
+        assert_eq!(normalize_whatsapp_address("whatsapp:+15551234567"), expected);
+        assert_eq!(normalize_whatsapp_address("WhatsApp:+1 (555) 123-4567"), expected);
         assert_eq!(normalize_whatsapp_address(" +1.555.123.4567 "), expected);
     }
 
@@ -74,13 +61,7 @@ mod tests {
     fn conversation_id_depends_on_both_sides_only() {
         let a = conversation_id("whatsapp:+14155238886", "whatsapp:+15551234567");
         assert_eq!(a, conversation_id("+1 415 523 8886", "+15551234567"));
-        assert_ne!(
-            a,
-            conversation_id("whatsapp:+15551234567", "whatsapp:+14155238886")
-        );
-        assert_ne!(
-            a,
-            conversation_id("whatsapp:+14155238886", "whatsapp:+15551234568")
-        );
+        assert_ne!(a, conversation_id("whatsapp:+15551234567", "whatsapp:+14155238886"));
+        assert_ne!(a, conversation_id("whatsapp:+14155238886", "whatsapp:+15551234568"));
     }
 }

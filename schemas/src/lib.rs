@@ -8,7 +8,7 @@
 
 mod ids;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
 use apache_avro::rabin::Rabin;
@@ -70,19 +70,9 @@ impl SchemaInfo {
             _ => panic!("every event schema is a record"),
         };
         let digest = schema.fingerprint::<Rabin>();
-        let fingerprint = u64::from_le_bytes(
-            digest
-                .bytes
-                .as_slice()
-                .try_into()
-                .expect("rabin fingerprints are 8 bytes"),
-        );
-        Self {
-            schema,
-            full_name,
-            fingerprint,
-            source,
-        }
+        let fingerprint =
+            u64::from_le_bytes(digest.bytes.as_slice().try_into().expect("rabin fingerprints are 8 bytes"));
+        Self { schema, full_name, fingerprint, source }
     }
 
     /// The 10-byte header that opens each value written with this schema.
@@ -127,18 +117,12 @@ pub trait Event: Serialize + DeserializeOwned {
         let (writer, mut datum) = split_single_object(bytes)?;
         let reader = Self::schema_info();
         if writer.full_name != reader.full_name {
-            return Err(CodecError::WrongType {
-                found: writer.full_name.clone(),
-                expected: reader.full_name.clone(),
-            });
+            return Err(CodecError::WrongType { found: writer.full_name.clone(), expected: reader.full_name.clone() });
         }
         let reader_schema = (writer.fingerprint != reader.fingerprint).then_some(&reader.schema);
         let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, reader_schema)?;
         if !datum.is_empty() {
-            return Err(CodecError::Avro(format!(
-                "{} trailing bytes after the datum",
-                datum.len()
-            )));
+            return Err(CodecError::Avro(format!("{} trailing bytes after the datum", datum.len())));
         }
         Ok(apache_avro::from_value(&value)?)
     }
@@ -147,17 +131,13 @@ pub trait Event: Serialize + DeserializeOwned {
 /// Splits a single-object value into its writer schema and the datum bytes.
 pub fn split_single_object(bytes: &[u8]) -> Result<(&'static SchemaInfo, &[u8]), CodecError> {
     if bytes.len() < 10 {
-        return Err(CodecError::NotSingleObject(
-            "shorter than the 10-byte header",
-        ));
+        return Err(CodecError::NotSingleObject("shorter than the 10-byte header"));
     }
     if bytes[..2] != SINGLE_OBJECT_MAGIC {
         return Err(CodecError::NotSingleObject("missing the C3 01 marker"));
     }
     let fingerprint = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
-    let writer = registry()
-        .get(&fingerprint)
-        .ok_or(CodecError::UnknownFingerprint(fingerprint))?;
+    let writer = registry().get(&fingerprint).ok_or(CodecError::UnknownFingerprint(fingerprint))?;
     Ok((writer, &bytes[10..]))
 }
 
@@ -173,16 +153,11 @@ pub fn decode_to_json(bytes: &[u8]) -> Result<(String, serde_json::Value), Codec
 /// Every schema in `schemas/`, by fingerprint.
 pub fn registry() -> &'static HashMap<u64, &'static SchemaInfo> {
     static REGISTRY: OnceLock<HashMap<u64, &'static SchemaInfo>> = OnceLock::new();
-    REGISTRY.get_or_init(|| {
-        all_schemas()
-            .iter()
-            .map(|info| (info.fingerprint, *info))
-            .collect()
-    })
+    REGISTRY.get_or_init(|| all_schemas().iter().map(|info| (info.fingerprint, *info)).collect())
 }
 
 /// Every event schema, in a fixed order.
-pub fn all_schemas() -> [&'static SchemaInfo; 6] {
+pub fn all_schemas() -> [&'static SchemaInfo; 7] {
     [
         InboundMessageReceived::schema_info(),
         OutboundRequested::schema_info(),
@@ -190,6 +165,7 @@ pub fn all_schemas() -> [&'static SchemaInfo; 6] {
         OutboundAuthorized::schema_info(),
         OutboundRejected::schema_info(),
         OutboundDispatched::schema_info(),
+        TemplateEvent::schema_info(),
     ]
 }
 
@@ -218,6 +194,51 @@ macro_rules! event {
         }
     };
 }
+
+/// A template the CRM asks to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateRequest {
+    /// Registered template name.
+    pub name: String,
+    /// Requested language (e.g. `pt_BR`).
+    pub language: String,
+    /// Values by variable number (`"1"` → `"Ana"`).
+    pub variables: BTreeMap<String, String>,
+}
+
+/// A change in a template's lifecycle (topic `wa.templates.v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateEvent {
+    /// Unique id of this event.
+    pub event_id: String,
+    /// When it happened, Unix millis.
+    pub occurred_at: i64,
+    /// `<name>:<language>` (record key).
+    pub template_id: String,
+    /// What happened: registered, submitted, approved, rejected, paused, unpaused, disabled,
+    /// deleted or replaced.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Template name.
+    pub name: String,
+    /// Language code.
+    pub language: String,
+    /// Version (1, then +1 per replacement).
+    pub version: i32,
+    /// Category, when registered or replaced.
+    pub category: Option<String>,
+    /// Twilio Content SID, when registered or replaced.
+    pub content_sid: Option<String>,
+    /// Body with `{{n}}` variables, when registered or replaced.
+    pub body: Option<String>,
+    /// Example value per variable.
+    pub examples: BTreeMap<String, String>,
+    /// Why (rejections, pauses, disables).
+    pub reason: Option<String>,
+    /// `admin` or `twilio`.
+    pub actor: String,
+}
+event!(TemplateEvent, "template_event.avsc", "wachannel.template.changed.v1", template_id);
 
 /// A media attachment of an inbound message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,11 +281,7 @@ pub struct InboundMessageReceived {
     /// Every other webhook parameter, verbatim.
     pub other_params: HashMap<String, String>,
 }
-event!(
-    InboundMessageReceived,
-    "inbound_message_received.avsc",
-    "wachannel.inbound.message.received.v1"
-);
+event!(InboundMessageReceived, "inbound_message_received.avsc", "wachannel.inbound.message.received.v1");
 
 /// An agent's message the CRM asks to send (topic `wa.outbound.requested.v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,12 +302,10 @@ pub struct OutboundRequested {
     pub body: Option<String>,
     /// Media URLs.
     pub media_urls: Vec<String>,
+    /// A template send instead of free-form content.
+    pub template: Option<TemplateRequest>,
 }
-event!(
-    OutboundRequested,
-    "outbound_requested.avsc",
-    "wachannel.outbound.requested.v1"
-);
+event!(OutboundRequested, "outbound_requested.avsc", "wachannel.outbound.requested.v1");
 
 /// session-window's verdict on an outbound request (topic `wa.outbound.checked.v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,16 +328,16 @@ pub struct OutboundWindowChecked {
     pub media_urls: Vec<String>,
     /// Whether the window allows a free-form send.
     pub allowed: bool,
+    /// A template send instead of free-form content.
+    pub template: Option<TemplateRequest>,
     /// Why not, when not allowed (`no_window`, `window_closed`).
     pub refusal_reason: Option<String>,
     /// When the window closes, Unix millis, if there is one.
     pub window_expires_at: Option<i64>,
+    /// Whether the customer opted out of marketing messages.
+    pub opted_out: bool,
 }
-event!(
-    OutboundWindowChecked,
-    "outbound_window_checked.avsc",
-    "wachannel.outbound.checked.v1"
-);
+event!(OutboundWindowChecked, "outbound_window_checked.avsc", "wachannel.outbound.checked.v1");
 
 /// A message cleared for sending (topic `wa.outbound.authorized.v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -343,14 +358,20 @@ pub struct OutboundAuthorized {
     pub body: Option<String>,
     /// Media URLs.
     pub media_urls: Vec<String>,
-    /// When the window closes, Unix millis; dispatch re-checks it.
+    /// When the window closes, Unix millis; dispatch re-checks it for free-form sends.
     pub window_expires_at: Option<i64>,
+    /// Twilio Content SID of the template version to send.
+    pub content_sid: Option<String>,
+    /// Twilio ContentVariables (a JSON object).
+    pub content_variables: Option<String>,
+    /// The template's name.
+    pub template_name: Option<String>,
+    /// The language sent (after fallback).
+    pub template_language: Option<String>,
+    /// The template body with its variables filled in.
+    pub preview: Option<String>,
 }
-event!(
-    OutboundAuthorized,
-    "outbound_authorized.avsc",
-    "wachannel.outbound.authorized.v1"
-);
+event!(OutboundAuthorized, "outbound_authorized.avsc", "wachannel.outbound.authorized.v1");
 
 /// An outbound request refused before it reached Twilio (topic `wa.outbound.rejected.v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,11 +395,7 @@ pub struct OutboundRejected {
     /// The service that refused it.
     pub rejected_by: String,
 }
-event!(
-    OutboundRejected,
-    "outbound_rejected.avsc",
-    "wachannel.outbound.rejected.v1"
-);
+event!(OutboundRejected, "outbound_rejected.avsc", "wachannel.outbound.rejected.v1");
 
 /// The outcome of a send to Twilio (topic `wa.outbound.dispatched.v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -410,8 +427,4 @@ pub struct OutboundDispatched {
     /// HTTP attempts made.
     pub attempts: i32,
 }
-event!(
-    OutboundDispatched,
-    "outbound_dispatched.avsc",
-    "wachannel.outbound.dispatched.v1"
-);
+event!(OutboundDispatched, "outbound_dispatched.avsc", "wachannel.outbound.dispatched.v1");

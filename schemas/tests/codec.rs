@@ -3,9 +3,8 @@
 
 use serde_json::Value as Json;
 use wa_schemas::{
-    all_schemas, split_single_object, CodecError, Event, InboundMessageReceived,
-    OutboundAuthorized, OutboundDispatched, OutboundRejected, OutboundRequested,
-    OutboundWindowChecked, SchemaInfo,
+    all_schemas, split_single_object, CodecError, Event, InboundMessageReceived, OutboundAuthorized,
+    OutboundDispatched, OutboundRejected, OutboundRequested, OutboundWindowChecked, SchemaInfo, TemplateEvent,
 };
 
 struct Fixture {
@@ -34,18 +33,12 @@ fn fixtures() -> Vec<Fixture> {
 }
 
 fn fixture(file: &str) -> Fixture {
-    fixtures()
-        .into_iter()
-        .find(|f| f.file == file)
-        .unwrap_or_else(|| panic!("no fixture {file}"))
+    fixtures().into_iter().find(|f| f.file == file).unwrap_or_else(|| panic!("no fixture {file}"))
 }
 
 fn info_for(file: &str) -> &'static SchemaInfo {
     let source = std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-    all_schemas()
-        .into_iter()
-        .find(|info| info.source == source)
-        .expect("schema is registered")
+    all_schemas().into_iter().find(|info| info.source == source).expect("schema is registered")
 }
 
 /// Decodes fastavro's bytes into our type, compares with the sample, and re-encodes to the
@@ -53,11 +46,7 @@ fn info_for(file: &str) -> &'static SchemaInfo {
 fn check_against_fastavro<E: Event + std::fmt::Debug + PartialEq>(file: &str) {
     let fixture = fixture(file);
     let info = E::schema_info();
-    assert_eq!(
-        info.schema.canonical_form(),
-        fixture.canonical_form,
-        "{file}: canonical form"
-    );
+    assert_eq!(info.schema.canonical_form(), fixture.canonical_form, "{file}: canonical form");
     assert_eq!(
         hex::encode(info.fingerprint.to_le_bytes()),
         fixture.fingerprint_le_hex,
@@ -66,11 +55,7 @@ fn check_against_fastavro<E: Event + std::fmt::Debug + PartialEq>(file: &str) {
     let decoded = E::decode(&fixture.bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
     let expected: E = serde_json::from_value(fixture.sample.clone()).unwrap();
     assert_eq!(decoded, expected, "{file}: decoded value");
-    assert_eq!(
-        decoded.encode().unwrap(),
-        fixture.bytes,
-        "{file}: our bytes equal fastavro's"
-    );
+    assert_eq!(decoded.encode().unwrap(), fixture.bytes, "{file}: our bytes equal fastavro's");
 }
 
 #[test]
@@ -120,6 +105,11 @@ fn outbound_dispatched_matches_fastavro() {
 }
 
 #[test]
+fn template_event_matches_fastavro() {
+    check_against_fastavro::<TemplateEvent>("template_event.avsc");
+}
+
+#[test]
 fn round_trip_keeps_every_field_including_empty_and_absent_ones() {
     let event = InboundMessageReceived {
         event_id: "e".into(),
@@ -135,11 +125,7 @@ fn round_trip_keeps_every_field_including_empty_and_absent_ones() {
         profile_name: None,
         wa_id: None,
         message_type: None,
-        other_params: [
-            ("A".to_owned(), "1".to_owned()),
-            ("B".to_owned(), String::new()),
-        ]
-        .into(),
+        other_params: [("A".to_owned(), "1".to_owned()), ("B".to_owned(), String::new())].into(),
     };
     let bytes = event.encode().unwrap();
     assert_eq!(&bytes[..2], &[0xC3, 0x01]);
@@ -150,25 +136,13 @@ fn round_trip_keeps_every_field_including_empty_and_absent_ones() {
 fn decoding_refuses_other_types_and_garbage_with_a_reason() {
     let requested = OutboundRequested::decode(&fixture("outbound_requested.avsc").bytes).unwrap();
     let bytes = requested.encode().unwrap();
-    assert!(matches!(
-        OutboundRejected::decode(&bytes),
-        Err(CodecError::WrongType { .. })
-    ));
-    assert!(matches!(
-        OutboundRequested::decode(b"{\"json\":1}"),
-        Err(CodecError::NotSingleObject(_))
-    ));
+    assert!(matches!(OutboundRejected::decode(&bytes), Err(CodecError::WrongType { .. })));
+    assert!(matches!(OutboundRequested::decode(b"{\"json\":1}"), Err(CodecError::NotSingleObject(_))));
     let mut unknown = bytes.clone();
     unknown[2] ^= 0xFF;
-    assert!(matches!(
-        OutboundRequested::decode(&unknown),
-        Err(CodecError::UnknownFingerprint(_))
-    ));
+    assert!(matches!(OutboundRequested::decode(&unknown), Err(CodecError::UnknownFingerprint(_))));
     let truncated = &bytes[..bytes.len() - 3];
-    assert!(matches!(
-        OutboundRequested::decode(truncated),
-        Err(CodecError::Avro(_))
-    ));
+    assert!(matches!(OutboundRequested::decode(truncated), Err(CodecError::Avro(_))));
     let mut trailing = bytes.clone();
     trailing.push(0);
     assert!(OutboundRequested::decode(&trailing).is_err());

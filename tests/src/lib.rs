@@ -22,6 +22,10 @@ pub const BUSINESS: &str = "whatsapp:+14155238886";
 pub const AUTH_TOKEN: &str = "e2e-auth-token";
 /// The account in tests.
 pub const ACCOUNT_SID: &str = "AC11111111111111111111111111111111";
+/// The admin API token of template-approval in tests.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+/// Language fallback chains in tests.
+pub const FALLBACKS: &str = "pt_BR:pt:en";
 /// How long a test waits for an event before it fails.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -50,8 +54,7 @@ pub struct RawRecord {
 impl RawRecord {
     /// Decodes the value as `E`.
     pub fn decode<E: Event>(&self) -> E {
-        E::decode(&self.payload)
-            .unwrap_or_else(|err| panic!("record at {} is not decodable: {err}", self.offset))
+        E::decode(&self.payload).unwrap_or_else(|err| panic!("record at {} is not decodable: {err}", self.offset))
     }
 
     /// The trace id of the record's `traceparent` header.
@@ -73,7 +76,31 @@ pub struct Channel {
     pub service_urls: HashMap<&'static str, String>,
     http: reqwest::Client,
     shutdown: CancellationToken,
-    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    /// Each component's task and its own stop token (a child of `shutdown`).
+    tasks: Vec<(&'static str, CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+}
+
+/// Spawns a bound component with its own stop token.
+fn spawn<S: wa_platform::service::Service + 'static>(
+    bound: wa_platform::service::Bound<S>,
+    shutdown: &CancellationToken,
+) -> (&'static str, CancellationToken, JoinHandle<anyhow::Result<()>>) {
+    let stop = shutdown.child_token();
+    (S::NAME, stop.clone(), tokio::spawn(bound.run(stop)))
+}
+
+/// template-approval's configuration in tests.
+fn template_approval_config(kafka: &KafkaConfig, sim_url: &str) -> template_approval::Config {
+    template_approval::Config {
+        http_addr: loopback(),
+        kafka: kafka.clone(),
+        admin_tokens: vec![ADMIN_TOKEN.to_owned()],
+        content_base_url: sim_url.to_owned(),
+        auth_username: ACCOUNT_SID.to_owned(),
+        auth_password: AUTH_TOKEN.to_owned(),
+        sync_interval: Duration::from_millis(200),
+        fallbacks: template_approval::authorize::Fallbacks::parse(FALLBACKS).expect("fallbacks"),
+    }
 }
 
 fn loopback() -> std::net::SocketAddr {
@@ -85,20 +112,15 @@ impl Channel {
     pub async fn start() -> Self {
         static TELEMETRY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
         TELEMETRY.get_or_init(|| {
-            let guard =
-                wa_platform::telemetry::init_with("e2e-tests", "warn", true).expect("telemetry");
+            let guard = wa_platform::telemetry::init_with("e2e-tests", "warn", true).expect("telemetry");
             std::mem::forget(guard);
         });
         let kafka = KafkaConfig {
             bootstrap_servers: bootstrap_servers(),
             topic_prefix: format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]),
         };
-        wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60))
-            .await
-            .expect("broker answers");
-        wa_platform::kafka::ensure_topics(&kafka, topics::ALL)
-            .await
-            .expect("topics created");
+        wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await.expect("broker answers");
+        wa_platform::kafka::ensure_topics(&kafka, topics::ALL).await.expect("topics created");
 
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -113,7 +135,7 @@ impl Channel {
         .expect("simulator binds");
         let sim_url = format!("http://{}", sim.local_addr());
         service_urls.insert(twilio_sim::SERVICE, sim_url.clone());
-        tasks.push((twilio_sim::SERVICE, tokio::spawn(sim.run(shutdown.clone()))));
+        tasks.push(spawn(sim, &shutdown));
 
         let ingress = ingress::bind(ingress::Config {
             http_addr: loopback(),
@@ -129,10 +151,7 @@ impl Channel {
         .expect("ingress binds");
         let ingress_url = format!("http://{}", ingress.local_addr());
         service_urls.insert(ingress::SERVICE, ingress_url.clone());
-        tasks.push((
-            ingress::SERVICE,
-            tokio::spawn(ingress.run(shutdown.clone())),
-        ));
+        tasks.push(spawn(ingress, &shutdown));
 
         let session = session_window::bind(session_window::Config {
             http_addr: loopback(),
@@ -142,29 +161,13 @@ impl Channel {
         })
         .await
         .expect("session-window binds");
-        service_urls.insert(
-            session_window::SERVICE,
-            format!("http://{}", session.local_addr()),
-        );
-        tasks.push((
-            session_window::SERVICE,
-            tokio::spawn(session.run(shutdown.clone())),
-        ));
+        service_urls.insert(session_window::SERVICE, format!("http://{}", session.local_addr()));
+        tasks.push(spawn(session, &shutdown));
 
-        let approval = template_approval::bind(template_approval::Config {
-            http_addr: loopback(),
-            kafka: kafka.clone(),
-        })
-        .await
-        .expect("template-approval binds");
-        service_urls.insert(
-            template_approval::SERVICE,
-            format!("http://{}", approval.local_addr()),
-        );
-        tasks.push((
-            template_approval::SERVICE,
-            tokio::spawn(approval.run(shutdown.clone())),
-        ));
+        let approval =
+            template_approval::bind(template_approval_config(&kafka, &sim_url)).await.expect("template-approval binds");
+        service_urls.insert(template_approval::SERVICE, format!("http://{}", approval.local_addr()));
+        tasks.push(spawn(approval, &shutdown));
 
         let dispatch = outbound_dispatch::bind(outbound_dispatch::Config {
             http_addr: loopback(),
@@ -179,24 +182,10 @@ impl Channel {
         })
         .await
         .expect("outbound-dispatch binds");
-        service_urls.insert(
-            outbound_dispatch::SERVICE,
-            format!("http://{}", dispatch.local_addr()),
-        );
-        tasks.push((
-            outbound_dispatch::SERVICE,
-            tokio::spawn(dispatch.run(shutdown.clone())),
-        ));
+        service_urls.insert(outbound_dispatch::SERVICE, format!("http://{}", dispatch.local_addr()));
+        tasks.push(spawn(dispatch, &shutdown));
 
-        let channel = Self {
-            kafka,
-            ingress_url,
-            sim_url,
-            service_urls,
-            http: reqwest::Client::new(),
-            shutdown,
-            tasks,
-        };
+        let channel = Self { kafka, ingress_url, sim_url, service_urls, http: reqwest::Client::new(), shutdown, tasks };
         channel.wait_until_ready().await;
         channel
     }
@@ -216,11 +205,8 @@ impl Channel {
                 if ready {
                     break;
                 }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{service} did not become ready"
-                );
-                if let Some((_, task)) = self.tasks.iter().find(|(name, _)| name == service) {
+                assert!(tokio::time::Instant::now() < deadline, "{service} did not become ready");
+                if let Some((_, _, task)) = self.tasks.iter().find(|(name, _, _)| name == service) {
                     assert!(!task.is_finished(), "{service} stopped before it was ready");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -231,14 +217,42 @@ impl Channel {
     /// Stops every component and checks none of them failed.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        for (service, task) in self.tasks {
-            match tokio::time::timeout(Duration::from_secs(30), task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(err))) => panic!("{service} failed: {err:#}"),
-                Ok(Err(join)) => panic!("{service} panicked: {join}"),
-                Err(_) => panic!("{service} did not stop within 30 s of shutdown"),
-            }
+        for (service, _, task) in self.tasks {
+            join(service, task).await;
         }
+    }
+
+    /// Stops template-approval, checks it stopped cleanly, and starts a new instance on the
+    /// same topics: it must rebuild its templates from `wa.templates.v1`.
+    pub async fn restart_template_approval(&mut self) {
+        let index = self.tasks.iter().position(|(name, _, _)| *name == template_approval::SERVICE).expect("running");
+        let (service, stop, task) = self.tasks.remove(index);
+        stop.cancel();
+        join(service, task).await;
+        let approval = template_approval::bind(template_approval_config(&self.kafka, &self.sim_url))
+            .await
+            .expect("template-approval binds");
+        self.service_urls.insert(template_approval::SERVICE, format!("http://{}", approval.local_addr()));
+        self.tasks.push(spawn(approval, &self.shutdown));
+        self.wait_until_ready().await;
+    }
+
+    /// A request to template-approval's admin API, with the admin token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let base = &self.service_urls[template_approval::SERVICE];
+        self.http.request(method, format!("{base}{path}")).bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// Sets a content's WhatsApp approval status in the simulator, as Meta's decision would.
+    pub async fn sim_set_approval(&self, content_sid: &str, status: &str) {
+        let response = self
+            .http
+            .post(format!("{}/sim/content/{content_sid}/approval", self.sim_url))
+            .json(&serde_json::json!({ "status": status, "rejection_reason": "" }))
+            .send()
+            .await
+            .expect("simulator answers");
+        assert!(response.status().is_success(), "simulator refused the status change");
     }
 
     /// The full name of a topic of this channel.
@@ -247,12 +261,7 @@ impl Channel {
     }
 
     /// An inbound WhatsApp webhook's parameters, as Twilio posts them.
-    pub fn inbound_params(
-        &self,
-        message_sid: &str,
-        customer: &str,
-        body: &str,
-    ) -> Vec<(String, String)> {
+    pub fn inbound_params(&self, message_sid: &str, customer: &str, body: &str) -> Vec<(String, String)> {
         [
             ("SmsMessageSid", message_sid),
             ("NumMedia", "0"),
@@ -276,16 +285,9 @@ impl Channel {
     }
 
     /// Posts a webhook to ingress with the given signature (`None`: signed correctly).
-    pub async fn post_inbound(
-        &self,
-        params: &[(String, String)],
-        signature: Option<&str>,
-    ) -> reqwest::Response {
+    pub async fn post_inbound(&self, params: &[(String, String)], signature: Option<&str>) -> reqwest::Response {
         let url = format!("{}/twilio/inbound", self.ingress_url);
-        let signature = signature.map_or_else(
-            || twilio_signature::compute(AUTH_TOKEN, &url, params),
-            str::to_owned,
-        );
+        let signature = signature.map_or_else(|| twilio_signature::compute(AUTH_TOKEN, &url, params), str::to_owned);
         self.http
             .post(&url)
             .header(twilio_signature::HEADER, signature)
@@ -297,12 +299,7 @@ impl Channel {
 
     /// Posts a CRM request to `/v1/outbound`.
     pub async fn post_outbound(&self, request: &serde_json::Value) -> reqwest::Response {
-        self.http
-            .post(format!("{}/v1/outbound", self.ingress_url))
-            .json(request)
-            .send()
-            .await
-            .expect("ingress answers")
+        self.http.post(format!("{}/v1/outbound", self.ingress_url)).json(request).send().await.expect("ingress answers")
     }
 
     /// Every message the simulator accepted.
@@ -319,48 +316,35 @@ impl Channel {
 
     /// A GET on a component's HTTP port.
     pub async fn get(&self, service: &str, path: &str) -> reqwest::Response {
-        let base = self
-            .service_urls
-            .get(service)
-            .unwrap_or_else(|| panic!("no service {service}"));
-        self.http
-            .get(format!("{base}{path}"))
-            .send()
-            .await
-            .expect("service answers")
+        let base = self.service_urls.get(service).unwrap_or_else(|| panic!("no service {service}"));
+        self.http.get(format!("{base}{path}")).send().await.expect("service answers")
     }
 
     /// Produces raw bytes to a topic of this channel, as a CRM producer or a faulty client would.
     pub async fn produce_raw(&self, spec: &TopicSpec, key: &str, payload: &[u8]) {
-        let producer = wa_platform::kafka::EventProducer::new(
-            &self.kafka,
-            "e2e-tests",
-            Duration::from_secs(10),
-        )
-        .expect("producer");
+        let producer = wa_platform::kafka::EventProducer::new(&self.kafka, "e2e-tests", Duration::from_secs(10))
+            .expect("producer");
         let topic = self.topic(spec);
-        producer
-            .send_raw(&topic, Some(key.as_bytes()), payload)
-            .await
-            .expect("raw record acknowledged");
+        producer.send_raw(&topic, Some(key.as_bytes()), payload).await.expect("raw record acknowledged");
+    }
+
+    /// Publishes an event to a topic of this channel, as a service would.
+    pub async fn publish<E: Event>(&self, spec: &TopicSpec, event: &E) {
+        let producer = wa_platform::kafka::EventProducer::new(&self.kafka, "e2e-tests", Duration::from_secs(10))
+            .expect("producer");
+        producer.publish(spec, event).await.expect("event acknowledged");
     }
 
     /// Reads a topic from the beginning until a record matches `matches`; fails after
     /// [`EVENT_TIMEOUT`].
-    pub async fn await_record(
-        &self,
-        spec: &TopicSpec,
-        mut matches: impl FnMut(&RawRecord) -> bool,
-    ) -> RawRecord {
+    pub async fn await_record(&self, spec: &TopicSpec, mut matches: impl FnMut(&RawRecord) -> bool) -> RawRecord {
         let topic = self.topic(spec);
         let consumer = assign_from_beginning(&self.kafka, &topic).await;
         let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
         loop {
             let message = tokio::time::timeout_at(deadline, consumer.recv())
                 .await
-                .unwrap_or_else(|_| {
-                    panic!("no matching record on {topic} within {EVENT_TIMEOUT:?}")
-                })
+                .unwrap_or_else(|_| panic!("no matching record on {topic} within {EVENT_TIMEOUT:?}"))
                 .expect("consume");
             let record = raw(&message);
             if matches(&record) {
@@ -388,6 +372,15 @@ impl Channel {
     }
 }
 
+async fn join(service: &str, task: JoinHandle<anyhow::Result<()>>) {
+    match tokio::time::timeout(Duration::from_secs(30), task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => panic!("{service} failed: {err:#}"),
+        Ok(Err(join)) => panic!("{service} panicked: {join}"),
+        Err(_) => panic!("{service} did not stop within 30 s of shutdown"),
+    }
+}
+
 fn raw(message: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
     let headers = message
         .headers()
@@ -395,12 +388,7 @@ fn raw(message: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
             headers
                 .iter()
                 .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        h.value
-                            .map(|v| String::from_utf8_lossy(v).into_owned())
-                            .unwrap_or_default(),
-                    )
+                    (h.key.to_owned(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())
                 })
                 .collect()
         })
@@ -415,26 +403,14 @@ fn raw(message: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
 }
 
 async fn watermarks(kafka: &KafkaConfig, topic: &str) -> Vec<i64> {
-    let client: Arc<BaseConsumer> = Arc::new(
-        wa_platform::kafka::client_config(kafka, "e2e-watermarks")
-            .create()
-            .expect("client"),
-    );
+    let client: Arc<BaseConsumer> =
+        Arc::new(wa_platform::kafka::client_config(kafka, "e2e-watermarks").create().expect("client"));
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(10);
-        let metadata = client
-            .fetch_metadata(Some(&topic), timeout)
-            .expect("metadata");
+        let metadata = client.fetch_metadata(Some(&topic), timeout).expect("metadata");
         let partitions = metadata.topics()[0].partitions().len() as i32;
-        (0..partitions)
-            .map(|p| {
-                client
-                    .fetch_watermarks(&topic, p, timeout)
-                    .expect("watermarks")
-                    .1
-            })
-            .collect()
+        (0..partitions).map(|p| client.fetch_watermarks(&topic, p, timeout).expect("watermarks").1).collect()
     })
     .await
     .expect("watermark lookup")
@@ -443,18 +419,13 @@ async fn watermarks(kafka: &KafkaConfig, topic: &str) -> Vec<i64> {
 async fn assign_from_beginning(kafka: &KafkaConfig, topic: &str) -> StreamConsumer {
     let partitions = watermarks(kafka, topic).await.len() as i32;
     let consumer: StreamConsumer = wa_platform::kafka::client_config(kafka, "e2e-reader")
-        .set(
-            "group.id",
-            format!("{}e2e-reader-{}", kafka.topic_prefix, uuid::Uuid::new_v4()),
-        )
+        .set("group.id", format!("{}e2e-reader-{}", kafka.topic_prefix, uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("partition");
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("partition");
     }
     consumer.assign(&assignment).expect("assign");
     consumer

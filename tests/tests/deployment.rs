@@ -16,15 +16,11 @@ fn compose() -> Value {
 }
 
 fn service<'a>(doc: &'a Value, name: &str) -> &'a Value {
-    doc["services"]
-        .get(name)
-        .unwrap_or_else(|| panic!("docker-compose.yml has no service {name}"))
+    doc["services"].get(name).unwrap_or_else(|| panic!("docker-compose.yml has no service {name}"))
 }
 
 fn environment(doc: &Value, name: &str) -> BTreeMap<String, String> {
-    let env = service(doc, name)
-        .get("environment")
-        .unwrap_or_else(|| panic!("{name} has no environment"));
+    let env = service(doc, name).get("environment").unwrap_or_else(|| panic!("{name} has no environment"));
     env.as_mapping()
         .unwrap_or_else(|| panic!("{name}: environment must be a mapping"))
         .iter()
@@ -53,12 +49,7 @@ fn command(doc: &Value, name: &str) -> Vec<String> {
 fn assert_has_every_variable(doc: &Value, name: &str, vars: &[EnvVar]) {
     let env = environment(doc, name);
     for var in vars.iter().chain(wa_platform::telemetry::ENV) {
-        assert!(
-            env.contains_key(var.name),
-            "{name} lacks {} ({})",
-            var.name,
-            var.doc
-        );
+        assert!(env.contains_key(var.name), "{name} lacks {} ({})", var.name, var.doc);
     }
     assert!(env.contains_key("HTTP_ADDR"), "{name} lacks HTTP_ADDR");
 }
@@ -71,56 +62,22 @@ fn every_service_gets_every_variable_it_reads() {
     assert_has_every_variable(&doc, "template-approval", template_approval::Config::ENV);
     assert_has_every_variable(&doc, "outbound-dispatch", outbound_dispatch::Config::ENV);
     assert_has_every_variable(&doc, "twilio-sim", twilio_sim::Config::ENV);
-    for name in [
-        "ingress",
-        "session-window",
-        "template-approval",
-        "outbound-dispatch",
-        "topics",
-    ] {
-        assert_eq!(
-            environment(&doc, name)["KAFKA_BOOTSTRAP_SERVERS"],
-            "kafka:9092",
-            "{name}"
-        );
+    for name in ["ingress", "session-window", "template-approval", "outbound-dispatch", "topics"] {
+        assert_eq!(environment(&doc, name)["KAFKA_BOOTSTRAP_SERVERS"], "kafka:9092", "{name}");
     }
-    assert!(
-        environment(&doc, "outbound-dispatch")["TWILIO_API_BASE_URL"].contains("twilio-sim:8090")
-    );
+    assert!(environment(&doc, "outbound-dispatch")["TWILIO_API_BASE_URL"].contains("twilio-sim:8090"));
 }
 
 #[test]
 fn each_service_runs_its_own_binary_from_the_project_image() {
     let doc = compose();
-    for name in [
-        "ingress",
-        "session-window",
-        "template-approval",
-        "outbound-dispatch",
-        "twilio-sim",
-    ] {
+    for name in ["ingress", "session-window", "template-approval", "outbound-dispatch", "twilio-sim"] {
         assert_eq!(command(&doc, name), vec![name.to_owned()]);
-        assert_eq!(
-            service(&doc, name)["build"]["dockerfile"].as_str(),
-            Some("deploy/Dockerfile"),
-            "{name}"
-        );
+        assert_eq!(service(&doc, name)["build"]["dockerfile"].as_str(), Some("deploy/Dockerfile"), "{name}");
     }
-    let dockerfile =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/Dockerfile"))
-            .unwrap();
-    for binary in [
-        "ingress",
-        "session-window",
-        "template-approval",
-        "outbound-dispatch",
-        "twilio-sim",
-        "wa-topics",
-    ] {
-        assert!(
-            dockerfile.contains(&format!("target/release/{binary}")),
-            "the image lacks {binary}"
-        );
+    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/Dockerfile")).unwrap();
+    for binary in ["ingress", "session-window", "template-approval", "outbound-dispatch", "twilio-sim", "wa-topics"] {
+        assert!(dockerfile.contains(&format!("target/release/{binary}")), "the image lacks {binary}");
     }
 }
 
@@ -128,29 +85,14 @@ fn each_service_runs_its_own_binary_from_the_project_image() {
 fn the_broker_is_apache_kafka_in_kraft_mode_and_topics_come_from_the_one_declaration() {
     let doc = compose();
     let kafka = service(&doc, "kafka");
-    assert!(kafka["image"]
-        .as_str()
-        .unwrap()
-        .starts_with("apache/kafka:"));
+    assert!(kafka["image"].as_str().unwrap().starts_with("apache/kafka:"));
     let env = environment(&doc, "kafka");
     assert_eq!(env["KAFKA_PROCESS_ROLES"], "broker,controller");
     assert!(env["KAFKA_ADVERTISED_LISTENERS"].contains("kafka:9092"));
-    assert_eq!(
-        env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"], "false",
-        "topics come from wa-topics only"
-    );
+    assert_eq!(env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"], "false", "topics come from wa-topics only");
     assert_eq!(command(&doc, "topics"), vec!["wa-topics"]);
-    for name in [
-        "ingress",
-        "session-window",
-        "template-approval",
-        "outbound-dispatch",
-    ] {
+    for name in ["ingress", "session-window", "template-approval", "outbound-dispatch"] {
         let depends = &service(&doc, name)["depends_on"]["topics"]["condition"];
-        assert_eq!(
-            depends.as_str(),
-            Some("service_completed_successfully"),
-            "{name} waits for the topics"
-        );
+        assert_eq!(depends.as_str(), Some("service_completed_successfully"), "{name} waits for the topics");
     }
 }

@@ -3,12 +3,12 @@
 
 use e2e_tests::{Channel, BUSINESS};
 use wa_platform::topics::{
-    DEAD_LETTER, INBOUND, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED,
-    OUTBOUND_REJECTED, OUTBOUND_REQUESTED,
+    DEAD_LETTER, INBOUND, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REJECTED,
+    OUTBOUND_REQUESTED,
 };
 use wa_schemas::{
-    conversation_id, InboundMessageReceived, OutboundDispatched, OutboundRejected,
-    OutboundRequested, OutboundWindowChecked,
+    conversation_id, InboundMessageReceived, OutboundDispatched, OutboundRejected, OutboundRequested,
+    OutboundWindowChecked,
 };
 
 fn unique_customer() -> String {
@@ -38,17 +38,12 @@ async fn signed_webhook_is_published_once_even_when_twilio_retries() {
         channel.post_inbound(&params, None),
         channel.post_inbound(&params, None)
     );
-    assert_eq!(
-        [a.status(), b.status(), c.status()].map(|s| s.as_u16()),
-        [200, 200, 200]
-    );
+    assert_eq!([a.status(), b.status(), c.status()].map(|s| s.as_u16()), [200, 200, 200]);
 
     // Every answer came after the broker's acknowledgement, so the topic's end includes them all.
     let records = channel.read_to_end(&INBOUND).await;
-    let published: Vec<_> = records
-        .iter()
-        .filter(|r| r.decode::<InboundMessageReceived>().message_sid == sid)
-        .collect();
+    let published: Vec<_> =
+        records.iter().filter(|r| r.decode::<InboundMessageReceived>().message_sid == sid).collect();
     assert_eq!(published.len(), 1, "one event for one MessageSid");
     let record = published[0];
     let event: InboundMessageReceived = record.decode();
@@ -56,27 +51,15 @@ async fn signed_webhook_is_published_once_even_when_twilio_retries() {
     assert_eq!(event.to, BUSINESS);
     assert_eq!(event.body, "Olá! Where is my order? 📦");
     assert_eq!(event.profile_name.as_deref(), Some("Test Customer"));
-    assert_eq!(
-        event.other_params.get("SmsStatus").map(String::as_str),
-        Some("received")
-    );
+    assert_eq!(event.other_params.get("SmsStatus").map(String::as_str), Some("received"));
     let conversation = conversation_id(BUSINESS, &customer);
     assert_eq!(event.conversation_id, conversation);
     assert_eq!(record.key.as_deref(), Some(conversation.as_bytes()));
-    assert_eq!(
-        record.headers["ce_type"],
-        "wachannel.inbound.message.received.v1"
-    );
+    assert_eq!(record.headers["ce_type"], "wachannel.inbound.message.received.v1");
     assert_eq!(record.headers["ce_id"], event.event_id);
     assert_eq!(record.headers["ce_subject"], conversation);
     assert_eq!(record.headers["content-type"], "application/avro");
-    assert!(
-        record
-            .trace_id()
-            .is_some_and(|id| id.len() == 32 && id != "0".repeat(32)),
-        "{:?}",
-        record.headers
-    );
+    assert!(record.trace_id().is_some_and(|id| id.len() == 32 && id != "0".repeat(32)), "{:?}", record.headers);
     channel.stop().await;
 }
 
@@ -91,59 +74,27 @@ async fn wrong_or_missing_signature_is_refused_and_nothing_is_published() {
     let wrong = channel.post_inbound(&params, Some(&wrong_token)).await;
     assert_eq!(wrong.status(), 403);
     let problem: serde_json::Value = wrong.json().await.unwrap();
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("does not match"),
-        "{problem}"
-    );
+    assert!(problem["detail"].as_str().unwrap().contains("does not match"), "{problem}");
 
     let mut tampered = params.clone();
     let good = wa_platform::twilio_signature::compute(e2e_tests::AUTH_TOKEN, &url, &params);
     tampered.iter_mut().find(|(k, _)| k == "Body").unwrap().1 = "hello, changed".to_owned();
-    assert_eq!(
-        channel.post_inbound(&tampered, Some(&good)).await.status(),
-        403
-    );
+    assert_eq!(channel.post_inbound(&tampered, Some(&good)).await.status(), 403);
 
-    let unsigned = reqwest::Client::new()
-        .post(&url)
-        .form(&params)
-        .send()
-        .await
-        .unwrap();
+    let unsigned = reqwest::Client::new().post(&url).form(&params).send().await.unwrap();
     assert_eq!(unsigned.status(), 403);
 
     // A correctly signed message afterwards is the only one on the topic.
     let control = unique_sid();
     let control_params = channel.inbound_params(&control, &unique_customer(), "control");
-    assert_eq!(
-        channel.post_inbound(&control_params, None).await.status(),
-        200
-    );
-    let sids: Vec<String> = channel
-        .read_to_end(&INBOUND)
-        .await
-        .iter()
-        .map(|r| r.decode::<InboundMessageReceived>().message_sid)
-        .collect();
+    assert_eq!(channel.post_inbound(&control_params, None).await.status(), 200);
+    let sids: Vec<String> =
+        channel.read_to_end(&INBOUND).await.iter().map(|r| r.decode::<InboundMessageReceived>().message_sid).collect();
     assert_eq!(sids, vec![control]);
 
-    let metrics = channel
-        .get(ingress::SERVICE, "/metrics")
-        .await
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("wa_webhooks_rejected_total{reason=\"signature_invalid\"} 2"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("wa_webhooks_rejected_total{reason=\"signature_missing\"} 1"),
-        "{metrics}"
-    );
+    let metrics = channel.get(ingress::SERVICE, "/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("wa_webhooks_rejected_total{reason=\"signature_invalid\"} 2"), "{metrics}");
+    assert!(metrics.contains("wa_webhooks_rejected_total{reason=\"signature_missing\"} 1"), "{metrics}");
     channel.stop().await;
 }
 
@@ -162,30 +113,19 @@ async fn reply_inside_the_window_reaches_twilio_with_one_trace() {
     assert_eq!(accepted.status(), 202);
     let accepted: serde_json::Value = accepted.json().await.unwrap();
     assert_eq!(accepted["request_id"], "reply-1");
-    assert_eq!(
-        accepted["conversation_id"],
-        conversation_id(BUSINESS, &customer)
-    );
+    assert_eq!(accepted["conversation_id"], conversation_id(BUSINESS, &customer));
 
     let checked = channel
-        .await_record(&OUTBOUND_CHECKED, |r| {
-            r.decode::<OutboundWindowChecked>().request_id == "reply-1"
-        })
+        .await_record(&OUTBOUND_CHECKED, |r| r.decode::<OutboundWindowChecked>().request_id == "reply-1")
         .await
         .decode::<OutboundWindowChecked>();
     assert!(checked.allowed);
     let expires = checked.window_expires_at.expect("the window has an end");
     let hours_left = (expires - wa_platform::now_millis()) as f64 / 3_600_000.0;
-    assert!(
-        (23.9..=24.0).contains(&hours_left),
-        "window ends in {hours_left} h"
-    );
+    assert!((23.9..=24.0).contains(&hours_left), "window ends in {hours_left} h");
 
-    let dispatched_record = channel
-        .await_record(&OUTBOUND_DISPATCHED, |r| {
-            r.decode::<OutboundDispatched>().request_id == "reply-1"
-        })
-        .await;
+    let dispatched_record =
+        channel.await_record(&OUTBOUND_DISPATCHED, |r| r.decode::<OutboundDispatched>().request_id == "reply-1").await;
     let dispatched: OutboundDispatched = dispatched_record.decode();
     assert_eq!(dispatched.outcome, "sent", "{dispatched:?}");
     assert_eq!(dispatched.attempts, 1);
@@ -193,35 +133,19 @@ async fn reply_inside_the_window_reaches_twilio_with_one_trace() {
     assert!(sid.starts_with("SM") && sid.len() == 34, "{sid}");
 
     let sent = channel.sim_messages().await;
-    let message = sent
-        .iter()
-        .find(|m| m["sid"] == sid)
-        .expect("the simulator received the send");
+    let message = sent.iter().find(|m| m["sid"] == sid).expect("the simulator received the send");
     let param = |name: &str| {
-        message["params"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p[0] == name)
-            .map(|p| p[1].as_str().unwrap().to_owned())
+        message["params"].as_array().unwrap().iter().find(|p| p[0] == name).map(|p| p[1].as_str().unwrap().to_owned())
     };
     assert_eq!(param("To").as_deref(), Some(customer.as_str()));
     assert_eq!(param("From").as_deref(), Some(BUSINESS));
-    assert_eq!(
-        param("Body").as_deref(),
-        Some("Of course! Your parcel ships today.")
-    );
-    assert!(param("StatusCallback")
-        .unwrap()
-        .ends_with("/twilio/status?request_id=reply-1"));
+    assert_eq!(param("Body").as_deref(), Some("Of course! Your parcel ships today."));
+    assert!(param("StatusCallback").unwrap().ends_with("/twilio/status?request_id=reply-1"));
     assert_eq!(sent.iter().filter(|m| m["sid"] == sid).count(), 1);
 
     // One trace from the CRM's request to the dispatch outcome, across three services.
-    let requested = channel
-        .await_record(&OUTBOUND_REQUESTED, |r| {
-            r.decode::<OutboundRequested>().request_id == "reply-1"
-        })
-        .await;
+    let requested =
+        channel.await_record(&OUTBOUND_REQUESTED, |r| r.decode::<OutboundRequested>().request_id == "reply-1").await;
     assert!(requested.trace_id().is_some());
     assert_eq!(dispatched_record.trace_id(), requested.trace_id());
     channel.stop().await;
@@ -232,67 +156,50 @@ async fn free_form_to_a_customer_who_never_wrote_is_refused_and_never_sent() {
     let channel = Channel::start().await;
     let stranger = unique_customer();
     let response = channel
-        .post_outbound(&serde_json::json!({"request_id": "cold-1", "from": BUSINESS, "to": stranger, "body": "Buy now!"}))
+        .post_outbound(
+            &serde_json::json!({"request_id": "cold-1", "from": BUSINESS, "to": stranger, "body": "Buy now!"}),
+        )
         .await;
     assert_eq!(response.status(), 202);
 
     let rejected: OutboundRejected = channel
-        .await_record(&OUTBOUND_REJECTED, |r| {
-            r.decode::<OutboundRejected>().request_id == "cold-1"
-        })
+        .await_record(&OUTBOUND_REJECTED, |r| r.decode::<OutboundRejected>().request_id == "cold-1")
         .await
         .decode();
     assert_eq!(rejected.reason, "no_window");
     assert_eq!(rejected.to, stranger);
     assert_eq!(rejected.rejected_by, "template-approval");
-    assert!(
-        rejected.message.contains("template"),
-        "{}",
-        rejected.message
-    );
+    assert!(rejected.message.contains("template"), "{}", rejected.message);
 
     // template-approval publishes exactly one decision per request: a rejection means no
     // authorization, so nothing can reach dispatch or the simulator.
     let authorized = channel.read_to_end(&OUTBOUND_AUTHORIZED).await;
     assert!(authorized.is_empty(), "{} authorizations", authorized.len());
     let sent = channel.sim_messages().await;
-    assert!(
-        sent.iter()
-            .all(|m| !m["params"].to_string().contains(&stranger)),
-        "{sent:?}"
-    );
+    assert!(sent.iter().all(|m| !m["params"].to_string().contains(&stranger)), "{sent:?}");
     channel.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_poison_record_is_dead_lettered_and_the_consumer_keeps_going() {
     let channel = Channel::start().await;
-    channel
-        .produce_raw(&OUTBOUND_REQUESTED, "some-key", b"{\"not\": \"avro\"}")
-        .await;
+    channel.produce_raw(&OUTBOUND_REQUESTED, "some-key", b"{\"not\": \"avro\"}").await;
     let response = channel
-        .post_outbound(&serde_json::json!({"request_id": "after-poison", "from": BUSINESS, "to": unique_customer(), "body": "x"}))
+        .post_outbound(
+            &serde_json::json!({"request_id": "after-poison", "from": BUSINESS, "to": unique_customer(), "body": "x"}),
+        )
         .await;
     assert_eq!(response.status(), 202);
 
     let dead = channel.await_record(&DEAD_LETTER, |_| true).await;
     assert_eq!(dead.payload, b"{\"not\": \"avro\"}");
     assert_eq!(dead.key.as_deref(), Some(&b"some-key"[..]));
-    assert!(
-        dead.headers["dlq.reason"].contains("not an avro single-object"),
-        "{:?}",
-        dead.headers
-    );
-    assert_eq!(
-        dead.headers["dlq.topic"],
-        channel.topic(&OUTBOUND_REQUESTED)
-    );
+    assert!(dead.headers["dlq.reason"].contains("not an avro single-object"), "{:?}", dead.headers);
+    assert_eq!(dead.headers["dlq.topic"], channel.topic(&OUTBOUND_REQUESTED));
     assert_eq!(dead.headers["dlq.service"], "session-window");
 
     let verdict: OutboundWindowChecked = channel
-        .await_record(&OUTBOUND_CHECKED, |r| {
-            r.decode::<OutboundWindowChecked>().request_id == "after-poison"
-        })
+        .await_record(&OUTBOUND_CHECKED, |r| r.decode::<OutboundWindowChecked>().request_id == "after-poison")
         .await
         .decode();
     assert_eq!(verdict.refusal_reason.as_deref(), Some("no_window"));
@@ -309,16 +216,8 @@ async fn every_component_reports_health_readiness_and_metrics() {
         outbound_dispatch::SERVICE,
         twilio_sim::SERVICE,
     ] {
-        assert_eq!(
-            channel.get(service, "/healthz").await.status(),
-            200,
-            "{service}"
-        );
-        assert_eq!(
-            channel.get(service, "/readyz").await.status(),
-            200,
-            "{service}"
-        );
+        assert_eq!(channel.get(service, "/healthz").await.status(), 200, "{service}");
+        assert_eq!(channel.get(service, "/readyz").await.status(), 200, "{service}");
         let metrics = channel.get(service, "/metrics").await;
         assert_eq!(metrics.status(), 200);
         let text = metrics.text().await.unwrap();
@@ -330,26 +229,13 @@ async fn every_component_reports_health_readiness_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_crm_requests_get_problems_naming_the_field() {
     let channel = Channel::start().await;
-    let missing_to = channel
-        .post_outbound(&serde_json::json!({"from": BUSINESS, "body": "x"}))
-        .await;
+    let missing_to = channel.post_outbound(&serde_json::json!({"from": BUSINESS, "body": "x"})).await;
     assert_eq!(missing_to.status(), 400);
-    assert_eq!(
-        missing_to.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(missing_to.headers()["content-type"], "application/problem+json");
     let problem: serde_json::Value = missing_to.json().await.unwrap();
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("missing field `to`"),
-        "{problem}"
-    );
+    assert!(problem["detail"].as_str().unwrap().contains("missing field `to`"), "{problem}");
 
-    let empty = channel
-        .post_outbound(&serde_json::json!({"from": BUSINESS, "to": unique_customer()}))
-        .await;
+    let empty = channel.post_outbound(&serde_json::json!({"from": BUSINESS, "to": unique_customer()})).await;
     assert_eq!(empty.status(), 422);
     let problem: serde_json::Value = empty.json().await.unwrap();
     assert_eq!(problem["field"], "body");

@@ -39,33 +39,16 @@ pub(crate) async fn ensure_tansu() -> anyhow::Result<PathBuf> {
         if version.contains(TANSU_VERSION) {
             return Ok(binary);
         }
-        eprintln!(
-            "xtask: found {version} at {}, want tansu {TANSU_VERSION}; reinstalling",
-            binary.display()
-        );
+        eprintln!("xtask: found {version} at {}, want tansu {TANSU_VERSION}; reinstalling", binary.display());
     }
-    eprintln!(
-        "xtask: installing tansu {TANSU_VERSION} (cargo install, once per machine; takes several minutes)"
-    );
+    eprintln!("xtask: installing tansu {TANSU_VERSION} (cargo install, once per machine; takes several minutes)");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
-        .args([
-            "install",
-            "tansu",
-            "--locked",
-            "--version",
-            TANSU_VERSION,
-            "--features",
-            "libsql,dynostore",
-        ])
+        .args(["install", "tansu", "--locked", "--version", TANSU_VERSION, "--features", "libsql,dynostore"])
         .status()
         .await
         .context("running cargo install tansu")?;
     anyhow::ensure!(status.success(), "cargo install tansu failed ({status})");
-    anyhow::ensure!(
-        installed_version(&binary).await.is_some(),
-        "tansu is not at {} after install",
-        binary.display()
-    );
+    anyhow::ensure!(installed_version(&binary).await.is_some(), "tansu is not at {} after install", binary.display());
     Ok(binary)
 }
 
@@ -75,47 +58,29 @@ impl Broker {
     pub(crate) async fn start(port: u16, data_dir: &Path) -> anyhow::Result<Self> {
         if let Some(servers) = wa_platform::config::var("KAFKA_BOOTSTRAP_SERVERS") {
             eprintln!("xtask: using the broker at {servers} (KAFKA_BOOTSTRAP_SERVERS)");
-            let broker = Self {
-                bootstrap_servers: servers,
-                child: None,
-            };
+            let broker = Self { bootstrap_servers: servers, child: None };
             wa_platform::kafka::wait_for_broker(&broker.kafka(), Duration::from_secs(30)).await?;
             return Ok(broker);
         }
         let tansu = ensure_tansu().await?;
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating {}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let data_dir = data_dir.canonicalize()?;
         let log_path = data_dir.join("tansu.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let listener = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&tansu)
             .arg("broker")
-            .args([
-                "--listener-url",
-                &listener,
-                "--advertised-listener-url",
-                &listener,
-            ])
+            .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(&data_dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            )
+            .env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", tansu.display()))?;
-        let mut broker = Self {
-            bootstrap_servers: format!("127.0.0.1:{port}"),
-            child: Some(child),
-        };
+        let mut broker = Self { bootstrap_servers: format!("127.0.0.1:{port}"), child: Some(child) };
         let kafka = broker.kafka();
         let waited = tokio::select! {
             waited = wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)) => waited,
@@ -125,20 +90,9 @@ impl Broker {
         };
         if let Err(err) = waited {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
             broker.stop().await;
-            anyhow::bail!(
-                "{err:#}\nlast lines of {}:\n{}",
-                log_path.display(),
-                tail.join("\n")
-            );
+            anyhow::bail!("{err:#}\nlast lines of {}:\n{}", log_path.display(), tail.join("\n"));
         }
         eprintln!(
             "xtask: tansu {TANSU_VERSION} answering on {} (data in {})",
@@ -167,10 +121,7 @@ impl Broker {
 /// Sends SIGTERM and waits up to `grace`, then kills.
 pub(crate) async fn terminate(child: &mut Child, name: &str, grace: Duration) {
     if let Some(pid) = child.id() {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
     }
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(_) => {}

@@ -15,10 +15,7 @@ use crate::broker::{terminate, Broker};
 
 /// The repository root (xtask lives one level below it).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is inside the workspace")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_owned()
 }
 
 fn cargo() -> Command {
@@ -38,24 +35,15 @@ struct Component {
 }
 
 fn components(bootstrap: &str) -> Vec<Component> {
-    let ingress =
-        var("INGRESS_HTTP_ADDR").unwrap_or_else(|| ingress::Config::DEFAULT_HTTP_ADDR.to_owned());
+    let ingress = var("INGRESS_HTTP_ADDR").unwrap_or_else(|| ingress::Config::DEFAULT_HTTP_ADDR.to_owned());
     let sim = twilio_sim::Config::DEFAULT_HTTP_ADDR;
     let with_kafka = |mut env: Vec<(&'static str, String)>| {
         env.push(("KAFKA_BOOTSTRAP_SERVERS", bootstrap.to_owned()));
         env
     };
     vec![
-        Component {
-            name: twilio_sim::SERVICE,
-            addr: sim,
-            env: vec![],
-        },
-        Component {
-            name: ingress::SERVICE,
-            addr: ingress::Config::DEFAULT_HTTP_ADDR,
-            env: with_kafka(vec![]),
-        },
+        Component { name: twilio_sim::SERVICE, addr: sim, env: vec![] },
+        Component { name: ingress::SERVICE, addr: ingress::Config::DEFAULT_HTTP_ADDR, env: with_kafka(vec![]) },
         Component {
             name: session_window::SERVICE,
             addr: session_window::Config::DEFAULT_HTTP_ADDR,
@@ -64,20 +52,19 @@ fn components(bootstrap: &str) -> Vec<Component> {
         Component {
             name: template_approval::SERVICE,
             addr: template_approval::Config::DEFAULT_HTTP_ADDR,
-            env: with_kafka(vec![]),
+            env: with_kafka(vec![(
+                "TWILIO_CONTENT_BASE_URL",
+                var("TWILIO_CONTENT_BASE_URL").unwrap_or_else(|| format!("http://{sim}")),
+            )]),
         },
         Component {
             name: outbound_dispatch::SERVICE,
             addr: outbound_dispatch::Config::DEFAULT_HTTP_ADDR,
             env: with_kafka(vec![
-                (
-                    "TWILIO_API_BASE_URL",
-                    var("TWILIO_API_BASE_URL").unwrap_or_else(|| format!("http://{sim}")),
-                ),
+                ("TWILIO_API_BASE_URL", var("TWILIO_API_BASE_URL").unwrap_or_else(|| format!("http://{sim}"))),
                 (
                     "DISPATCH_STATUS_CALLBACK_URL",
-                    var("DISPATCH_STATUS_CALLBACK_URL")
-                        .unwrap_or_else(|| format!("http://{ingress}/twilio/status")),
+                    var("DISPATCH_STATUS_CALLBACK_URL").unwrap_or_else(|| format!("http://{ingress}/twilio/status")),
                 ),
             ]),
         },
@@ -98,10 +85,7 @@ fn spawn_component(target_dir: &Path, component: &Component) -> anyhow::Result<C
     let name = component.name;
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
-    for stream in [
-        Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-        Box::new(stderr),
-    ] {
+    for stream in [Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(stderr)] {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -124,10 +108,7 @@ async fn wait_ready(addr: &str, name: &str, child: &mut Child) -> anyhow::Result
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("{name} exited before it was ready ({status})");
         }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{name} was not ready on {addr} within 90 s"
-        );
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{name} was not ready on {addr} within 90 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -140,16 +121,7 @@ pub(crate) async fn up(fresh: bool) -> anyhow::Result<ExitCode> {
     }
     eprintln!("xtask: building the services");
     let status = cargo()
-        .args([
-            "build",
-            "--bins",
-            "-p",
-            "ingress",
-            "-p",
-            "session-window",
-            "-p",
-            "template-approval",
-        ])
+        .args(["build", "--bins", "-p", "ingress", "-p", "session-window", "-p", "template-approval"])
         .args(["-p", "outbound-dispatch", "-p", "twilio-sim"])
         .status()
         .await?;
@@ -162,9 +134,8 @@ pub(crate) async fn up(fresh: bool) -> anyhow::Result<ExitCode> {
 
 async fn run_channel(broker: &Broker) -> anyhow::Result<()> {
     wa_platform::kafka::ensure_topics(&broker.kafka(), topics::ALL).await?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root().join("target"), PathBuf::from)
-        .join("debug");
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from).join("debug");
     let components = components(&broker.bootstrap_servers);
     let mut children = Vec::new();
     for component in &components {
@@ -210,10 +181,7 @@ pub(crate) async fn broker_only() -> anyhow::Result<ExitCode> {
     let mut broker = Broker::start(9092, &root().join(".local/tansu")).await?;
     let created = wa_platform::kafka::ensure_topics(&broker.kafka(), topics::ALL).await;
     if created.is_ok() {
-        eprintln!(
-            "xtask: broker ready on {}; Ctrl-C stops it",
-            broker.bootstrap_servers
-        );
+        eprintln!("xtask: broker ready on {}; Ctrl-C stops it", broker.bootstrap_servers);
         let _ = tokio::signal::ctrl_c().await;
     }
     broker.stop().await;
@@ -228,14 +196,9 @@ fn free_port() -> anyhow::Result<u16> {
 /// `cargo xtask test`.
 pub(crate) async fn test(cargo_args: Vec<String>) -> anyhow::Result<ExitCode> {
     // Build first, so a cold compile does not run while the broker waits.
-    let status = cargo()
-        .args(["test", "--workspace", "--no-run"])
-        .status()
-        .await?;
+    let status = cargo().args(["test", "--workspace", "--no-run"]).status().await?;
     anyhow::ensure!(status.success(), "building the tests failed");
-    let data_dir = root()
-        .join("target")
-        .join(format!("xtask-test-broker-{}", std::process::id()));
+    let data_dir = root().join("target").join(format!("xtask-test-broker-{}", std::process::id()));
     let mut broker = Broker::start(free_port()?, &data_dir).await?;
     let outcome = run_tests(&broker, &cargo_args).await;
     broker.stop().await;
@@ -243,15 +206,8 @@ pub(crate) async fn test(cargo_args: Vec<String>) -> anyhow::Result<ExitCode> {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
     let (status, totals) = outcome?;
-    println!(
-        "tests: {} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.ignored
-    );
-    Ok(if status.success() && totals.passed > 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
+    Ok(if status.success() && totals.passed > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Test counts summed over every test binary.
@@ -286,10 +242,7 @@ impl Totals {
 }
 
 /// Runs `cargo test` against the broker, echoing its output and summing its counts.
-async fn run_tests(
-    broker: &Broker,
-    cargo_args: &[String],
-) -> anyhow::Result<(std::process::ExitStatus, Totals)> {
+async fn run_tests(broker: &Broker, cargo_args: &[String]) -> anyhow::Result<(std::process::ExitStatus, Totals)> {
     let mut child = cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(cargo_args)
@@ -307,19 +260,12 @@ async fn run_tests(
 
 /// `cargo xtask inbound --from ... --body ...`.
 pub(crate) async fn inbound(args: &[String]) -> anyhow::Result<ExitCode> {
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let from = flag("--from")
-        .context("--from <customer address> is required, e.g. --from whatsapp:+15551234567")?;
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let from = flag("--from").context("--from <customer address> is required, e.g. --from whatsapp:+15551234567")?;
     let body = flag("--body").context("--body <text> is required")?;
     let to = flag("--to").unwrap_or_else(|| "whatsapp:+14155238886".to_owned());
     let sid = flag("--sid").unwrap_or_else(|| format!("SM{}", uuid::Uuid::new_v4().simple()));
-    let base =
-        flag("--url").unwrap_or_else(|| format!("http://{}", ingress::Config::DEFAULT_HTTP_ADDR));
+    let base = flag("--url").unwrap_or_else(|| format!("http://{}", ingress::Config::DEFAULT_HTTP_ADDR));
     let url = format!("{}/twilio/inbound", base.trim_end_matches('/'));
     let account_sid = var_or(&config::TWILIO_ACCOUNT_SID);
     let params: Vec<(String, String)> = [
@@ -332,10 +278,7 @@ pub(crate) async fn inbound(args: &[String]) -> anyhow::Result<ExitCode> {
         ("NumMedia", "0"),
         ("MessageType", "text"),
         ("ProfileName", "Local Customer"),
-        (
-            "WaId",
-            from.trim_start_matches("whatsapp:").trim_start_matches('+'),
-        ),
+        ("WaId", from.trim_start_matches("whatsapp:").trim_start_matches('+')),
         ("ApiVersion", "2010-04-01"),
     ]
     .into_iter()
@@ -352,11 +295,7 @@ pub(crate) async fn inbound(args: &[String]) -> anyhow::Result<ExitCode> {
     let status = response.status();
     println!("{status} {}", response.text().await.unwrap_or_default());
     println!("MessageSid {sid}");
-    Ok(if status.is_success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// `cargo xtask events <topic>`: every record of a topic up to its current end, decoded.
@@ -369,26 +308,15 @@ pub(crate) async fn events(topic: Option<&str>) -> anyhow::Result<ExitCode> {
         anyhow::bail!("name a topic: {}", names.join(", "));
     };
     let kafka = wa_platform::config::KafkaConfig::from_env();
-    let full = if names.contains(&topic) {
-        format!("{}{topic}", kafka.topic_prefix)
-    } else {
-        topic.to_owned()
-    };
+    let full = if names.contains(&topic) { format!("{}{topic}", kafka.topic_prefix) } else { topic.to_owned() };
     let consumer: BaseConsumer = wa_platform::kafka::client_config(&kafka, "xtask-events")
         .set("group.id", format!("xtask-events-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .create()?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(&full), timeout)?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len()) as i32;
-    anyhow::ensure!(
-        partitions > 0,
-        "topic {full} does not exist on {}",
-        kafka.bootstrap_servers
-    );
+    let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    anyhow::ensure!(partitions > 0, "topic {full} does not exist on {}", kafka.bootstrap_servers);
     let mut assignment = rdkafka::TopicPartitionList::new();
     let mut remaining = 0;
     let mut highs = Vec::new();
@@ -419,14 +347,7 @@ pub(crate) async fn events(topic: Option<&str>) -> anyhow::Result<ExitCode> {
         if let Some(headers) = message.headers() {
             let map: serde_json::Map<String, serde_json::Value> = headers
                 .iter()
-                .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        String::from_utf8_lossy(h.value.unwrap_or_default())
-                            .into_owned()
-                            .into(),
-                    )
-                })
+                .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned().into()))
                 .collect();
             line["headers"] = map.into();
         }
@@ -444,8 +365,11 @@ mod tests {
     #[test]
     fn totals_sum_libtest_summaries() {
         let mut totals = Totals::default();
-        totals.add_line("test result: ok. 7 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 9.46s");
-        totals.add_line("test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.1s");
+        totals
+            .add_line("test result: ok. 7 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 9.46s");
+        totals.add_line(
+            "test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.1s",
+        );
         totals.add_line("test something ... ok");
         assert_eq!((totals.passed, totals.failed, totals.ignored), (9, 3, 1));
     }

@@ -37,16 +37,7 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("up") => channel::up(args.iter().any(|a| a == "--fresh")).await,
-        Some("test") => {
-            channel::test(
-                args.iter()
-                    .skip_while(|a| *a != "--")
-                    .skip(1)
-                    .cloned()
-                    .collect(),
-            )
-            .await
-        }
+        Some("test") => channel::test(args.iter().skip_while(|a| *a != "--").skip(1).cloned().collect()).await,
         Some("broker") => channel::broker_only().await,
         Some("inbound") => channel::inbound(&args[1..]).await,
         Some("events") => channel::events(args.get(1).map(String::as_str)).await,

@@ -32,10 +32,7 @@ pub(crate) enum Outcome {
 
 impl RecentMessages {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            inner: Mutex::default(),
-        }
+        Self { capacity: capacity.max(1), inner: Mutex::default() }
     }
 
     fn cell(&self, sid: &str) -> Arc<OnceCell<()>> {
@@ -68,11 +65,7 @@ impl RecentMessages {
             publish()
         })
         .await?;
-        Ok(if ran {
-            Outcome::Published
-        } else {
-            Outcome::Duplicate
-        })
+        Ok(if ran { Outcome::Published } else { Outcome::Duplicate })
     }
 }
 
@@ -83,44 +76,19 @@ mod tests {
     #[tokio::test]
     async fn publishes_once_per_sid_and_retries_after_failure() {
         let recent = RecentMessages::new(2);
-        let fail = recent
-            .publish_once("SM1", || async { Err::<(), _>("broker down") })
-            .await;
+        let fail = recent.publish_once("SM1", || async { Err::<(), _>("broker down") }).await;
         assert_eq!(fail, Err("broker down"));
-        assert_eq!(
-            recent
-                .publish_once("SM1", || async { Ok::<_, ()>(()) })
-                .await,
-            Ok(Outcome::Published)
-        );
-        assert_eq!(
-            recent
-                .publish_once("SM1", || async { Ok::<_, ()>(()) })
-                .await,
-            Ok(Outcome::Duplicate)
-        );
+        assert_eq!(recent.publish_once("SM1", || async { Ok::<_, ()>(()) }).await, Ok(Outcome::Published));
+        assert_eq!(recent.publish_once("SM1", || async { Ok::<_, ()>(()) }).await, Ok(Outcome::Duplicate));
     }
 
     #[tokio::test]
     async fn forgets_the_oldest_beyond_capacity() {
         let recent = RecentMessages::new(2);
         for sid in ["SM1", "SM2", "SM3"] {
-            recent
-                .publish_once(sid, || async { Ok::<_, ()>(()) })
-                .await
-                .unwrap();
+            recent.publish_once(sid, || async { Ok::<_, ()>(()) }).await.unwrap();
         }
-        assert_eq!(
-            recent
-                .publish_once("SM3", || async { Ok::<_, ()>(()) })
-                .await,
-            Ok(Outcome::Duplicate)
-        );
-        assert_eq!(
-            recent
-                .publish_once("SM1", || async { Ok::<_, ()>(()) })
-                .await,
-            Ok(Outcome::Published)
-        );
+        assert_eq!(recent.publish_once("SM3", || async { Ok::<_, ()>(()) }).await, Ok(Outcome::Duplicate));
+        assert_eq!(recent.publish_once("SM1", || async { Ok::<_, ()>(()) }).await, Ok(Outcome::Published));
     }
 }

@@ -134,23 +134,16 @@ impl Service for Ingress {
     }
 
     /// Serves until `shutdown`, then flushes the producer.
-    async fn run(
-        listener: TcpListener,
-        config: Config,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
+    async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
         let public_url = config
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", listener.local_addr().expect("bound")))
             .trim_end_matches('/')
             .to_owned();
-        let producer =
-            EventProducer::new(&config.kafka, "wachannel/ingress", config.publish_timeout)?;
+        let producer = EventProducer::new(&config.kafka, "wachannel/ingress", config.publish_timeout)?;
         if config.api_tokens.is_empty() {
-            tracing::warn!(
-                "INGRESS_API_TOKENS is unset: /v1/outbound accepts requests without a token"
-            );
+            tracing::warn!("INGRESS_API_TOKENS is unset: /v1/outbound accepts requests without a token");
         }
         let state = Arc::new(AppState {
             producer: producer.clone(),
@@ -175,8 +168,7 @@ impl Service for Ingress {
             producer.flush(Duration::from_secs(10));
             Ok(())
         };
-        wa_platform::service::run_until_stopped(SERVICE, listener, routes, health, shutdown, worker)
-            .await
+        wa_platform::service::run_until_stopped(SERVICE, listener, routes, health, shutdown, worker).await
     }
 }
 
@@ -194,18 +186,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 pub(crate) fn mask(address: &str) -> String {
     let chars: Vec<char> = address.chars().collect();
     let keep_end = 2.min(chars.len());
-    let keep_start =
-        (chars.len().saturating_sub(keep_end)).min(address.find(':').map_or(0, |i| i + 1) + 4);
+    let keep_start = (chars.len().saturating_sub(keep_end)).min(address.find(':').map_or(0, |i| i + 1) + 4);
     chars
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            if i < keep_start || i >= chars.len() - keep_end {
-                *c
-            } else {
-                '*'
-            }
-        })
+        .map(|(i, c)| if i < keep_start || i >= chars.len() - keep_end { *c } else { '*' })
         .collect()
 }
 
@@ -213,10 +198,7 @@ pub(crate) fn mask(address: &str) -> String {
 mod tests {
     #[test]
     fn masks_the_middle_of_addresses() {
-        assert_eq!(
-            super::mask("whatsapp:+15551234567"),
-            "whatsapp:+155******67"
-        );
+        assert_eq!(super::mask("whatsapp:+15551234567"), "whatsapp:+155******67");
         assert_eq!(super::mask("+15551234567"), "+155******67");
         assert_eq!(super::mask("ab"), "ab");
     }

@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-use wa_platform::http::{bearer_authorized, Problem};
+use wa_platform::http::{bearer_authorized, json_body, Problem};
 use wa_platform::topics::OUTBOUND_REQUESTED;
-use wa_schemas::{conversation_id, normalize_whatsapp_address, OutboundRequested};
+use wa_schemas::{conversation_id, normalize_whatsapp_address, OutboundRequested, TemplateRequest};
 
 use crate::{mask, AppState};
 
@@ -35,6 +35,8 @@ struct OutboundRequest {
     /// Media URLs.
     #[serde(default)]
     media_urls: Vec<String>,
+    /// A template instead of free-form content.
+    template: Option<TemplateRequest>,
 }
 
 /// What the CRM gets back.
@@ -46,38 +48,14 @@ struct Accepted {
 }
 
 /// Validates the request and publishes it.
-pub(crate) async fn create(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub(crate) async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     if !bearer_authorized(&state.api_tokens, &headers) {
-        metrics::counter!("wa_outbound_api_rejected_total", "reason" => "unauthorized")
-            .increment(1);
-        return Problem::unauthorized();
+        metrics::counter!("wa_outbound_api_rejected_total", "reason" => "unauthorized").increment(1);
+        return Problem::unauthorized().into_response();
     }
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
-    if !is_json {
-        return reject(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-content-type",
-            "unsupported content type",
-            "expected application/json",
-        ));
-    }
-    let request: OutboundRequest = match serde_json::from_slice(&body) {
+    let request: OutboundRequest = match json_body(&headers, &body) {
         Ok(request) => request,
-        Err(err) => {
-            return reject(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "malformed-json",
-                "malformed request",
-                err.to_string(),
-            ))
-        }
+        Err(problem) => return reject(problem),
     };
     let event = match validate(request) {
         Ok(event) => event,
@@ -86,21 +64,15 @@ pub(crate) async fn create(
     let span = tracing::info_span!("outbound_request", request_id = %event.request_id, to = %mask(&event.to));
     let published = tokio::time::timeout(
         state.publish_timeout,
-        tracing::Instrument::instrument(
-            state.producer.publish(&OUTBOUND_REQUESTED, &event),
-            span.clone(),
-        ),
+        tracing::Instrument::instrument(state.producer.publish(&OUTBOUND_REQUESTED, &event), span.clone()),
     )
     .await;
     match published {
         Ok(Ok(_)) => {
             span.in_scope(|| tracing::info!("outbound request accepted"));
             metrics::counter!("wa_outbound_api_accepted_total").increment(1);
-            let accepted = Accepted {
-                request_id: event.request_id,
-                conversation_id: event.conversation_id,
-                status: "accepted",
-            };
+            let accepted =
+                Accepted { request_id: event.request_id, conversation_id: event.conversation_id, status: "accepted" };
             (StatusCode::ACCEPTED, Json(accepted)).into_response()
         }
         Ok(Err(err)) => unavailable(err.to_string()),
@@ -115,25 +87,31 @@ fn reject(problem: Problem) -> Response {
 
 fn unavailable(reason: String) -> Response {
     tracing::error!(reason = %reason, "outbound request not durable; answering 503");
-    Problem::unavailable(reason)
+    Problem::unavailable(reason).into_response()
 }
 
 fn validate(request: OutboundRequest) -> Result<OutboundRequested, Problem> {
     let from = normalize_whatsapp_address(&request.from).ok_or_else(|| {
-        Problem::invalid_field(
-            "from",
-            "from must be the business's WhatsApp sender, e.g. whatsapp:+14155238886",
-        )
+        Problem::invalid_field("from", "from must be the business's WhatsApp sender, e.g. whatsapp:+14155238886")
     })?;
-    let to = normalize_whatsapp_address(&request.to).ok_or_else(|| {
-        Problem::invalid_field("to", "to must be the customer's WhatsApp address")
-    })?;
+    let to = normalize_whatsapp_address(&request.to)
+        .ok_or_else(|| Problem::invalid_field("to", "to must be the customer's WhatsApp address"))?;
     let body = request.body.filter(|body| !body.trim().is_empty());
-    if body.is_none() && request.media_urls.is_empty() {
-        return Err(Problem::invalid_field(
-            "body",
-            "a body or at least one media URL is required",
-        ));
+    if let Some(template) = &request.template {
+        if body.is_some() || !request.media_urls.is_empty() {
+            return Err(Problem::invalid_field("template", "send either a template or a body and media, not both"));
+        }
+        if template.name.trim().is_empty() {
+            return Err(Problem::invalid_field("template.name", "the template name is required"));
+        }
+        if template.language.trim().is_empty() {
+            return Err(Problem::invalid_field(
+                "template.language",
+                "the template language is required, e.g. en or pt_BR",
+            ));
+        }
+    } else if body.is_none() && request.media_urls.is_empty() {
+        return Err(Problem::invalid_field("body", "a body, media URLs or a template is required"));
     }
     if let Some(body) = &body {
         let chars = body.chars().count();
@@ -145,37 +123,22 @@ fn validate(request: OutboundRequest) -> Result<OutboundRequested, Problem> {
         }
     }
     if request.media_urls.len() > MAX_MEDIA {
-        return Err(Problem::invalid_field(
-            "media_urls",
-            format!("at most {MAX_MEDIA} media URLs"),
-        ));
+        return Err(Problem::invalid_field("media_urls", format!("at most {MAX_MEDIA} media URLs")));
     }
-    if let Some(bad) = request
-        .media_urls
-        .iter()
-        .find(|url| !(url.starts_with("https://") || url.starts_with("http://")))
+    if let Some(bad) =
+        request.media_urls.iter().find(|url| !(url.starts_with("https://") || url.starts_with("http://")))
     {
-        return Err(Problem::invalid_field(
-            "media_urls",
-            format!("{bad:?} is not an http(s) URL"),
-        ));
+        return Err(Problem::invalid_field("media_urls", format!("{bad:?} is not an http(s) URL")));
     }
     let request_id = match request.request_id {
         Some(id) if id.trim().is_empty() || id.len() > 200 => {
-            return Err(Problem::invalid_field(
-                "request_id",
-                "request_id must be 1 to 200 characters",
-            ))
+            return Err(Problem::invalid_field("request_id", "request_id must be 1 to 200 characters"))
         }
         Some(id) => id,
         None => Uuid::new_v4().to_string(),
     };
     Ok(OutboundRequested {
-        event_id: Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            format!("wachannel:outbound:{request_id}").as_bytes(),
-        )
-        .to_string(),
+        event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("wachannel:outbound:{request_id}").as_bytes()).to_string(),
         occurred_at: wa_platform::now_millis(),
         conversation_id: conversation_id(&from, &to),
         request_id,
@@ -183,6 +146,7 @@ fn validate(request: OutboundRequest) -> Result<OutboundRequested, Problem> {
         to,
         body,
         media_urls: request.media_urls,
+        template: request.template,
     })
 }
 
@@ -202,39 +166,31 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(event.from, "whatsapp:+14155238886");
-        assert_eq!(
-            event.conversation_id,
-            conversation_id("whatsapp:+14155238886", "whatsapp:+15551234567")
-        );
+        assert_eq!(event.conversation_id, conversation_id("whatsapp:+14155238886", "whatsapp:+15551234567"));
         assert_eq!(event.request_id, "r1");
     }
 
     #[test]
     fn problems_name_the_field() {
         let cases = [
-            (
-                serde_json::json!({"from": "", "to": "whatsapp:+1", "body": "x"}),
-                "from",
-            ),
-            (
-                serde_json::json!({"from": "whatsapp:+1", "to": " ", "body": "x"}),
-                "to",
-            ),
-            (
-                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2"}),
-                "body",
-            ),
-            (
-                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x".repeat(4097)}),
-                "body",
-            ),
-            (
-                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2", "media_urls": ["ftp://x"]}),
-                "media_urls",
-            ),
+            (serde_json::json!({"from": "", "to": "whatsapp:+1", "body": "x"}), "from"),
+            (serde_json::json!({"from": "whatsapp:+1", "to": " ", "body": "x"}), "to"),
+            (serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2"}), "body"),
+            (serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x".repeat(4097)}), "body"),
+            (serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2", "media_urls": ["ftp://x"]}), "media_urls"),
             (
                 serde_json::json!({"request_id": "", "from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x"}),
                 "request_id",
+            ),
+            (
+                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x",
+                    "template": {"name": "t", "language": "en", "variables": {}}}),
+                "template",
+            ),
+            (
+                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2",
+                    "template": {"name": "t", "language": " ", "variables": {}}}),
+                "template.language",
             ),
         ];
         for (json, field) in cases {

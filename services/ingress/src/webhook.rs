@@ -31,14 +31,8 @@ pub(crate) async fn inbound(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !content_type
-        .to_ascii_lowercase()
-        .starts_with("application/x-www-form-urlencoded")
-    {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
         return rejected(
             "content_type",
             Problem::new(
@@ -49,14 +43,10 @@ pub(crate) async fn inbound(
             ),
         );
     }
-    let params: Vec<(String, String)> = form_urlencoded::parse(&body)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
 
-    let Some(signature) = headers
-        .get(twilio_signature::HEADER)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(signature) = headers.get(twilio_signature::HEADER).and_then(|v| v.to_str().ok()) else {
         tracing::warn!("webhook without signature refused");
         return rejected(
             "signature_missing",
@@ -68,9 +58,7 @@ pub(crate) async fn inbound(
             ),
         );
     };
-    let path = uri
-        .path_and_query()
-        .map_or("/twilio/inbound", |pq| pq.as_str());
+    let path = uri.path_and_query().map_or("/twilio/inbound", |pq| pq.as_str());
     let url = format!("{}{}", state.public_url, path);
     if !twilio_signature::verify(&state.auth_tokens, &url, &params, signature) {
         tracing::warn!(url = %url, "webhook with invalid signature refused");
@@ -92,50 +80,28 @@ pub(crate) async fn inbound(
     let span = tracing::info_span!("inbound_webhook", message_sid = %event.message_sid, from = %mask(&event.from));
 
     let publish = || async {
-        tokio::time::timeout(
-            state.publish_timeout,
-            state.producer.publish(&INBOUND, &event),
-        )
-        .await
-        .map_err(|_| "broker did not acknowledge in time".to_owned())?
-        .map(|_| ())
-        .map_err(|err| err.to_string())
+        tokio::time::timeout(state.publish_timeout, state.producer.publish(&INBOUND, &event))
+            .await
+            .map_err(|_| "broker did not acknowledge in time".to_owned())?
+            .map(|_| ())
+            .map_err(|err| err.to_string())
     };
-    match tracing::Instrument::instrument(
-        state.dedupe.publish_once(&event.message_sid, publish),
-        span.clone(),
-    )
-    .await
-    {
+    match tracing::Instrument::instrument(state.dedupe.publish_once(&event.message_sid, publish), span.clone()).await {
         Ok(outcome) => {
-            let label = if outcome == Outcome::Published {
-                "published"
-            } else {
-                "duplicate"
-            };
+            let label = if outcome == Outcome::Published { "published" } else { "duplicate" };
             metrics::counter!("wa_webhooks_accepted_total", "outcome" => label).increment(1);
             span.in_scope(|| tracing::info!(outcome = label, "inbound message accepted"));
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "text/xml")],
-                EMPTY_TWIML,
-            )
-                .into_response()
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response()
         }
         Err(reason) => {
-            span.in_scope(|| tracing::error!(reason = %reason, "inbound message not durable; answering 503 so Twilio retries"));
+            span.in_scope(
+                || tracing::error!(reason = %reason, "inbound message not durable; answering 503 so Twilio retries"),
+            );
             let mut response = rejected(
                 "broker_unavailable",
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "broker-unavailable",
-                    "temporarily unavailable",
-                    reason,
-                ),
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "broker-unavailable", "temporarily unavailable", reason),
             );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
             response
         }
     }
@@ -155,12 +121,7 @@ fn parse_inbound(params: &[(String, String)]) -> Result<InboundMessageReceived, 
             .map(|value| (*value).to_owned())
             .ok_or_else(|| Problem::invalid_field(name, format!("{name} is required")))
     };
-    let optional = |name: &str| {
-        fields
-            .get(name)
-            .filter(|v| !v.is_empty())
-            .map(|v| (*v).to_owned())
-    };
+    let optional = |name: &str| fields.get(name).filter(|v| !v.is_empty()).map(|v| (*v).to_owned());
 
     let message_sid = required("MessageSid")?;
     let account_sid = required("AccountSid")?;
@@ -170,9 +131,7 @@ fn parse_inbound(params: &[(String, String)]) -> Result<InboundMessageReceived, 
         .ok_or_else(|| Problem::invalid_field("To", "To is not an address"))?;
     let num_media: usize = match fields.get("NumMedia") {
         None | Some(&"") => 0,
-        Some(n) => n
-            .parse()
-            .map_err(|_| Problem::invalid_field("NumMedia", "NumMedia must be a whole number"))?,
+        Some(n) => n.parse().map_err(|_| Problem::invalid_field("NumMedia", "NumMedia must be a whole number"))?,
     };
     let mut media = Vec::with_capacity(num_media.min(10));
     let mut consumed: Vec<String> = Vec::new();
@@ -180,17 +139,11 @@ fn parse_inbound(params: &[(String, String)]) -> Result<InboundMessageReceived, 
         let url_key = format!("MediaUrl{index}");
         let type_key = format!("MediaContentType{index}");
         let url = fields.get(url_key.as_str()).ok_or_else(|| {
-            Problem::invalid_field(
-                &url_key,
-                format!("NumMedia={num_media} but {url_key} is missing"),
-            )
+            Problem::invalid_field(&url_key, format!("NumMedia={num_media} but {url_key} is missing"))
         })?;
         media.push(Media {
             url: (*url).to_owned(),
-            content_type: fields
-                .get(type_key.as_str())
-                .map(|v| (*v).to_owned())
-                .unwrap_or_default(),
+            content_type: fields.get(type_key.as_str()).map(|v| (*v).to_owned()).unwrap_or_default(),
         });
         consumed.push(url_key);
         consumed.push(type_key);
@@ -213,18 +166,11 @@ fn parse_inbound(params: &[(String, String)]) -> Result<InboundMessageReceived, 
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
     Ok(InboundMessageReceived {
-        event_id: Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            format!("wachannel:inbound:{message_sid}").as_bytes(),
-        )
-        .to_string(),
+        event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("wachannel:inbound:{message_sid}").as_bytes()).to_string(),
         occurred_at: wa_platform::now_millis(),
         conversation_id: conversation_id(&to, &from),
         messaging_service_sid: optional("MessagingServiceSid"),
-        body: fields
-            .get("Body")
-            .map(|v| (*v).to_owned())
-            .unwrap_or_default(),
+        body: fields.get("Body").map(|v| (*v).to_owned()).unwrap_or_default(),
         profile_name: optional("ProfileName"),
         wa_id: optional("WaId"),
         message_type: optional("MessageType"),
@@ -242,10 +188,7 @@ mod tests {
     use super::*;
 
     fn params(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        items.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     const BASE: &[(&str, &str)] = &[
@@ -270,21 +213,12 @@ mod tests {
         assert_eq!(event.body, "hello");
         assert_eq!(
             event.media,
-            vec![Media {
-                url: "https://api.twilio.com/m/1".into(),
-                content_type: "image/png".into()
-            }]
+            vec![Media { url: "https://api.twilio.com/m/1".into(), content_type: "image/png".into() }]
         );
         assert_eq!(event.profile_name.as_deref(), Some("Ana"));
-        assert_eq!(
-            event.other_params.get("SomethingNew").map(String::as_str),
-            Some("42")
-        );
+        assert_eq!(event.other_params.get("SomethingNew").map(String::as_str), Some("42"));
         assert!(!event.other_params.contains_key("MediaUrl0"));
-        assert_eq!(
-            event.conversation_id,
-            conversation_id("whatsapp:+14155238886", "whatsapp:+15551234567")
-        );
+        assert_eq!(event.conversation_id, conversation_id("whatsapp:+14155238886", "whatsapp:+15551234567"));
     }
 
     #[test]
@@ -297,10 +231,7 @@ mod tests {
     #[test]
     fn missing_fields_are_named() {
         for missing in ["MessageSid", "AccountSid", "From", "To"] {
-            let form: Vec<_> = params(BASE)
-                .into_iter()
-                .filter(|(k, _)| k != missing)
-                .collect();
+            let form: Vec<_> = params(BASE).into_iter().filter(|(k, _)| k != missing).collect();
             let problem = parse_inbound(&form).unwrap_err();
             let json = serde_json::to_value(&problem).unwrap();
             assert_eq!(json["field"], missing);

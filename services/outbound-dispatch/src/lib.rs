@@ -29,26 +29,13 @@ const API_BASE_URL: EnvVar = EnvVar {
     default: Some("https://api.twilio.com"),
     doc: "base URL of Twilio's REST API; the simulator's URL (http://127.0.0.1:8090) locally",
 };
-const API_KEY_SID: EnvVar = EnvVar {
-    name: "TWILIO_API_KEY_SID",
-    default: None,
-    doc: "API key SID (SK...) to authenticate with instead of the account SID and auth token",
-};
-const API_KEY_SECRET: EnvVar = EnvVar {
-    name: "TWILIO_API_KEY_SECRET",
-    default: None,
-    doc: "the API key's secret, with TWILIO_API_KEY_SID",
-};
 const STATUS_CALLBACK_URL: EnvVar = EnvVar {
     name: "DISPATCH_STATUS_CALLBACK_URL",
     default: None,
     doc: "public URL of ingress's status-callback endpoint; request_id is appended as a query parameter",
 };
-const REQUEST_TIMEOUT_MS: EnvVar = EnvVar {
-    name: "DISPATCH_REQUEST_TIMEOUT_MS",
-    default: Some("10000"),
-    doc: "timeout of one HTTP call to Twilio",
-};
+const REQUEST_TIMEOUT_MS: EnvVar =
+    EnvVar { name: "DISPATCH_REQUEST_TIMEOUT_MS", default: Some("10000"), doc: "timeout of one HTTP call to Twilio" };
 const RETRY_DEADLINE_MS: EnvVar = EnvVar {
     name: "DISPATCH_RETRY_DEADLINE_MS",
     default: Some("60000"),
@@ -86,8 +73,8 @@ impl Config {
         API_BASE_URL,
         config::TWILIO_ACCOUNT_SID,
         config::TWILIO_AUTH_TOKEN,
-        API_KEY_SID,
-        API_KEY_SECRET,
+        config::TWILIO_API_KEY_SID,
+        config::TWILIO_API_KEY_SECRET,
         STATUS_CALLBACK_URL,
         REQUEST_TIMEOUT_MS,
         RETRY_DEADLINE_MS,
@@ -98,23 +85,7 @@ impl Config {
     /// Reads the configuration from the environment.
     pub fn from_env() -> Result<Self, config::ConfigError> {
         let account_sid = config::var_or(&config::TWILIO_ACCOUNT_SID);
-        let (auth_username, auth_password) = match (
-            config::var(API_KEY_SID.name),
-            config::var(API_KEY_SECRET.name),
-        ) {
-            (Some(key), Some(secret)) => (key, secret),
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(config::ConfigError {
-                    name: API_KEY_SID.name,
-                    value: String::new(),
-                    reason: "TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET go together".to_owned(),
-                })
-            }
-            (None, None) => (
-                account_sid.clone(),
-                config::var_or(&config::TWILIO_AUTH_TOKEN),
-            ),
-        };
+        let (auth_username, auth_password) = config::twilio_credentials()?;
         Ok(Self {
             http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
             kafka: KafkaConfig::from_env(),
@@ -132,16 +103,8 @@ impl Config {
 /// The result of trying to send one message.
 #[derive(Debug)]
 enum Attempted {
-    Sent {
-        sid: String,
-        status: String,
-        attempts: i32,
-    },
-    Failed {
-        reason: &'static str,
-        error: Option<TwilioError>,
-        attempts: i32,
-    },
+    Sent { sid: String, status: String, attempts: i32 },
+    Failed { reason: &'static str, error: Option<TwilioError>, attempts: i32 },
 }
 
 struct Dispatch {
@@ -152,13 +115,10 @@ struct Dispatch {
 
 impl Dispatch {
     async fn send_with_retries(&self, authorized: &OutboundAuthorized) -> Attempted {
-        if let Some(expires_at) = authorized.window_expires_at {
+        // Free-form content needs the window still open; templates do not.
+        if let (None, Some(expires_at)) = (&authorized.content_sid, authorized.window_expires_at) {
             if wa_platform::now_millis() >= expires_at {
-                return Attempted::Failed {
-                    reason: "window_closed",
-                    error: None,
-                    attempts: 0,
-                };
+                return Attempted::Failed { reason: "window_closed", error: None, attempts: 0 };
             }
         }
         let message = OutgoingMessage {
@@ -166,6 +126,8 @@ impl Dispatch {
             to: &authorized.to,
             body: authorized.body.as_deref(),
             media_urls: &authorized.media_urls,
+            content_sid: authorized.content_sid.as_deref(),
+            content_variables: authorized.content_variables.as_deref(),
             status_callback: self.config.status_callback_url.as_ref().map(|base| {
                 let separator = if base.contains('?') { '&' } else { '?' };
                 let request_id: String = form_encode(&authorized.request_id);
@@ -178,28 +140,14 @@ impl Dispatch {
         loop {
             attempts += 1;
             match self.twilio.send(&message).await {
-                Ok(resource) => {
-                    return Attempted::Sent {
-                        sid: resource.sid,
-                        status: resource.status,
-                        attempts,
-                    }
-                }
+                Ok(resource) => return Attempted::Sent { sid: resource.sid, status: resource.status, attempts },
                 Err(err) if !err.is_retryable() => {
-                    return Attempted::Failed {
-                        reason: "twilio_rejected",
-                        error: Some(err),
-                        attempts,
-                    }
+                    return Attempted::Failed { reason: "twilio_rejected", error: Some(err), attempts }
                 }
                 Err(err) => {
                     let wait = backoff.mul_f64(0.5 + fastrand::f64());
                     if started.elapsed() + wait > self.config.retry_deadline {
-                        return Attempted::Failed {
-                            reason: "retries_exhausted",
-                            error: Some(err),
-                            attempts,
-                        };
+                        return Attempted::Failed { reason: "retries_exhausted", error: Some(err), attempts };
                     }
                     metrics::counter!("wa_dispatch_retries_total").increment(1);
                     tracing::warn!(error = %err, attempts, retry_in = ?wait, "send failed; retrying");
@@ -215,9 +163,7 @@ fn form_encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -227,18 +173,9 @@ impl Handler for Dispatch {
     async fn handle(&self, record: &Record<'_>) -> Result<(), HandleError> {
         let authorized = OutboundAuthorized::decode(record.payload)?;
         let attempted = self.send_with_retries(&authorized).await;
-        let (outcome, message_sid, twilio_status, error, failure_reason, attempts) = match attempted
-        {
-            Attempted::Sent {
-                sid,
-                status,
-                attempts,
-            } => ("sent", Some(sid), Some(status), None, None, attempts),
-            Attempted::Failed {
-                reason,
-                error,
-                attempts,
-            } => ("failed", None, None, error, Some(reason), attempts),
+        let (outcome, message_sid, twilio_status, error, failure_reason, attempts) = match attempted {
+            Attempted::Sent { sid, status, attempts } => ("sent", Some(sid), Some(status), None, None, attempts),
+            Attempted::Failed { reason, error, attempts } => ("failed", None, None, error, Some(reason), attempts),
         };
         metrics::counter!("wa_dispatch_outcomes_total", "outcome" => outcome, "reason" => failure_reason.unwrap_or("none"))
             .increment(1);
@@ -262,9 +199,7 @@ impl Handler for Dispatch {
             failure_reason: failure_reason.map(str::to_owned),
             attempts,
         };
-        self.producer
-            .publish(&OUTBOUND_DISPATCHED, &dispatched)
-            .await?;
+        self.producer.publish(&OUTBOUND_DISPATCHED, &dispatched).await?;
         Ok(())
     }
 }
@@ -280,37 +215,23 @@ impl Service for OutboundDispatch {
         config.http_addr
     }
 
-    async fn run(
-        listener: TcpListener,
-        config: Config,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
+    async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
         let settings = ConsumerSettings {
             group: "outbound-dispatch".to_owned(),
             topics: vec![OUTBOUND_AUTHORIZED],
             service: SERVICE,
         };
         let kafka = config.kafka.clone();
-        wa_platform::service::run_consumer_service(
-            listener,
-            kafka,
-            settings,
-            shutdown,
-            move |producer| {
-                let twilio = TwilioClient::new(
-                    &config.twilio_base_url,
-                    &config.account_sid,
-                    &config.auth_username,
-                    &config.auth_password,
-                    config.request_timeout,
-                )?;
-                Ok(Dispatch {
-                    producer,
-                    twilio,
-                    config,
-                })
-            },
-        )
+        wa_platform::service::run_consumer_service(listener, kafka, settings, shutdown, move |producer| {
+            let twilio = TwilioClient::new(
+                &config.twilio_base_url,
+                &config.account_sid,
+                &config.auth_username,
+                &config.auth_password,
+                config.request_timeout,
+            )?;
+            Ok(Dispatch { producer, twilio, config })
+        })
         .await
     }
 }
@@ -331,11 +252,7 @@ mod tests {
 
     #[test]
     fn retryable_errors_are_throttling_server_errors_and_no_answer() {
-        let api = |status, code| TwilioError::Api {
-            status,
-            code,
-            message: String::new(),
-        };
+        let api = |status, code| TwilioError::Api { status, code, message: String::new() };
         assert!(api(429, Some(20429)).is_retryable());
         assert!(api(503, None).is_retryable());
         assert!(TwilioError::Transport("reset".into()).is_retryable());

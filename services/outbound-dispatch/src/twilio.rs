@@ -15,6 +15,10 @@ pub struct OutgoingMessage<'a> {
     pub body: Option<&'a str>,
     /// Media URLs.
     pub media_urls: &'a [String],
+    /// A template's Content SID, sent instead of a body.
+    pub content_sid: Option<&'a str>,
+    /// The template's variables (a JSON object).
+    pub content_variables: Option<&'a str>,
     /// Where Twilio should post status callbacks.
     pub status_callback: Option<String>,
 }
@@ -58,9 +62,7 @@ impl TwilioError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Transport(_) => true,
-            Self::Api { status, code, .. } => {
-                *status == 429 || *status >= 500 || *code == Some(20429)
-            }
+            Self::Api { status, code, .. } => *status == 429 || *status >= 500 || *code == Some(20429),
         }
     }
 
@@ -95,33 +97,30 @@ impl TwilioClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!(
-                "wachannel-outbound-dispatch/",
-                env!("CARGO_PKG_VERSION")
-            ))
+            .user_agent(concat!("wachannel-outbound-dispatch/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
             http,
-            messages_url: format!(
-                "{}/2010-04-01/Accounts/{account_sid}/Messages.json",
-                base_url.trim_end_matches('/')
-            ),
+            messages_url: format!("{}/2010-04-01/Accounts/{account_sid}/Messages.json", base_url.trim_end_matches('/')),
             username: username.to_owned(),
             password: password.to_owned(),
         })
     }
 
     /// Creates one message (one HTTP attempt).
-    pub async fn send(
-        &self,
-        message: &OutgoingMessage<'_>,
-    ) -> Result<MessageResource, TwilioError> {
+    pub async fn send(&self, message: &OutgoingMessage<'_>) -> Result<MessageResource, TwilioError> {
         let mut form: Vec<(&str, &str)> = vec![("To", message.to), ("From", message.from)];
         if let Some(body) = message.body {
             form.push(("Body", body));
         }
         for url in message.media_urls {
             form.push(("MediaUrl", url));
+        }
+        if let Some(content_sid) = message.content_sid {
+            form.push(("ContentSid", content_sid));
+        }
+        if let Some(variables) = message.content_variables {
+            form.push(("ContentVariables", variables));
         }
         if let Some(callback) = &message.status_callback {
             form.push(("StatusCallback", callback));
@@ -135,10 +134,7 @@ impl TwilioClient {
             .await
             .map_err(|err| TwilioError::Transport(err.to_string()))?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|err| TwilioError::Transport(err.to_string()))?;
+        let bytes = response.bytes().await.map_err(|err| TwilioError::Transport(err.to_string()))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|err| TwilioError::Api {
                 status: status.as_u16(),

@@ -30,9 +30,7 @@ pub struct ConfigError {
 
 /// The variable's value, or `None` when it is unset or empty.
 pub fn var(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .filter(|value| !value.trim().is_empty())
+    std::env::var(name).ok().filter(|value| !value.trim().is_empty())
 }
 
 /// The variable's value, or the variable's documented default.
@@ -47,21 +45,12 @@ where
     T::Err: std::fmt::Display,
 {
     let value = var_or(var_doc);
-    value.trim().parse().map_err(|err: T::Err| ConfigError {
-        name: var_doc.name,
-        value,
-        reason: err.to_string(),
-    })
+    value.trim().parse().map_err(|err: T::Err| ConfigError { name: var_doc.name, value, reason: err.to_string() })
 }
 
 /// A comma-separated list variable; empty when unset.
 pub fn list(var_doc: &EnvVar) -> Vec<String> {
-    var_or(var_doc)
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-        .map(str::to_owned)
-        .collect()
+    var_or(var_doc).split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_owned).collect()
 }
 
 /// `KAFKA_BOOTSTRAP_SERVERS`: the broker list.
@@ -91,6 +80,30 @@ pub const TWILIO_AUTH_TOKEN: EnvVar = EnvVar {
     doc: "Twilio auth token: signs webhooks and authenticates API calls (local default for the simulator only)",
 };
 
+/// `TWILIO_API_KEY_SID`.
+pub const TWILIO_API_KEY_SID: EnvVar = EnvVar {
+    name: "TWILIO_API_KEY_SID",
+    default: None,
+    doc: "API key SID (SK...) to authenticate with instead of the account SID and auth token",
+};
+/// `TWILIO_API_KEY_SECRET`.
+pub const TWILIO_API_KEY_SECRET: EnvVar =
+    EnvVar { name: "TWILIO_API_KEY_SECRET", default: None, doc: "the API key's secret, with TWILIO_API_KEY_SID" };
+
+/// The Basic-auth user and password for Twilio's APIs: the API key pair when both are set,
+/// otherwise the account SID and auth token.
+pub fn twilio_credentials() -> Result<(String, String), ConfigError> {
+    match (var(TWILIO_API_KEY_SID.name), var(TWILIO_API_KEY_SECRET.name)) {
+        (Some(key), Some(secret)) => Ok((key, secret)),
+        (Some(_), None) | (None, Some(_)) => Err(ConfigError {
+            name: TWILIO_API_KEY_SID.name,
+            value: String::new(),
+            reason: "TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET go together".to_owned(),
+        }),
+        (None, None) => Ok((var_or(&TWILIO_ACCOUNT_SID), var_or(&TWILIO_AUTH_TOKEN))),
+    }
+}
+
 /// Kafka connection settings shared by every service.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -106,10 +119,7 @@ impl KafkaConfig {
 
     /// Reads `KAFKA_BOOTSTRAP_SERVERS` and `WA_TOPIC_PREFIX`.
     pub fn from_env() -> Self {
-        Self {
-            bootstrap_servers: var_or(&KAFKA_BOOTSTRAP_SERVERS),
-            topic_prefix: var_or(&WA_TOPIC_PREFIX),
-        }
+        Self { bootstrap_servers: var_or(&KAFKA_BOOTSTRAP_SERVERS), topic_prefix: var_or(&WA_TOPIC_PREFIX) }
     }
 
     /// The full name of a topic, with the prefix.
@@ -126,11 +136,9 @@ impl KafkaConfig {
 /// The HTTP listen address: `HTTP_ADDR`, or the service's default.
 pub fn http_addr(default: &str) -> Result<std::net::SocketAddr, ConfigError> {
     let value = var(HTTP_ADDR).unwrap_or_else(|| default.to_owned());
-    value
-        .parse()
-        .map_err(|err: std::net::AddrParseError| ConfigError {
-            name: HTTP_ADDR,
-            value,
-            reason: err.to_string(),
-        })
+    value.parse().map_err(|err: std::net::AddrParseError| ConfigError {
+        name: HTTP_ADDR,
+        value,
+        reason: err.to_string(),
+    })
 }

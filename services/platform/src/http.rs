@@ -3,7 +3,7 @@
 
 mod problem;
 
-pub use problem::{bearer_authorized, Problem};
+pub use problem::{bearer_authorized, json_body, Problem};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -64,11 +64,7 @@ pub fn router(service: &'static str, health: Arc<Health>, routes: Router) -> Rou
         .route("/readyz", get(readyz))
         .route("/metrics", get(|| async { prometheus().render() }))
         .with_state(health);
-    routes
-        .merge(ops)
-        .layer(axum::middleware::from_fn(move |req, next| {
-            record_request(service, req, next)
-        }))
+    routes.merge(ops).layer(axum::middleware::from_fn(move |req, next| record_request(service, req, next)))
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> Response {
@@ -96,12 +92,6 @@ async fn record_request(service: &'static str, request: Request, next: Next) -> 
 }
 
 /// Serves `router` on `listener` until `shutdown`, then finishes in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }

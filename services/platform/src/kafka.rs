@@ -13,8 +13,7 @@ pub use admin::{ensure_topics, wait_for_broker};
 pub use consumer::{run_consumer, ConsumerSettings, HandleError, Handler, Record};
 pub use follower::TopicFollower;
 pub use headers::{
-    header_str, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID, CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE,
-    TRACEPARENT,
+    header_str, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID, CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE, TRACEPARENT,
 };
 pub use producer::{EventProducer, PublishError};
 

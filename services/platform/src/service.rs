@@ -11,9 +11,7 @@ use crate::http::{self, Health};
 
 /// Binds the service's HTTP listener (`127.0.0.1:0` picks a free port).
 pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))
+    TcpListener::bind(addr).await.map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))
 }
 
 /// Serves `routes` (plus the ops endpoints) on `listener` and runs `worker` beside it.
@@ -33,11 +31,7 @@ where
 {
     let local = listener.local_addr()?;
     let stop = shutdown.child_token();
-    let server = tokio::spawn(http::serve(
-        listener,
-        http::router(service, health.clone(), routes),
-        stop.clone(),
-    ));
+    let server = tokio::spawn(http::serve(listener, http::router(service, health.clone(), routes), stop.clone()));
     tracing::info!(service, addr = %local, "service started");
     let worker_result = worker.await;
     health.set_ready(false);
@@ -71,12 +65,10 @@ where
     let worker = async move {
         crate::kafka::wait_for_broker(&kafka, std::time::Duration::from_secs(60)).await?;
         let source = format!("wachannel/{service}");
-        let producer =
-            crate::kafka::EventProducer::new(&kafka, &source, std::time::Duration::from_secs(30))?;
+        let producer = crate::kafka::EventProducer::new(&kafka, &source, std::time::Duration::from_secs(30))?;
         let handler = make_handler(producer.clone())?;
         ready.set_ready(true);
-        let result =
-            crate::kafka::run_consumer(&kafka, &settings, &producer, &handler, &stopped).await;
+        let result = crate::kafka::run_consumer(&kafka, &settings, &producer, &handler, &stopped).await;
         producer.flush(std::time::Duration::from_secs(10));
         result
     };
@@ -118,9 +110,7 @@ impl<S: Service> Bound<S> {
 
     /// The bound address.
     pub fn local_addr(&self) -> std::net::SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     /// Runs until `shutdown`.

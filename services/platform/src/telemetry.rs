@@ -52,24 +52,15 @@ pub fn init(service: &str) -> anyhow::Result<TelemetryGuard> {
 
 /// Like [`init`], with the log filter used when `RUST_LOG` is unset, and optionally logging
 /// through the test harness's captured output.
-pub fn init_with(
-    service: &str,
-    default_filter: &str,
-    test_writer: bool,
-) -> anyhow::Result<TelemetryGuard> {
+pub fn init_with(service: &str, default_filter: &str, test_writer: bool) -> anyhow::Result<TelemetryGuard> {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     if INSTALLED.get().is_some() {
         return Ok(TelemetryGuard { provider: None });
     }
-    let mut builder = SdkTracerProvider::builder().with_resource(
-        Resource::builder()
-            .with_service_name(service.to_owned())
-            .build(),
-    );
+    let mut builder =
+        SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(service.to_owned()).build());
     if var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
         builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
@@ -79,32 +70,19 @@ pub fn init_with(
 
     // RUST_LOG filters what is logged only: spans reach OpenTelemetry at INFO whatever the log
     // level, so trace context is propagated even when logs are quiet.
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(LevelFilter::INFO);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO);
     let json = var("LOG_FORMAT").is_some_and(|format| format.eq_ignore_ascii_case("json"));
     let logs = match (json, test_writer) {
         (_, true) => tracing_subscriber::fmt::layer().with_test_writer().boxed(),
-        (true, false) => tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .boxed(),
-        (false, false) => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .boxed(),
+        (true, false) => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        (false, false) => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
     };
-    let installed = tracing_subscriber::registry()
-        .with(otel)
-        .with(logs.with_filter(filter))
-        .try_init();
+    let installed = tracing_subscriber::registry().with(otel).with(logs.with_filter(filter)).try_init();
     if installed.is_err() {
         // Another subscriber was installed first (a test harness); keep it.
         return Ok(TelemetryGuard { provider: None });
     }
     let _ = INSTALLED.set(());
-    Ok(TelemetryGuard {
-        provider: Some(provider),
-    })
+    Ok(TelemetryGuard { provider: Some(provider) })
 }

@@ -25,8 +25,7 @@ pub const INBOUND: TopicSpec = TopicSpec {
     name: "wa.inbound.v1",
     partitions: MESSAGE_PARTITIONS,
     configs: &[("retention.ms", "-1")],
-    doc:
-        "customer messages (InboundMessageReceived); kept forever: session state is rebuilt from it",
+    doc: "customer messages (InboundMessageReceived); kept forever: session state is rebuilt from it",
 };
 /// Outbound requests from the CRM (ingress or CRM producers → session-window).
 pub const OUTBOUND_REQUESTED: TopicSpec = TopicSpec {
@@ -63,6 +62,13 @@ pub const OUTBOUND_DISPATCHED: TopicSpec = TopicSpec {
     configs: RETAIN_7_DAYS,
     doc: "send outcomes (OutboundDispatched)",
 };
+/// Template lifecycle events (template-approval's own event store).
+pub const TEMPLATES: TopicSpec = TopicSpec {
+    name: "wa.templates.v1",
+    partitions: 1,
+    configs: &[("retention.ms", "-1")],
+    doc: "template lifecycle (TemplateEvent), keyed by name:language; kept forever: template-approval rebuilds its state from it",
+};
 /// Records no handler could process, with the reason in headers.
 pub const DEAD_LETTER: TopicSpec = TopicSpec {
     name: "wa.deadletter.v1",
@@ -79,5 +85,6 @@ pub const ALL: &[TopicSpec] = &[
     OUTBOUND_AUTHORIZED,
     OUTBOUND_REJECTED,
     OUTBOUND_DISPATCHED,
+    TEMPLATES,
     DEAD_LETTER,
 ];

@@ -12,14 +12,10 @@ pub const HEADER: &str = "X-Twilio-Signature";
 
 /// The signature Twilio sends for `url` and form `params`, with `auth_token`.
 pub fn compute(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
-    let mut sorted: Vec<(&str, &str)> = params
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_str()))
-        .collect();
+    let mut sorted: Vec<(&str, &str)> = params.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
     sorted.sort_unstable();
     sorted.dedup();
-    let mut mac =
-        Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("hmac takes any key length");
+    let mut mac = Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("hmac takes any key length");
     mac.update(url.as_bytes());
     for (name, value) in sorted {
         mac.update(name.as_bytes());
@@ -31,12 +27,7 @@ pub fn compute(auth_token: &str, url: &str, params: &[(String, String)]) -> Stri
 /// Whether `signature` is valid for the request under any of `auth_tokens` (several during a
 /// token rotation). Like Twilio's helpers, the URL is tried both with and without its default
 /// port, since Twilio is not consistent about it. The comparison is constant-time.
-pub fn verify(
-    auth_tokens: &[String],
-    url: &str,
-    params: &[(String, String)],
-    signature: &str,
-) -> bool {
+pub fn verify(auth_tokens: &[String], url: &str, params: &[(String, String)], signature: &str) -> bool {
     let variants = [with_default_port(url), without_port(url)];
     let mut valid = false;
     for token in auth_tokens {
@@ -57,9 +48,7 @@ fn split_url(url: &str) -> Option<(&str, &str, &str)> {
 
 fn host_and_port(authority: &str) -> (&str, Option<&str>) {
     match authority.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-            (host, Some(port))
-        }
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => (host, Some(port)),
         _ => (authority, None),
     }
 }
@@ -72,11 +61,7 @@ fn with_default_port(url: &str) -> String {
     match host_and_port(authority) {
         (_, Some(_)) => url.to_owned(),
         (host, None) => {
-            let port = if scheme.eq_ignore_ascii_case("https") {
-                443
-            } else {
-                80
-            };
+            let port = if scheme.eq_ignore_ascii_case("https") { 443 } else { 80 };
             format!("{scheme}://{host}:{port}{rest}")
         }
     }
@@ -96,10 +81,7 @@ mod tests {
     use super::*;
 
     fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        items.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     /// Vectors computed with Twilio's official helper library; see
@@ -118,21 +100,13 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|p| {
-                    (
-                        p[0].as_str().unwrap().to_owned(),
-                        p[1].as_str().unwrap().to_owned(),
-                    )
-                })
+                .map(|p| (p[0].as_str().unwrap().to_owned(), p[1].as_str().unwrap().to_owned()))
                 .collect();
             let signature = case["signature"].as_str().unwrap();
             assert_eq!(compute(token, url, &params), signature, "{name}");
             for other in case["also_valid_urls"].as_array().unwrap() {
                 let other = other.as_str().unwrap();
-                assert!(
-                    verify(&[token.to_owned()], other, &params, signature),
-                    "{name}: {other}"
-                );
+                assert!(verify(&[token.to_owned()], other, &params, signature), "{name}: {other}");
             }
         }
     }
@@ -143,26 +117,11 @@ mod tests {
         let url = "https://example.com/twilio/inbound";
         let token = "secret".to_owned();
         let signature = compute(&token, url, &params);
-        assert!(verify(
-            std::slice::from_ref(&token),
-            url,
-            &params,
-            &signature
-        ));
+        assert!(verify(std::slice::from_ref(&token), url, &params, &signature));
         assert!(!verify(&["other".to_owned()], url, &params, &signature));
-        assert!(!verify(
-            std::slice::from_ref(&token),
-            "https://example.com/twilio/inbound2",
-            &params,
-            &signature
-        ));
+        assert!(!verify(std::slice::from_ref(&token), "https://example.com/twilio/inbound2", &params, &signature));
         let tampered = pairs(&[("Body", "hi!"), ("From", "whatsapp:+15551234567")]);
-        assert!(!verify(
-            std::slice::from_ref(&token),
-            url,
-            &tampered,
-            &signature
-        ));
+        assert!(!verify(std::slice::from_ref(&token), url, &tampered, &signature));
         assert!(!verify(std::slice::from_ref(&token), url, &params, ""));
     }
 
@@ -171,25 +130,14 @@ mod tests {
         let params = pairs(&[("MessageSid", "SM1")]);
         let url = "https://example.com/twilio/inbound";
         let signature = compute("new", url, &params);
-        assert!(verify(
-            &["old".to_owned(), "new".to_owned()],
-            url,
-            &params,
-            &signature
-        ));
+        assert!(verify(&["old".to_owned(), "new".to_owned()], url, &params, &signature));
     }
 
     #[test]
     fn port_variants() {
-        assert_eq!(
-            with_default_port("https://a.io/x?y=1"),
-            "https://a.io:443/x?y=1"
-        );
+        assert_eq!(with_default_port("https://a.io/x?y=1"), "https://a.io:443/x?y=1");
         assert_eq!(with_default_port("http://a.io"), "http://a.io:80");
-        assert_eq!(
-            with_default_port("http://a.io:8080/x"),
-            "http://a.io:8080/x"
-        );
+        assert_eq!(with_default_port("http://a.io:8080/x"), "http://a.io:8080/x");
         assert_eq!(without_port("https://a.io:443/x"), "https://a.io/x");
         assert_eq!(without_port("https://a.io/x"), "https://a.io/x");
     }

@@ -52,12 +52,8 @@ pub struct Config {
 
 impl Config {
     /// Every variable session-window reads (beyond telemetry's).
-    pub const ENV: &'static [EnvVar] = &[
-        config::KAFKA_BOOTSTRAP_SERVERS,
-        config::WA_TOPIC_PREFIX,
-        SAFETY_MARGIN_MS,
-        CATCH_UP_TIMEOUT_MS,
-    ];
+    pub const ENV: &'static [EnvVar] =
+        &[config::KAFKA_BOOTSTRAP_SERVERS, config::WA_TOPIC_PREFIX, SAFETY_MARGIN_MS, CATCH_UP_TIMEOUT_MS];
     /// The default HTTP address.
     pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8081";
 
@@ -82,14 +78,14 @@ struct CheckWindow {
 impl Handler for CheckWindow {
     async fn handle(&self, record: &Record<'_>) -> Result<(), HandleError> {
         let request = OutboundRequested::decode(record.payload)?;
-        self.projection
-            .catch_up(self.config.catch_up_timeout)
-            .await
-            .map_err(HandleError::Transient)?;
+        self.projection.catch_up(self.config.catch_up_timeout).await.map_err(HandleError::Transient)?;
         let window = self.projection.window(&request.conversation_id);
         let now = wa_platform::now_millis();
         let margin = i64::try_from(self.config.safety_margin.as_millis()).unwrap_or(i64::MAX);
-        let verdict = window::check_free_form(window.as_ref(), now, margin);
+        // The window limits free-form content only; templates may be sent at any time (their
+        // approval is template-approval's to check).
+        let verdict =
+            if request.template.is_some() { Ok(()) } else { window::check_free_form(window.as_ref(), now, margin) };
         metrics::counter!("wa_session_verdicts_total", "verdict" => verdict.map_or_else(|r| r.code(), |()| "allowed"))
             .increment(1);
         tracing::info!(request_id = %request.request_id, allowed = verdict.is_ok(), "window checked");
@@ -106,9 +102,11 @@ impl Handler for CheckWindow {
             to: request.to,
             body: request.body,
             media_urls: request.media_urls,
+            template: request.template,
             allowed: verdict.is_ok(),
             refusal_reason: verdict.err().map(|refusal| refusal.code().to_owned()),
             window_expires_at: window.map(|w| w.expires_at),
+            opted_out: false,
         };
         self.producer.publish(&OUTBOUND_CHECKED, &checked).await?;
         Ok(())
@@ -127,19 +125,14 @@ impl Service for SessionWindow {
     }
 
     /// Projects and checks until `shutdown`.
-    async fn run(
-        listener: TcpListener,
-        config: Config,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
+    async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
         let health = Health::new();
         let ready = health.clone();
         let stopped = shutdown.clone();
         let worker = async move {
             let kafka = &config.kafka;
             wa_platform::kafka::wait_for_broker(kafka, Duration::from_secs(60)).await?;
-            let producer =
-                EventProducer::new(kafka, "wachannel/session-window", Duration::from_secs(30))?;
+            let producer = EventProducer::new(kafka, "wachannel/session-window", Duration::from_secs(30))?;
             let projection = Projection::start(kafka).await?;
             // Stops the projection when the checks stop, for whatever reason.
             let stop_projection = stopped.child_token();
@@ -162,28 +155,14 @@ impl Service for SessionWindow {
                 topics: vec![OUTBOUND_REQUESTED],
                 service: SERVICE,
             };
-            let handler = CheckWindow {
-                projection,
-                producer: producer.clone(),
-                config: config.clone(),
-            };
-            let result =
-                wa_platform::kafka::run_consumer(kafka, &settings, &producer, &handler, &stopped)
-                    .await;
+            let handler = CheckWindow { projection, producer: producer.clone(), config: config.clone() };
+            let result = wa_platform::kafka::run_consumer(kafka, &settings, &producer, &handler, &stopped).await;
             producer.flush(Duration::from_secs(10));
             stop_projection.cancel();
             projecting.await??;
             result
         };
-        wa_platform::service::run_until_stopped(
-            SERVICE,
-            listener,
-            Router::new(),
-            health,
-            shutdown,
-            worker,
-        )
-        .await
+        wa_platform::service::run_until_stopped(SERVICE, listener, Router::new(), health, shutdown, worker).await
     }
 }
 

@@ -28,19 +28,12 @@ impl Projection {
     /// Connects, and starts reading the inbound topic from its beginning.
     pub(crate) async fn start(kafka: &KafkaConfig) -> anyhow::Result<Arc<Self>> {
         let inbound = TopicFollower::start(kafka, &INBOUND, "session-window-projection").await?;
-        Ok(Arc::new(Self {
-            windows: Mutex::default(),
-            inbound,
-        }))
+        Ok(Arc::new(Self { windows: Mutex::default(), inbound }))
     }
 
     /// The conversation's window, if the customer ever wrote.
     pub(crate) fn window(&self, conversation_id: &str) -> Option<Window> {
-        self.windows
-            .lock()
-            .expect("windows lock")
-            .get(conversation_id)
-            .copied()
+        self.windows.lock().expect("windows lock").get(conversation_id).copied()
     }
 
     /// Folds inbound events until `shutdown`.

@@ -16,10 +16,7 @@ pub struct Window {
 /// recent message. Applying a message twice, or messages in any order, gives the same window.
 pub fn apply_customer_message(window: Option<Window>, at: i64) -> Window {
     let last = window.map_or(at, |w| w.last_customer_message_at.max(at));
-    Window {
-        last_customer_message_at: last,
-        expires_at: last.saturating_add(WINDOW_MILLIS),
-    }
+    Window { last_customer_message_at: last, expires_at: last.saturating_add(WINDOW_MILLIS) }
 }
 
 /// Why a free-form message may not be sent.
@@ -44,11 +41,7 @@ impl Refusal {
 /// Whether a free-form message may be sent at `now`: only while
 /// `now < expires_at - safety_margin`, so a message does not reach Twilio just after the window
 /// closed.
-pub fn check_free_form(
-    window: Option<&Window>,
-    now: i64,
-    safety_margin_millis: i64,
-) -> Result<(), Refusal> {
+pub fn check_free_form(window: Option<&Window>, now: i64, safety_margin_millis: i64) -> Result<(), Refusal> {
     match window {
         None => Err(Refusal::NoWindow),
         Some(w) if now < w.expires_at.saturating_sub(safety_margin_millis) => Ok(()),
@@ -65,9 +58,7 @@ mod tests {
     const HOUR: i64 = 60 * 60 * 1000;
 
     fn fold(messages: &[i64]) -> Option<Window> {
-        messages
-            .iter()
-            .fold(None, |w, at| Some(apply_customer_message(w, *at)))
+        messages.iter().fold(None, |w, at| Some(apply_customer_message(w, *at)))
     }
 
     #[test]
@@ -82,18 +73,9 @@ mod tests {
     fn free_form_needs_an_open_window_with_margin() {
         let w = apply_customer_message(None, 0);
         assert_eq!(check_free_form(None, 0, 0), Err(Refusal::NoWindow));
-        assert_eq!(
-            check_free_form(Some(&w), 24 * HOUR - 61_000, 60_000),
-            Ok(())
-        );
-        assert_eq!(
-            check_free_form(Some(&w), 24 * HOUR - 60_000, 60_000),
-            Err(Refusal::WindowClosed)
-        );
-        assert_eq!(
-            check_free_form(Some(&w), 24 * HOUR, 0),
-            Err(Refusal::WindowClosed)
-        );
+        assert_eq!(check_free_form(Some(&w), 24 * HOUR - 61_000, 60_000), Ok(()));
+        assert_eq!(check_free_form(Some(&w), 24 * HOUR - 60_000, 60_000), Err(Refusal::WindowClosed));
+        assert_eq!(check_free_form(Some(&w), 24 * HOUR, 0), Err(Refusal::WindowClosed));
     }
 
     proptest! {

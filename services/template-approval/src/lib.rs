@@ -1,22 +1,60 @@
-//! Template-approval: decides what may be sent.
+//! Template-approval: the WhatsApp template lifecycle, and what may be sent.
 //!
-//! In this first version it passes free-form requests that the window allowed on to
-//! `wa.outbound.authorized.v1`, and publishes every refusal on `wa.outbound.rejected.v1` with a
-//! machine-readable reason and a message an agent can read. The template lifecycle comes next.
+//! - Templates per (name, language) are an event-sourced aggregate ([`template`]); their events
+//!   are the topic `wa.templates.v1`, from which the service rebuilds its state at start.
+//! - An admin API registers, submits, replaces, pauses, disables and deletes them; a sync with
+//!   Twilio's Content API turns Meta's decisions (approved, rejected, paused, disabled) into
+//!   events.
+//! - For each window verdict on `wa.outbound.checked.v1` it publishes
+//!   `wa.outbound.authorized.v1` (with the rendered `ContentSid` + `ContentVariables` for
+//!   templates) or `wa.outbound.rejected.v1` with a machine-readable reason ([`authorize`]).
+
+mod admin;
+pub mod authorize;
+pub mod languages;
+mod store;
+mod sync;
+pub mod template;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use uuid::Uuid;
 use wa_platform::config::{self, EnvVar, KafkaConfig};
+use wa_platform::http::Health;
 use wa_platform::kafka::{ConsumerSettings, EventProducer, HandleError, Handler, Record};
 use wa_platform::service::{Bound, Service};
 use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_REJECTED};
 use wa_platform::CancellationToken;
-use wa_schemas::{Event, OutboundAuthorized, OutboundRejected, OutboundWindowChecked};
+use wa_schemas::{Event, OutboundWindowChecked};
+
+use crate::authorize::{Decision, Fallbacks};
+use crate::store::Store;
 
 /// The service name.
 pub const SERVICE: &str = "template-approval";
+
+const ADMIN_TOKENS: EnvVar = EnvVar {
+    name: "TEMPLATE_ADMIN_TOKENS",
+    default: None,
+    doc: "comma-separated bearer tokens for the admin API; it is open when unset (local use only)",
+};
+const CONTENT_BASE_URL: EnvVar = EnvVar {
+    name: "TWILIO_CONTENT_BASE_URL",
+    default: Some("https://content.twilio.com"),
+    doc: "base URL of Twilio's Content API; the simulator's URL locally",
+};
+const SYNC_INTERVAL_MS: EnvVar = EnvVar {
+    name: "TEMPLATE_SYNC_INTERVAL_MS",
+    default: Some("60000"),
+    doc: "how often approval statuses of pending, approved and paused templates are fetched from Twilio",
+};
+const LANGUAGE_FALLBACKS: EnvVar = EnvVar {
+    name: "TEMPLATE_LANGUAGE_FALLBACKS",
+    default: Some(""),
+    doc: "fallback chains, e.g. pt_BR:pt:en,es_MX:es:en: the first approved language of the chain is sent",
+};
 
 /// Template-approval configuration.
 #[derive(Debug, Clone)]
@@ -25,103 +63,85 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Broker and topic prefix.
     pub kafka: KafkaConfig,
+    /// Admin API bearer tokens; empty means open.
+    pub admin_tokens: Vec<String>,
+    /// Twilio Content API base URL.
+    pub content_base_url: String,
+    /// Basic-auth user for Twilio (account SID or API key SID).
+    pub auth_username: String,
+    /// Basic-auth password for Twilio (auth token or API key secret).
+    pub auth_password: String,
+    /// Status sync period.
+    pub sync_interval: Duration,
+    /// Language fallback chains.
+    pub fallbacks: Fallbacks,
 }
 
 impl Config {
     /// Every variable template-approval reads (beyond telemetry's).
-    pub const ENV: &'static [EnvVar] = KafkaConfig::ENV;
+    pub const ENV: &'static [EnvVar] = &[
+        config::KAFKA_BOOTSTRAP_SERVERS,
+        config::WA_TOPIC_PREFIX,
+        ADMIN_TOKENS,
+        CONTENT_BASE_URL,
+        config::TWILIO_ACCOUNT_SID,
+        config::TWILIO_AUTH_TOKEN,
+        config::TWILIO_API_KEY_SID,
+        config::TWILIO_API_KEY_SECRET,
+        SYNC_INTERVAL_MS,
+        LANGUAGE_FALLBACKS,
+    ];
     /// The default HTTP address.
     pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8082";
 
     /// Reads the configuration from the environment.
     pub fn from_env() -> Result<Self, config::ConfigError> {
+        let (auth_username, auth_password) = config::twilio_credentials()?;
+        let fallbacks_text = config::var_or(&LANGUAGE_FALLBACKS);
+        let fallbacks = Fallbacks::parse(&fallbacks_text).map_err(|reason| config::ConfigError {
+            name: LANGUAGE_FALLBACKS.name,
+            value: fallbacks_text.clone(),
+            reason,
+        })?;
         Ok(Self {
             http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
             kafka: KafkaConfig::from_env(),
+            admin_tokens: config::list(&ADMIN_TOKENS),
+            content_base_url: config::var_or(&CONTENT_BASE_URL),
+            auth_username,
+            auth_password,
+            sync_interval: Duration::from_millis(config::parse(&SYNC_INTERVAL_MS)?),
+            fallbacks,
         })
     }
 }
 
-/// What happens to a checked request.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Send it.
-    Authorize(OutboundAuthorized),
-    /// Refuse it.
-    Reject(OutboundRejected),
-}
-
-/// Decides on a window verdict: pure, `now` passed in.
-pub fn decide(checked: OutboundWindowChecked, now: i64) -> Decision {
-    let event_id = Uuid::new_v5(
-        &Uuid::NAMESPACE_OID,
-        format!("wachannel:decided:{}", checked.event_id).as_bytes(),
-    )
-    .to_string();
-    if checked.allowed {
-        return Decision::Authorize(OutboundAuthorized {
-            event_id,
-            occurred_at: now,
-            conversation_id: checked.conversation_id,
-            request_id: checked.request_id,
-            from: checked.from,
-            to: checked.to,
-            body: checked.body,
-            media_urls: checked.media_urls,
-            window_expires_at: checked.window_expires_at,
-        });
-    }
-    let reason = checked
-        .refusal_reason
-        .unwrap_or_else(|| "window_closed".to_owned());
-    let message = match (reason.as_str(), checked.window_expires_at) {
-        ("no_window", _) => {
-            "the customer has not written to this sender, so only an approved template may be sent"
-                .to_owned()
-        }
-        (_, Some(expires_at)) => {
-            let closed = chrono::DateTime::from_timestamp_millis(expires_at).unwrap_or_default();
-            format!(
-                "the customer's 24-hour window closed at {}; only an approved template may be sent",
-                closed.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            )
-        }
-        _ => "the customer's 24-hour window is closed; only an approved template may be sent"
-            .to_owned(),
-    };
-    Decision::Reject(OutboundRejected {
-        event_id,
-        occurred_at: now,
-        conversation_id: checked.conversation_id,
-        request_id: checked.request_id,
-        from: checked.from,
-        to: checked.to,
-        reason,
-        message,
-        rejected_by: SERVICE.to_owned(),
-    })
-}
-
+/// Turns window verdicts into authorizations or refusals.
 struct Authorize {
     producer: EventProducer,
+    store: Arc<Store>,
+    fallbacks: Fallbacks,
 }
 
 impl Handler for Authorize {
     async fn handle(&self, record: &Record<'_>) -> Result<(), HandleError> {
         let checked = OutboundWindowChecked::decode(record.payload)?;
+        if checked.template.is_some() {
+            // A template approved or paused a moment ago must count.
+            self.store.catch_up().await.map_err(HandleError::Transient)?;
+        }
         let request_id = checked.request_id.clone();
-        match decide(checked, wa_platform::now_millis()) {
+        let now = wa_platform::now_millis();
+        let decision = self.store.read(|templates| authorize::decide(checked, templates, &self.fallbacks, now));
+        match decision {
             Decision::Authorize(authorized) => {
-                self.producer
-                    .publish(&OUTBOUND_AUTHORIZED, &authorized)
-                    .await?;
-                metrics::counter!("wa_outbound_decisions_total", "decision" => "authorized")
-                    .increment(1);
-                tracing::info!(request_id = %request_id, "outbound authorized");
+                self.producer.publish(&OUTBOUND_AUTHORIZED, &authorized).await?;
+                metrics::counter!("wa_outbound_decisions_total", "decision" => "authorized").increment(1);
+                tracing::info!(request_id = %request_id, template = authorized.template_name.as_deref().unwrap_or(""), "outbound authorized");
             }
             Decision::Reject(rejected) => {
                 self.producer.publish(&OUTBOUND_REJECTED, &rejected).await?;
-                metrics::counter!("wa_outbound_decisions_total", "decision" => "rejected")
+                metrics::counter!("wa_outbound_decisions_total", "decision" => "rejected", "reason" => rejected.reason.clone())
                     .increment(1);
                 tracing::info!(request_id = %request_id, reason = %rejected.reason, "outbound rejected");
             }
@@ -141,24 +161,55 @@ impl Service for TemplateApproval {
         config.http_addr
     }
 
-    async fn run(
-        listener: TcpListener,
-        config: Config,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let settings = ConsumerSettings {
-            group: "template-approval".to_owned(),
-            topics: vec![OUTBOUND_CHECKED],
-            service: SERVICE,
+    async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if config.admin_tokens.is_empty() {
+            tracing::warn!("TEMPLATE_ADMIN_TOKENS is unset: the admin API accepts requests without a token");
+        }
+        let content = sync::ContentClient::new(&config.content_base_url, &config.auth_username, &config.auth_password)?;
+        let admin = Arc::new(admin::AdminState {
+            store: tokio::sync::OnceCell::new(),
+            tokens: config.admin_tokens.clone(),
+            content: content.clone(),
+        });
+        let routes = admin::routes(admin.clone());
+        let health = Health::new();
+        let ready = health.clone();
+        let stopped = shutdown.clone();
+        let worker = async move {
+            let kafka = &config.kafka;
+            wa_platform::kafka::wait_for_broker(kafka, Duration::from_secs(60)).await?;
+            let producer = EventProducer::new(kafka, "wachannel/template-approval", Duration::from_secs(30))?;
+            let store = Store::start(kafka, producer.clone()).await?;
+            let background = stopped.child_token();
+            let following = {
+                let store = store.clone();
+                let stop = background.clone();
+                tokio::spawn(async move { store.run(stop).await })
+            };
+            while let Err(reason) = store.catch_up().await {
+                tracing::warn!(reason = %reason, "template state still being rebuilt");
+                if stopped.is_cancelled() {
+                    background.cancel();
+                    return following.await?;
+                }
+            }
+            let _ = admin.store.set(store.clone());
+            let syncing = tokio::spawn(sync::run(store.clone(), content, config.sync_interval, background.clone()));
+            ready.set_ready(true);
+            let settings = ConsumerSettings {
+                group: "template-approval".to_owned(),
+                topics: vec![OUTBOUND_CHECKED],
+                service: SERVICE,
+            };
+            let handler = Authorize { producer: producer.clone(), store, fallbacks: config.fallbacks.clone() };
+            let result = wa_platform::kafka::run_consumer(kafka, &settings, &producer, &handler, &stopped).await;
+            producer.flush(Duration::from_secs(10));
+            background.cancel();
+            syncing.await?;
+            following.await??;
+            result
         };
-        wa_platform::service::run_consumer_service(
-            listener,
-            config.kafka,
-            settings,
-            shutdown,
-            |producer| Ok(Authorize { producer }),
-        )
-        .await
+        wa_platform::service::run_until_stopped(SERVICE, listener, routes, health, shutdown, worker).await
     }
 }
 
@@ -170,64 +221,4 @@ pub async fn bind(config: Config) -> anyhow::Result<Bound<TemplateApproval>> {
 /// Binds and runs until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     wa_platform::service::run::<TemplateApproval>(config, shutdown).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn checked(allowed: bool, reason: Option<&str>, expires: Option<i64>) -> OutboundWindowChecked {
-        OutboundWindowChecked {
-            event_id: "e1".into(),
-            occurred_at: 1,
-            conversation_id: "c1".into(),
-            request_id: "r1".into(),
-            from: "whatsapp:+1".into(),
-            to: "whatsapp:+2".into(),
-            body: Some("hi".into()),
-            media_urls: vec![],
-            allowed,
-            refusal_reason: reason.map(str::to_owned),
-            window_expires_at: expires,
-        }
-    }
-
-    #[test]
-    fn allowed_free_form_is_authorized_with_its_content_and_expiry() {
-        let Decision::Authorize(authorized) = decide(checked(true, None, Some(99)), 5) else {
-            panic!("expected authorization");
-        };
-        assert_eq!(authorized.request_id, "r1");
-        assert_eq!(authorized.body.as_deref(), Some("hi"));
-        assert_eq!(authorized.window_expires_at, Some(99));
-        assert_eq!(authorized.occurred_at, 5);
-    }
-
-    #[test]
-    fn refusals_carry_reason_and_readable_message() {
-        let Decision::Reject(no_window) = decide(checked(false, Some("no_window"), None), 5) else {
-            panic!("expected rejection");
-        };
-        assert_eq!(no_window.reason, "no_window");
-        assert!(no_window.message.contains("has not written"));
-        let Decision::Reject(closed) = decide(checked(false, Some("window_closed"), Some(0)), 5)
-        else {
-            panic!("expected rejection");
-        };
-        assert_eq!(closed.reason, "window_closed");
-        assert!(
-            closed.message.contains("1970-01-01T00:00:00Z"),
-            "{}",
-            closed.message
-        );
-        assert_eq!(closed.rejected_by, "template-approval");
-    }
-
-    #[test]
-    fn decisions_are_idempotent() {
-        assert_eq!(
-            decide(checked(true, None, None), 5),
-            decide(checked(true, None, None), 5)
-        );
-    }
 }

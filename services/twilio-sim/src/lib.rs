@@ -5,9 +5,14 @@
 //!   `SM…` sid, and Twilio's error JSON (`code`, `message`, `more_info`, `status`).
 //! - `GET /sim/messages`: every accepted message, for assertions, with all its form
 //!   parameters.
+//! - The Content API's WhatsApp approvals: `POST /v1/Content/{sid}/ApprovalRequests/whatsapp`
+//!   (submit; status `received`) and `GET /v1/Content/{sid}/ApprovalRequests`, in Twilio's
+//!   shapes; tests move a template through Meta's decisions with
+//!   `POST /sim/content/{sid}/approval` (`{"status": "approved"}`, `"paused"`, ...).
 //!
 //! Production never talks to it: dispatch's `TWILIO_API_BASE_URL` points at api.twilio.com.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 use wa_platform::config::{self, EnvVar};
@@ -72,6 +77,106 @@ pub struct SimMessage {
 struct Sim {
     config: Config,
     messages: Mutex<Vec<SimMessage>>,
+    /// WhatsApp approval of each Content SID.
+    approvals: Mutex<HashMap<String, Approval>>,
+}
+
+/// The WhatsApp approval of one content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Approval {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    category: String,
+    status: String,
+    #[serde(default)]
+    rejection_reason: String,
+}
+
+impl Approval {
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "type": "whatsapp",
+            "name": self.name,
+            "category": self.category,
+            "content_type": "twilio/text",
+            "status": self.status,
+            "rejection_reason": self.rejection_reason,
+            "allow_category_change": true,
+        })
+    }
+}
+
+fn is_content_sid(sid: &str) -> bool {
+    sid.len() == 34 && sid.starts_with("HX") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn content_not_found(sid: &str) -> Response {
+    twilio_error(StatusCode::NOT_FOUND, 20404, &format!("The requested resource /v1/Content/{sid} was not found"))
+}
+
+async fn submit_approval(
+    State(sim): State<Arc<Sim>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authenticated(&sim, &headers) {
+        return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    }
+    if !is_content_sid(&sid) {
+        return content_not_found(&sid);
+    }
+    #[derive(Deserialize)]
+    struct Submission {
+        name: String,
+        category: String,
+    }
+    let Ok(submission) = serde_json::from_slice::<Submission>(&body) else {
+        return twilio_error(
+            StatusCode::BAD_REQUEST,
+            20001,
+            "Invalid approval request: name and category are required",
+        );
+    };
+    let approval = Approval {
+        name: submission.name,
+        category: submission.category,
+        status: "received".to_owned(),
+        rejection_reason: String::new(),
+    };
+    let json = approval.json();
+    sim.approvals.lock().expect("approvals lock").insert(sid, approval);
+    let created = json!({
+        "name": json["name"], "category": json["category"], "content_type": json["content_type"],
+        "status": json["status"], "rejection_reason": json["rejection_reason"], "allow_category_change": true,
+    });
+    (StatusCode::CREATED, Json(created)).into_response()
+}
+
+async fn fetch_approval(State(sim): State<Arc<Sim>>, Path(sid): Path<String>, headers: HeaderMap) -> Response {
+    if !authenticated(&sim, &headers) {
+        return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    }
+    let Some(approval) = sim.approvals.lock().expect("approvals lock").get(&sid).cloned() else {
+        return content_not_found(&sid);
+    };
+    Json(json!({
+        "sid": sid,
+        "account_sid": sim.config.account_sid,
+        "whatsapp": approval.json(),
+        "url": format!("https://content.twilio.com/v1/Content/{sid}/ApprovalRequests"),
+    }))
+    .into_response()
+}
+
+/// Test control: Meta's decision on a content (`approved`, `rejected`, `paused`, `disabled`...).
+async fn set_approval(State(sim): State<Arc<Sim>>, Path(sid): Path<String>, Json(change): Json<Approval>) -> Response {
+    let mut approvals = sim.approvals.lock().expect("approvals lock");
+    let approval = approvals.entry(sid).or_insert_with(|| change.clone());
+    approval.status = change.status;
+    approval.rejection_reason = change.rejection_reason;
+    Json(approval.json()).into_response()
 }
 
 /// Twilio's error response.
@@ -86,10 +191,8 @@ fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
 }
 
 fn authenticated(sim: &Sim, headers: &HeaderMap) -> bool {
-    let Some(encoded) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
+    let Some(encoded) =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Basic "))
     else {
         return false;
     };
@@ -116,43 +219,20 @@ async fn create_message(
             &format!("The requested resource /2010-04-01/Accounts/{account_sid}/Messages.json was not found"),
         );
     }
-    let params: Vec<(String, String)> = form_urlencoded::parse(&body)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty());
     let Some(to) = get("To") else {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            21604,
-            "A 'To' phone number is required.",
-        );
+        return twilio_error(StatusCode::BAD_REQUEST, 21604, "A 'To' phone number is required.");
     };
     let from = get("From");
     let service = get("MessagingServiceSid");
     if from.is_none() && service.is_none() {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            21603,
-            "A 'From' phone number is required.",
-        );
+        return twilio_error(StatusCode::BAD_REQUEST, 21603, "A 'From' phone number is required.");
     }
-    let media: Vec<&str> = params
-        .iter()
-        .filter(|(k, _)| k == "MediaUrl")
-        .map(|(_, v)| v.as_str())
-        .collect();
+    let media: Vec<&str> = params.iter().filter(|(k, _)| k == "MediaUrl").map(|(_, v)| v.as_str()).collect();
     if get("Body").is_none() && media.is_empty() && get("ContentSid").is_none() {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            21619,
-            "A text message body or media urls must be specified.",
-        );
+        return twilio_error(StatusCode::BAD_REQUEST, 21619, "A text message body or media urls must be specified.");
     }
     let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
     let now = chrono::Utc::now();
@@ -179,12 +259,7 @@ async fn create_message(
         "to": to,
         "uri": format!("/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json"),
     });
-    let message = SimMessage {
-        sid,
-        account_sid,
-        params: params.clone(),
-        received_at: now.to_rfc3339(),
-    };
+    let message = SimMessage { sid, account_sid, params: params.clone(), received_at: now.to_rfc3339() };
     sim.messages.lock().expect("messages lock").push(message);
     metrics::counter!("twilio_sim_messages_accepted_total").increment(1);
     (StatusCode::CREATED, Json(resource)).into_response()
@@ -205,20 +280,13 @@ impl Service for TwilioSim {
         config.http_addr
     }
 
-    async fn run(
-        listener: TcpListener,
-        config: Config,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let sim = Arc::new(Sim {
-            config,
-            messages: Mutex::default(),
-        });
+    async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let sim = Arc::new(Sim { config, messages: Mutex::default(), approvals: Mutex::default() });
         let routes = Router::new()
-            .route(
-                "/2010-04-01/Accounts/{account_sid}/Messages.json",
-                post(create_message),
-            )
+            .route("/2010-04-01/Accounts/{account_sid}/Messages.json", post(create_message))
+            .route("/v1/Content/{sid}/ApprovalRequests/whatsapp", post(submit_approval))
+            .route("/v1/Content/{sid}/ApprovalRequests", get(fetch_approval))
+            .route("/sim/content/{sid}/approval", post(set_approval))
             .route("/sim/messages", get(list_messages))
             .with_state(sim);
         let health = Health::new();
@@ -228,8 +296,7 @@ impl Service for TwilioSim {
             stopped.cancelled().await;
             Ok(())
         };
-        wa_platform::service::run_until_stopped(SERVICE, listener, routes, health, shutdown, worker)
-            .await
+        wa_platform::service::run_until_stopped(SERVICE, listener, routes, health, shutdown, worker).await
     }
 }
 

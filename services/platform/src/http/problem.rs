@@ -5,9 +5,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// A problem the client can act on: `type`, `title`, `status`, `detail`, and the `field` at
-/// fault when there is one.
+/// fault when there is one. Boxed, so that `Result<_, Problem>` stays small.
+#[derive(Debug)]
+pub struct Problem(Box<Body>);
+
 #[derive(Debug, Serialize)]
-pub struct Problem {
+struct Body {
     #[serde(rename = "type")]
     kind: String,
     title: &'static str,
@@ -15,48 +18,47 @@ pub struct Problem {
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<String>,
+    /// An extra response header (`WWW-Authenticate`, `Retry-After`).
+    #[serde(skip)]
+    header: Option<(header::HeaderName, &'static str)>,
 }
 
 impl Problem {
     /// A problem of type `https://wachannel.dev/problems/<slug>`.
-    pub fn new(
-        status: StatusCode,
-        slug: &str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
-        Self {
+    pub fn new(status: StatusCode, slug: &str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self(Box::new(Body {
             kind: format!("https://wachannel.dev/problems/{slug}"),
             title,
             status: status.as_u16(),
             detail: detail.into(),
             field: None,
-        }
+            header: None,
+        }))
     }
 
     /// 422: `field` is invalid, and `detail` says how.
     pub fn invalid_field(field: &str, detail: impl Into<String>) -> Self {
-        let mut problem = Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-field",
-            "invalid field",
-            detail,
-        );
-        problem.field = Some(field.to_owned());
+        let mut problem = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-field", "invalid field", detail);
+        problem.0.field = Some(field.to_owned());
         problem
+    }
+}
+
+impl Serialize for Problem {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
-        let body = serde_json::to_string(&self).unwrap_or_default();
-        (
-            status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            body,
-        )
-            .into_response()
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let body = serde_json::to_string(&self.0).unwrap_or_default();
+        let mut response = (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
+        if let Some((name, value)) = self.0.header {
+            response.headers_mut().insert(name, header::HeaderValue::from_static(value));
+        }
+        response
     }
 }
 
@@ -72,34 +74,18 @@ impl Problem {
     }
 
     /// 401 with `WWW-Authenticate: Bearer`.
-    pub fn unauthorized() -> Response {
-        let mut response = Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unauthorized",
-            "a valid bearer token is required",
-        )
-        .into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        response
+    pub fn unauthorized() -> Self {
+        let mut problem =
+            Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "unauthorized", "a valid bearer token is required");
+        problem.0.header = Some((header::WWW_AUTHENTICATE, "Bearer"));
+        problem
     }
 
-    /// 503 with `Retry-After: 5`: the broker did not acknowledge.
-    pub fn unavailable(reason: impl Into<String>) -> Response {
-        let mut response = Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "broker-unavailable",
-            "temporarily unavailable",
-            reason,
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-        response
+    /// 503 with `Retry-After: 5`: a dependency (the broker) is unavailable; try again.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        let mut problem = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable", reason);
+        problem.0.header = Some((header::RETRY_AFTER, "5"));
+        problem
     }
 }
 
@@ -110,14 +96,29 @@ pub fn bearer_authorized(tokens: &[String], headers: &axum::http::HeaderMap) -> 
     if tokens.is_empty() {
         return true;
     }
-    let Some(presented) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let Some(presented) =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
     else {
         return false;
     };
-    tokens
-        .iter()
-        .any(|token| bool::from(token.as_bytes().ct_eq(presented.trim().as_bytes())))
+    tokens.iter().any(|token| bool::from(token.as_bytes().ct_eq(presented.trim().as_bytes())))
+}
+
+/// Parses a JSON request body: 415 unless the content type is `application/json`, 400 with
+/// the parser's message (which names the field) when it does not fit `T`.
+pub fn json_body<T: serde::de::DeserializeOwned>(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<T, Problem> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+    if !is_json {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-content-type",
+            "unsupported content type",
+            "expected application/json",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|err| Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "malformed request", err.to_string()))
 }

@@ -10,9 +10,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
@@ -62,9 +60,7 @@ impl From<wa_schemas::CodecError> for HandleError {
 impl From<super::PublishError> for HandleError {
     fn from(err: super::PublishError) -> Self {
         match err {
-            super::PublishError::Encode(err) => {
-                Self::Poison(format!("cannot encode result: {err}"))
-            }
+            super::PublishError::Encode(err) => Self::Poison(format!("cannot encode result: {err}")),
             super::PublishError::Broker(err) => Self::Transient(err.to_string()),
         }
     }
@@ -96,10 +92,7 @@ impl ClientContext for CommitOnRevoke {}
 impl ConsumerContext for CommitOnRevoke {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
-            tracing::info!(
-                partitions = partitions.count(),
-                "partitions revoked; committing"
-            );
+            tracing::info!(partitions = partitions.count(), "partitions revoked; committing");
             if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(error = %err, "commit on revoke found nothing to commit");
             }
@@ -131,11 +124,7 @@ pub async fn run_consumer<H: Handler>(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .create_with_context(CommitOnRevoke)?;
-    let topics: Vec<String> = settings
-        .topics
-        .iter()
-        .map(|spec| kafka.topic(spec))
-        .collect();
+    let topics: Vec<String> = settings.topics.iter().map(|spec| kafka.topic(spec)).collect();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
     tracing::info!(group = %group, topics = ?topics, "consumer started");
@@ -220,9 +209,7 @@ async fn process<H: Handler>(
         match outcome {
             Ok(()) => return true,
             Err(HandleError::Poison(reason)) => {
-                return dead_letter(&record, &reason, settings, dead_letters, shutdown)
-                    .instrument(span.clone())
-                    .await;
+                return dead_letter(&record, &reason, settings, dead_letters, shutdown).instrument(span.clone()).await;
             }
             Err(HandleError::Transient(reason)) => {
                 span.in_scope(|| tracing::warn!(reason = %reason, retry_in = ?backoff, "handler failed; retrying"));
@@ -249,10 +236,7 @@ async fn dead_letter(
     let mut headers = OwnedHeaders::new();
     if let Some(original) = record.headers {
         for header in original.iter() {
-            headers = headers.insert(Header {
-                key: header.key,
-                value: header.value,
-            });
+            headers = headers.insert(Header { key: header.key, value: header.value });
         }
     }
     let partition = record.partition.to_string();
@@ -268,19 +252,11 @@ async fn dead_letter(
         ("dlq.failed_at", failed_at.as_str()),
     ]
     .into_iter()
-    .fold(headers, |headers, (key, value)| {
-        headers.insert(Header {
-            key,
-            value: Some(value),
-        })
-    });
+    .fold(headers, |headers, (key, value)| headers.insert(Header { key, value: Some(value) }));
     let topic = producer.topic_name(&DEAD_LETTER);
     let mut backoff = Duration::from_millis(100);
     loop {
-        match producer
-            .send(&topic, record.key, record.payload, headers.clone())
-            .await
-        {
+        match producer.send(&topic, record.key, record.payload, headers.clone()).await {
             Ok(_) => return true,
             Err(err) => {
                 tracing::error!(error = %err, "dead-letter publish failed; retrying");

@@ -28,14 +28,9 @@ pub struct TopicFollower {
 
 impl TopicFollower {
     /// Connects and assigns every partition of `spec` from its beginning.
-    pub async fn start(
-        kafka: &KafkaConfig,
-        spec: &TopicSpec,
-        client_id: &str,
-    ) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(kafka: &KafkaConfig, spec: &TopicSpec, client_id: &str) -> anyhow::Result<Arc<Self>> {
         let topic = kafka.topic(spec);
-        let metadata: Arc<BaseConsumer> =
-            Arc::new(super::client_config(kafka, client_id).create()?);
+        let metadata: Arc<BaseConsumer> = Arc::new(super::client_config(kafka, client_id).create()?);
         let lookup = metadata.clone();
         let lookup_topic = topic.clone();
         let lows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<i64>> {
@@ -46,13 +41,7 @@ impl TopicFollower {
                 .map(|t| t.partitions().len())
                 .filter(|n| *n > 0)
                 .ok_or_else(|| anyhow::anyhow!("topic {lookup_topic} does not exist"))?;
-            (0..partitions)
-                .map(|p| {
-                    Ok(lookup
-                        .fetch_watermarks(&lookup_topic, p as i32, METADATA_TIMEOUT)?
-                        .0)
-                })
-                .collect()
+            (0..partitions).map(|p| Ok(lookup.fetch_watermarks(&lookup_topic, p as i32, METADATA_TIMEOUT)?.0)).collect()
         })
         .await??;
         let consumer: StreamConsumer = super::client_config(kafka, client_id)
@@ -67,12 +56,7 @@ impl TopicFollower {
         consumer.assign(&assignment)?;
         tracing::info!(topic = %topic, partitions = lows.len(), "following from the beginning");
         let (positions, _) = watch::channel(lows);
-        Ok(Arc::new(Self {
-            topic,
-            consumer,
-            positions,
-            metadata,
-        }))
+        Ok(Arc::new(Self { topic, consumer, positions, metadata }))
     }
 
     /// The followed topic's full name.
@@ -119,11 +103,7 @@ impl TopicFollower {
         let partitions = self.positions.borrow().len();
         let highs = tokio::task::spawn_blocking(move || {
             (0..partitions)
-                .map(|p| {
-                    metadata
-                        .fetch_watermarks(&topic, p as i32, METADATA_TIMEOUT)
-                        .map(|(_, high)| high)
-                })
+                .map(|p| metadata.fetch_watermarks(&topic, p as i32, METADATA_TIMEOUT).map(|(_, high)| high))
                 .collect::<Result<Vec<i64>, _>>()
         })
         .await
@@ -139,10 +119,7 @@ impl TopicFollower {
         match tokio::time::timeout(timeout, reached).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err("follower stopped".to_owned()),
-            Err(_) => Err(format!(
-                "did not catch up with {} within {timeout:?}",
-                self.topic
-            )),
+            Err(_) => Err(format!("did not catch up with {} within {timeout:?}", self.topic)),
         }
     }
 }

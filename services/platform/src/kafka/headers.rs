@@ -29,34 +29,13 @@ pub(crate) fn event_headers<E: Event>(event: &E, source: &str) -> OwnedHeaders {
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "ce_specversion",
-            value: Some("1.0"),
-        })
-        .insert(Header {
-            key: CE_ID,
-            value: Some(event.event_id()),
-        })
-        .insert(Header {
-            key: CE_TYPE,
-            value: Some(E::CE_TYPE),
-        })
-        .insert(Header {
-            key: CE_SOURCE,
-            value: Some(source),
-        })
-        .insert(Header {
-            key: CE_TIME,
-            value: Some(time.as_str()),
-        })
-        .insert(Header {
-            key: CE_SUBJECT,
-            value: Some(event.key()),
-        })
-        .insert(Header {
-            key: "content-type",
-            value: Some(AVRO_CONTENT_TYPE),
-        });
+        .insert(Header { key: "ce_specversion", value: Some("1.0") })
+        .insert(Header { key: CE_ID, value: Some(event.event_id()) })
+        .insert(Header { key: CE_TYPE, value: Some(E::CE_TYPE) })
+        .insert(Header { key: CE_SOURCE, value: Some(source) })
+        .insert(Header { key: CE_TIME, value: Some(time.as_str()) })
+        .insert(Header { key: CE_SUBJECT, value: Some(event.key()) })
+        .insert(Header { key: "content-type", value: Some(AVRO_CONTENT_TYPE) });
     with_trace_context(headers)
 }
 
@@ -68,10 +47,7 @@ pub(crate) fn with_trace_context(mut headers: OwnedHeaders) -> OwnedHeaders {
         propagator.inject_context(&context, &mut MapInjector(&mut carrier))
     });
     for (key, value) in &carrier {
-        headers = headers.insert(Header {
-            key: key.as_str(),
-            value: Some(value.as_str()),
-        });
+        headers = headers.insert(Header { key: key.as_str(), value: Some(value.as_str()) });
     }
     headers
 }
@@ -95,9 +71,7 @@ impl Extractor for HeaderExtractor<'_> {
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0
-            .map(|h| h.iter().map(|header| header.key).collect())
-            .unwrap_or_default()
+        self.0.map(|h| h.iter().map(|header| header.key).collect()).unwrap_or_default()
     }
 }
 

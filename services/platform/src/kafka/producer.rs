@@ -32,11 +32,7 @@ pub struct EventProducer {
 impl EventProducer {
     /// A producer for `source` (the CloudEvents source, e.g. `wachannel/ingress`).
     /// `delivery_timeout` bounds how long one publish may take before it fails.
-    pub fn new(
-        kafka: &KafkaConfig,
-        source: &str,
-        delivery_timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    pub fn new(kafka: &KafkaConfig, source: &str, delivery_timeout: Duration) -> anyhow::Result<Self> {
         let inner: FutureProducer = super::client_config(kafka, source)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -44,34 +40,20 @@ impl EventProducer {
             // on the same partition as we do.
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "2")
-            .set(
-                "message.timeout.ms",
-                delivery_timeout.as_millis().to_string(),
-            )
+            .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
             .create()?;
-        Ok(Self {
-            inner,
-            kafka: kafka.clone(),
-            source: source.to_owned(),
-        })
+        Ok(Self { inner, kafka: kafka.clone(), source: source.to_owned() })
     }
 
     /// Publishes `event` to `topic`, keyed by its key (the conversation id for message events), and waits for the broker's
     /// acknowledgement. Returns (partition, offset).
-    pub async fn publish<E: Event>(
-        &self,
-        topic: &TopicSpec,
-        event: &E,
-    ) -> Result<(i32, i64), PublishError> {
+    pub async fn publish<E: Event>(&self, topic: &TopicSpec, event: &E) -> Result<(i32, i64), PublishError> {
         let payload = event.encode()?;
         let headers = super::headers::event_headers(event, &self.source);
         let name = self.kafka.topic(topic);
-        let result = self
-            .send(&name, Some(event.key().as_bytes()), &payload, headers)
-            .await;
+        let result = self.send(&name, Some(event.key().as_bytes()), &payload, headers).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!("wa_events_published_total", "topic" => topic.name, "outcome" => outcome)
-            .increment(1);
+        metrics::counter!("wa_events_published_total", "topic" => topic.name, "outcome" => outcome).increment(1);
         result.map_err(PublishError::from)
     }
 
@@ -83,9 +65,7 @@ impl EventProducer {
         payload: &[u8],
         headers: OwnedHeaders,
     ) -> Result<(i32, i64), rdkafka::error::KafkaError> {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-            .payload(payload)
-            .headers(headers);
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers);
         if let Some(key) = key {
             record = record.key(key);
         }

@@ -1,0 +1,189 @@
+//! Status sync with Twilio's Content API: WhatsApp approval decisions, pauses and disables
+//! become template events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wa_platform::CancellationToken;
+
+use crate::store::Store;
+use crate::template::{Actor, Command, MetaStatus, Status, Template};
+
+/// A client for Twilio's Content API (`https://content.twilio.com`).
+#[derive(Clone)]
+pub(crate) struct ContentClient {
+    http: reqwest::Client,
+    base_url: String,
+    username: String,
+    password: String,
+}
+
+/// The WhatsApp part of an approval request.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub(crate) struct WhatsAppApproval {
+    /// `received`, `pending`, `approved`, `rejected`, `paused`, `disabled`, `unsubmitted`.
+    pub(crate) status: String,
+    /// Meta's reason, when rejected.
+    #[serde(default)]
+    pub(crate) rejection_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApprovalFetch {
+    whatsapp: Option<WhatsAppApproval>,
+}
+
+impl ContentClient {
+    pub(crate) fn new(base_url: &str, username: &str, password: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        Ok(Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            username: username.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+
+    async fn check(response: reqwest::Response) -> Result<reqwest::Response, String> {
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        Err(format!("twilio answered {status}: {}", body.chars().take(300).collect::<String>()))
+    }
+
+    /// `GET /v1/Content/{sid}/ApprovalRequests`.
+    pub(crate) async fn approval(&self, content_sid: &str) -> Result<Option<WhatsAppApproval>, String> {
+        let response = self
+            .http
+            .get(format!("{}/v1/Content/{content_sid}/ApprovalRequests", self.base_url))
+            .basic_auth(&self.username, Some(&self.password))
+            .send()
+            .await
+            .map_err(|err| err.to_string())?;
+        let fetched: ApprovalFetch = Self::check(response).await?.json().await.map_err(|err| err.to_string())?;
+        Ok(fetched.whatsapp)
+    }
+
+    /// `POST /v1/Content/{sid}/ApprovalRequests/whatsapp`: submits for WhatsApp approval.
+    pub(crate) async fn submit(&self, content_sid: &str, name: &str, category: &str) -> Result<(), String> {
+        let response = self
+            .http
+            .post(format!("{}/v1/Content/{content_sid}/ApprovalRequests/whatsapp", self.base_url))
+            .basic_auth(&self.username, Some(&self.password))
+            .json(&serde_json::json!({ "name": name, "category": category.to_ascii_uppercase() }))
+            .send()
+            .await
+            .map_err(|err| err.to_string())?;
+        Self::check(response).await.map(|_| ())
+    }
+}
+
+/// Whether Twilio's answer may change this template now.
+fn may_change(template: &Template) -> bool {
+    matches!(template.status, Status::Pending | Status::Approved | Status::Paused)
+}
+
+/// The command that records Twilio's `approval` of `template`'s current version, if the status
+/// is a verdict (not `received`, `pending` or `unsubmitted`).
+pub(crate) fn command_for(template: &Template, approval: &WhatsAppApproval) -> Option<Command> {
+    let reason = approval.rejection_reason.clone().filter(|r| !r.is_empty());
+    let status = match approval.status.as_str() {
+        "approved" => MetaStatus::Approved,
+        "rejected" => MetaStatus::Rejected(reason),
+        "paused" => MetaStatus::Paused(reason),
+        "disabled" => MetaStatus::Disabled(reason),
+        _ => return None,
+    };
+    Some(Command::RecordMetaStatus {
+        name: template.name.clone(),
+        language: template.language.clone(),
+        content_sid: template.content_sid.clone(),
+        status,
+    })
+}
+
+/// Polls every template that may change, every `interval` (backing off up to 10× while Twilio
+/// fails), until `shutdown`.
+pub(crate) async fn run(store: Arc<Store>, client: ContentClient, interval: Duration, shutdown: CancellationToken) {
+    let mut wait = interval;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let candidates: Vec<Template> =
+            store.read(|templates| templates.all().filter(|t| may_change(t)).cloned().collect());
+        let mut failed = false;
+        for template in candidates {
+            let approval = match client.approval(&template.content_sid).await {
+                Ok(Some(approval)) => approval,
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!(template = %template.id(), error = %err, "approval status not fetched");
+                    failed = true;
+                    continue;
+                }
+            };
+            let Some(command) = command_for(&template, &approval) else {
+                continue;
+            };
+            if let Err(err) = store.execute(command, Actor::Twilio).await {
+                tracing::warn!(template = %template.id(), error = %err, "approval status not recorded");
+                failed = true;
+            }
+        }
+        metrics::counter!("wa_template_syncs_total", "outcome" => if failed { "error" } else { "ok" }).increment(1);
+        wait = if failed { (wait * 2).min(interval * 10) } else { interval };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::tests::definition;
+    use crate::template::{apply, handle, Templates};
+
+    fn template(status_commands: Vec<Command>) -> Template {
+        let mut state = Templates::default();
+        let all = [vec![Command::Register(definition("t", "en"))], status_commands].concat();
+        for command in all {
+            for event in handle(&state, command, Actor::Admin, 0).unwrap() {
+                apply(&mut state, &event);
+            }
+        }
+        state.get("t", "en").unwrap().clone()
+    }
+
+    fn approval(status: &str, reason: Option<&str>) -> WhatsAppApproval {
+        WhatsAppApproval { status: status.to_owned(), rejection_reason: reason.map(str::to_owned) }
+    }
+
+    #[test]
+    fn twilio_statuses_become_commands_about_the_current_version() {
+        let submitted = template(vec![Command::Submit { name: "t".into(), language: "en".into() }]);
+        let status = |answer: &str, reason: Option<&str>| match command_for(&submitted, &approval(answer, reason)) {
+            Some(Command::RecordMetaStatus { content_sid, status, .. }) => {
+                assert_eq!(content_sid, submitted.content_sid);
+                Some(status)
+            }
+            None => None,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status("approved", None), Some(MetaStatus::Approved));
+        assert_eq!(
+            status("rejected", Some("INVALID_FORMAT")),
+            Some(MetaStatus::Rejected(Some("INVALID_FORMAT".into())))
+        );
+        assert_eq!(status("rejected", Some("")), Some(MetaStatus::Rejected(None)));
+        assert_eq!(status("paused", None), Some(MetaStatus::Paused(None)));
+        assert_eq!(status("disabled", None), Some(MetaStatus::Disabled(None)));
+        for undecided in ["received", "pending", "unsubmitted"] {
+            assert_eq!(status(undecided, None), None, "{undecided}");
+        }
+        assert!(may_change(&submitted));
+        assert!(!may_change(&template(vec![])));
+    }
+}
