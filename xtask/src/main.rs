@@ -26,6 +26,7 @@ commands:
   inbound --from <addr> --body <text> [--to <addr>] [--sid <MessageSid>] [--url <ingress url>]
                                post a signed WhatsApp webhook to ingress, as Twilio would
   events <topic>               print a topic's records (e.g. wa.outbound.rejected.v1) as JSON lines
+  bench templates              authorizations/s at 10,000 templates (release build)
 
 environment:
   KAFKA_BOOTSTRAP_SERVERS      use this broker instead of starting tansu
@@ -41,6 +42,7 @@ async fn main() -> ExitCode {
         Some("broker") => channel::broker_only().await,
         Some("inbound") => channel::inbound(&args[1..]).await,
         Some("events") => channel::events(args.get(1).map(String::as_str)).await,
+        Some("bench") => channel::bench(args.get(1).map(String::as_str)).await,
         Some("help" | "--help" | "-h") => {
             println!("{}", usage());
             return ExitCode::SUCCESS;

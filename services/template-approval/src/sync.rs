@@ -1,6 +1,7 @@
 //! Status sync with Twilio's Content API: WhatsApp approval decisions, pauses and disables
 //! become template events.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,9 +30,24 @@ pub(crate) struct WhatsAppApproval {
     pub(crate) rejection_reason: Option<String>,
 }
 
+/// One page of `GET /v1/ContentAndApprovals`.
 #[derive(Debug, Deserialize)]
-struct ApprovalFetch {
-    whatsapp: Option<WhatsAppApproval>,
+struct ContentPage {
+    contents: Vec<ContentAndApprovals>,
+    meta: PageMeta,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentAndApprovals {
+    sid: String,
+    /// The WhatsApp approval request, when the content was submitted.
+    #[serde(default)]
+    approval_requests: Option<WhatsAppApproval>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PageMeta {
+    next_page_url: Option<String>,
 }
 
 impl ContentClient {
@@ -54,17 +70,25 @@ impl ContentClient {
         Err(format!("twilio answered {status}: {}", body.chars().take(300).collect::<String>()))
     }
 
-    /// `GET /v1/Content/{sid}/ApprovalRequests`.
-    pub(crate) async fn approval(&self, content_sid: &str) -> Result<Option<WhatsAppApproval>, String> {
-        let response = self
-            .http
-            .get(format!("{}/v1/Content/{content_sid}/ApprovalRequests", self.base_url))
-            .basic_auth(&self.username, Some(&self.password))
-            .send()
-            .await
-            .map_err(|err| err.to_string())?;
-        let fetched: ApprovalFetch = Self::check(response).await?.json().await.map_err(|err| err.to_string())?;
-        Ok(fetched.whatsapp)
+    /// Every content's WhatsApp approval, by Content SID: `GET /v1/ContentAndApprovals`, all
+    /// pages of 1,000. The pages' `next_page_url` is followed against the configured base URL
+    /// (its path and query only), so a proxy or the simulator works the same.
+    pub(crate) async fn approvals(&self) -> Result<HashMap<String, WhatsAppApproval>, String> {
+        let mut approvals = HashMap::new();
+        let mut next = Some("/v1/ContentAndApprovals?PageSize=1000".to_owned());
+        while let Some(path) = next {
+            let response = self
+                .http
+                .get(format!("{}{path}", self.base_url))
+                .basic_auth(&self.username, Some(&self.password))
+                .send()
+                .await
+                .map_err(|err| err.to_string())?;
+            let page: ContentPage = Self::check(response).await?.json().await.map_err(|err| err.to_string())?;
+            approvals.extend(page.contents.into_iter().filter_map(|c| Some((c.sid, c.approval_requests?))));
+            next = page.meta.next_page_url.as_deref().and_then(path_and_query);
+        }
+        Ok(approvals)
     }
 
     /// `POST /v1/Content/{sid}/ApprovalRequests/whatsapp`: submits for WhatsApp approval.
@@ -105,8 +129,14 @@ pub(crate) fn command_for(template: &Template, approval: &WhatsAppApproval) -> O
     })
 }
 
-/// Polls every template that may change, every `interval` (backing off up to 10× while Twilio
-/// fails), until `shutdown`.
+/// The path and query of an absolute URL (`https://host/v1/x?y=1` → `/v1/x?y=1`).
+fn path_and_query(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.find('/').map(|start| rest[start..].to_owned())
+}
+
+/// Every `interval`, lists Twilio's approvals and records the verdicts on templates that may
+/// change (backing off up to 10× while Twilio fails), until `shutdown`.
 pub(crate) async fn run(store: Arc<Store>, client: ContentClient, interval: Duration, shutdown: CancellationToken) {
     let mut wait = interval;
     loop {
@@ -114,30 +144,41 @@ pub(crate) async fn run(store: Arc<Store>, client: ContentClient, interval: Dura
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
-        let candidates: Vec<Template> =
-            store.read(|templates| templates.all().filter(|t| may_change(t)).cloned().collect());
-        let mut failed = false;
-        for template in candidates {
-            let approval = match client.approval(&template.content_sid).await {
-                Ok(Some(approval)) => approval,
-                Ok(None) => continue,
-                Err(err) => {
-                    tracing::warn!(template = %template.id(), error = %err, "approval status not fetched");
-                    failed = true;
-                    continue;
+        let failed = match sync_once(&store, &client).await {
+            Ok(changed) => {
+                if changed > 0 {
+                    tracing::info!(changed, "template statuses synced from twilio");
                 }
-            };
-            let Some(command) = command_for(&template, &approval) else {
-                continue;
-            };
-            if let Err(err) = store.execute(command, Actor::Twilio).await {
-                tracing::warn!(template = %template.id(), error = %err, "approval status not recorded");
-                failed = true;
+                false
             }
-        }
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?(wait * 2).min(interval * 10), "template status sync failed");
+                true
+            }
+        };
         metrics::counter!("wa_template_syncs_total", "outcome" => if failed { "error" } else { "ok" }).increment(1);
         wait = if failed { (wait * 2).min(interval * 10) } else { interval };
     }
+}
+
+/// One sync: returns how many templates changed.
+async fn sync_once(store: &Store, client: &ContentClient) -> Result<usize, String> {
+    let candidates: Vec<Template> =
+        store.read(|templates| templates.all().filter(|t| may_change(t)).cloned().collect());
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    let approvals = client.approvals().await?;
+    let mut changed = 0;
+    for template in candidates {
+        let Some(command) = approvals.get(&template.content_sid).and_then(|approval| command_for(&template, approval))
+        else {
+            continue;
+        };
+        let events = store.execute(command, Actor::Twilio).await.map_err(|err| format!("{}: {err}", template.id()))?;
+        changed += usize::from(!events.is_empty());
+    }
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -159,6 +200,15 @@ mod tests {
 
     fn approval(status: &str, reason: Option<&str>) -> WhatsAppApproval {
         WhatsAppApproval { status: status.to_owned(), rejection_reason: reason.map(str::to_owned) }
+    }
+
+    #[test]
+    fn next_page_urls_are_followed_by_path() {
+        assert_eq!(
+            path_and_query("https://content.twilio.com/v1/ContentAndApprovals?PageSize=1000&PageToken=PA1").as_deref(),
+            Some("/v1/ContentAndApprovals?PageSize=1000&PageToken=PA1")
+        );
+        assert_eq!(path_and_query("https://content.twilio.com"), None);
     }
 
     #[test]

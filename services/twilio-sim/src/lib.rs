@@ -6,8 +6,8 @@
 //! - `GET /sim/messages`: every accepted message, for assertions, with all its form
 //!   parameters.
 //! - The Content API's WhatsApp approvals: `POST /v1/Content/{sid}/ApprovalRequests/whatsapp`
-//!   (submit; status `received`) and `GET /v1/Content/{sid}/ApprovalRequests`, in Twilio's
-//!   shapes; tests move a template through Meta's decisions with
+//!   (submit; status `received`), `GET /v1/Content/{sid}/ApprovalRequests` and the paged
+//!   `GET /v1/ContentAndApprovals`, in Twilio's shapes; tests move a template through Meta's decisions with
 //!   `POST /sim/content/{sid}/approval` (`{"status": "approved"}`, `"paused"`, ...).
 //!
 //! Production never talks to it: dispatch's `TWILIO_API_BASE_URL` points at api.twilio.com.
@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -170,6 +170,56 @@ async fn fetch_approval(State(sim): State<Arc<Sim>>, Path(sid): Path<String>, he
     .into_response()
 }
 
+/// `GET /v1/ContentAndApprovals`: every submitted content with its WhatsApp approval, in pages
+/// (`PageSize`, default 50, at most 1000; `PageToken` is the offset), with Twilio's `meta`.
+async fn list_approvals(
+    State(sim): State<Arc<Sim>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if !authenticated(&sim, &headers) {
+        return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    }
+    let page_size: usize = query.get("PageSize").and_then(|v| v.parse().ok()).unwrap_or(50).clamp(1, 1000);
+    let offset: usize =
+        query.get("PageToken").and_then(|v| v.strip_prefix("PA")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut approvals: Vec<(String, Approval)> =
+        sim.approvals.lock().expect("approvals lock").iter().map(|(sid, a)| (sid.clone(), a.clone())).collect();
+    approvals.sort_by(|a, b| a.0.cmp(&b.0));
+    let base = "https://content.twilio.com/v1/ContentAndApprovals";
+    let contents: Vec<serde_json::Value> = approvals
+        .iter()
+        .skip(offset)
+        .take(page_size)
+        .map(|(sid, approval)| {
+            json!({
+                "sid": sid,
+                "account_sid": sim.config.account_sid,
+                "friendly_name": approval.name,
+                "language": "en",
+                "variables": {},
+                "types": {},
+                "approval_requests": approval.json(),
+            })
+        })
+        .collect();
+    let next = (offset + page_size < approvals.len())
+        .then(|| format!("{base}?PageSize={page_size}&PageToken=PA{}", offset + page_size));
+    Json(json!({
+        "contents": contents,
+        "meta": {
+            "page": offset / page_size,
+            "page_size": page_size,
+            "first_page_url": format!("{base}?PageSize={page_size}&Page=0"),
+            "previous_page_url": null,
+            "next_page_url": next,
+            "url": format!("{base}?PageSize={page_size}&PageToken=PA{offset}"),
+            "key": "contents",
+        },
+    }))
+    .into_response()
+}
+
 /// Test control: Meta's decision on a content (`approved`, `rejected`, `paused`, `disabled`...).
 async fn set_approval(State(sim): State<Arc<Sim>>, Path(sid): Path<String>, Json(change): Json<Approval>) -> Response {
     let mut approvals = sim.approvals.lock().expect("approvals lock");
@@ -286,6 +336,7 @@ impl Service for TwilioSim {
             .route("/2010-04-01/Accounts/{account_sid}/Messages.json", post(create_message))
             .route("/v1/Content/{sid}/ApprovalRequests/whatsapp", post(submit_approval))
             .route("/v1/Content/{sid}/ApprovalRequests", get(fetch_approval))
+            .route("/v1/ContentAndApprovals", get(list_approvals))
             .route("/sim/content/{sid}/approval", post(set_approval))
             .route("/sim/messages", get(list_messages))
             .with_state(sim);

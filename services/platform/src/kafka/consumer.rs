@@ -1,17 +1,22 @@
 //! The at-least-once consumer loop.
 //!
-//! Records are handled one at a time, in partition order. A record's offset is stored only
-//! after its handler returned, that is after every effect it had (records it published) was
-//! acknowledged; stored offsets are committed in the background and synchronously on revoke
-//! and shutdown. A record the handler cannot process goes to the dead-letter topic with the
+//! Up to [`MAX_IN_FLIGHT`] records are handled at once, but never two with the same key (one
+//! conversation's records are handled one after another, in partition order), so waiting for
+//! the broker's acknowledgements does not serialize unrelated conversations. A record's offset
+//! is stored only once its handler returned (every effect it had, the records it published,
+//! acknowledged) and every earlier record of its partition is done too; stored offsets are
+//! committed in the background and synchronously on revoke and shutdown. A record the handler cannot process goes to the dead-letter topic with the
 //! reason, and the loop keeps going. A transient failure is retried with backoff; the record's
 //! offset is not stored until it succeeds, so nothing is skipped.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -35,7 +40,7 @@ pub struct Record<'a> {
     /// The value; empty for a tombstone.
     pub payload: &'a [u8],
     /// The headers.
-    pub headers: Option<&'a BorrowedHeaders>,
+    pub headers: Option<&'a OwnedHeaders>,
 }
 
 /// How a handler failed.
@@ -129,29 +134,48 @@ pub async fn run_consumer<H: Handler>(
     consumer.subscribe(&topic_refs)?;
     tracing::info!(group = %group, topics = ?topics, "consumer started");
 
+    let mut in_flight = FuturesUnordered::new();
+    let mut keys_in_flight: HashSet<(i32, Vec<u8>)> = HashSet::new();
+    // Per partition, the offsets started and whether each is done, in order.
+    let mut progress: HashMap<(String, i32), BTreeMap<i64, bool>> = HashMap::new();
+    // A record whose key was busy, waiting for its turn.
+    let mut waiting: Option<OwnedMessage> = None;
+    let mut stopping = false;
+
     loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => break,
-            message = consumer.recv() => message,
-        };
-        let message = match message {
-            Ok(message) => message,
-            Err(err) => {
-                tracing::warn!(error = %err, "consumer error");
-                // Errors repeat while the broker is away: do not spin.
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+        // Once stopping, nothing new starts; a waiting record is read again after a restart.
+        if let Some(message) = waiting.take_if(|m| !stopping && !keys_in_flight.contains(&key_of(m))) {
+            keys_in_flight.insert(key_of(&message));
+            progress
+                .entry((message.topic().to_owned(), message.partition()))
+                .or_default()
+                .insert(message.offset(), false);
+            in_flight.push(async move {
+                let done = process(&message, settings, dead_letters, handler, shutdown).await;
+                (message, done)
+            });
+        }
+        let can_receive = !stopping && waiting.is_none() && in_flight.len() < MAX_IN_FLIGHT;
+        tokio::select! {
+            () = shutdown.cancelled(), if !stopping => stopping = true,
+            Some((message, done)) = in_flight.next(), if !in_flight.is_empty() => {
+                keys_in_flight.remove(&key_of(&message));
+                if done {
+                    finish(&consumer, &mut progress, &message);
                 }
             }
-        };
-        if !process(&message, settings, dead_letters, handler, shutdown).await {
-            break;
+            received = consumer.recv(), if can_receive => match received {
+                Ok(message) => waiting = Some(message.detach()),
+                Err(err) => {
+                    tracing::warn!(error = %err, "consumer error");
+                    // Errors repeat while the broker is away: do not spin.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            else => break,
         }
-        if let Err(err) = consumer.store_offset_from_message(&message) {
-            // The partition was revoked while the record was handled: its new owner reads it
-            // again (at-least-once), which the deterministic event ids make harmless.
-            tracing::warn!(error = %err, partition = message.partition(), offset = message.offset(), "offset not stored");
+        if stopping && in_flight.is_empty() {
+            break;
         }
     }
 
@@ -162,10 +186,48 @@ pub async fn run_consumer<H: Handler>(
     Ok(())
 }
 
+/// At most this many records are handled at once per consumer.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Records with the same key are handled one at a time; a record without a key is its own.
+fn key_of(message: &OwnedMessage) -> (i32, Vec<u8>) {
+    match message.key() {
+        Some(key) => (message.partition(), key.to_vec()),
+        None => (message.partition(), message.offset().to_le_bytes().to_vec()),
+    }
+}
+
+/// Marks `message` done and stores the partition's offset up to the last record before which
+/// everything is done.
+fn finish<C: Consumer<CommitOnRevoke>>(
+    consumer: &C,
+    progress: &mut HashMap<(String, i32), BTreeMap<i64, bool>>,
+    message: &OwnedMessage,
+) {
+    let Some(offsets) = progress.get_mut(&(message.topic().to_owned(), message.partition())) else {
+        return;
+    };
+    offsets.insert(message.offset(), true);
+    let mut last_done = None;
+    while let Some(entry) = offsets.first_entry() {
+        if !*entry.get() {
+            break;
+        }
+        last_done = Some(entry.remove_entry().0);
+    }
+    if let Some(offset) = last_done {
+        if let Err(err) = consumer.store_offset(message.topic(), message.partition(), offset) {
+            // The partition was revoked while the record was handled: its new owner reads it
+            // again (at-least-once), which the deterministic event ids make harmless.
+            tracing::warn!(error = %err, partition = message.partition(), offset, "offset not stored");
+        }
+    }
+}
+
 /// Handles one record until it succeeded or was dead-lettered (true), or shutdown came first
 /// (false: the record stays unstored and is read again after a restart).
 async fn process<H: Handler>(
-    message: &BorrowedMessage<'_>,
+    message: &OwnedMessage,
     settings: &ConsumerSettings,
     dead_letters: &EventProducer,
     handler: &H,

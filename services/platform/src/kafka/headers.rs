@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use opentelemetry::propagation::{Extractor, Injector};
-use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use wa_schemas::Event;
 
@@ -63,7 +63,7 @@ impl Injector for MapInjector<'_> {
 }
 
 /// Reads trace context from a record's headers.
-pub struct HeaderExtractor<'a>(pub Option<&'a BorrowedHeaders>);
+pub struct HeaderExtractor<'a>(pub Option<&'a OwnedHeaders>);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
@@ -76,7 +76,7 @@ impl Extractor for HeaderExtractor<'_> {
 }
 
 /// The UTF-8 value of the last header named `key`, if any.
-pub fn header_str<'a>(headers: Option<&'a BorrowedHeaders>, key: &str) -> Option<&'a str> {
+pub fn header_str<'a, H: Headers>(headers: Option<&'a H>, key: &str) -> Option<&'a str> {
     headers?
         .iter()
         .filter(|header| header.key.eq_ignore_ascii_case(key))
