@@ -173,36 +173,45 @@ async fn submit(
     execute(&store, command, StatusCode::ACCEPTED, &name, &language).await
 }
 
+/// A status change by an admin: `make` builds the command from the name, language and the
+/// optional `{"reason": ...}` body.
+async fn change(
+    state: &AdminState,
+    (name, language): (String, String),
+    headers: &HeaderMap,
+    body: &[u8],
+    make: impl FnOnce(String, String, Option<String>) -> Command,
+) -> Answer {
+    let store = guard(state, headers)?;
+    let command = make(name.clone(), language.clone(), reason(headers, body)?);
+    execute(&store, command, StatusCode::OK, &name, &language).await
+}
+
 async fn pause(
     State(state): State<Arc<AdminState>>,
-    Path((name, language)): TemplatePath,
+    Path(id): TemplatePath,
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let store = guard(&state, &headers)?;
-    let command = Command::Pause { name: name.clone(), language: language.clone(), reason: reason(&headers, &body)? };
-    execute(&store, command, StatusCode::OK, &name, &language).await
+    change(&state, id, &headers, &body, |name, language, reason| Command::Pause { name, language, reason }).await
 }
 
 async fn unpause(
     State(state): State<Arc<AdminState>>,
-    Path((name, language)): TemplatePath,
+    Path(id): TemplatePath,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Answer {
-    let store = guard(&state, &headers)?;
-    let command = Command::Unpause { name: name.clone(), language: language.clone() };
-    execute(&store, command, StatusCode::OK, &name, &language).await
+    change(&state, id, &headers, &body, |name, language, _| Command::Unpause { name, language }).await
 }
 
 async fn disable(
     State(state): State<Arc<AdminState>>,
-    Path((name, language)): TemplatePath,
+    Path(id): TemplatePath,
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let store = guard(&state, &headers)?;
-    let command = Command::Disable { name: name.clone(), language: language.clone(), reason: reason(&headers, &body)? };
-    execute(&store, command, StatusCode::OK, &name, &language).await
+    change(&state, id, &headers, &body, |name, language, reason| Command::Disable { name, language, reason }).await
 }
 
 async fn delete(
