@@ -97,12 +97,7 @@ pub(crate) async fn inbound(
             span.in_scope(
                 || tracing::error!(reason = %reason, "inbound message not durable; answering 503 so Twilio retries"),
             );
-            let mut response = rejected(
-                "broker_unavailable",
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "broker-unavailable", "temporarily unavailable", reason),
-            );
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-            response
+            rejected("broker_unavailable", Problem::unavailable(reason))
         }
     }
 }
