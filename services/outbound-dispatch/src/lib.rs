@@ -10,11 +10,12 @@ pub mod twilio;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::Router;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 use wa_platform::config::{self, EnvVar, KafkaConfig};
 use wa_platform::kafka::{ConsumerSettings, EventProducer, HandleError, Handler, Record};
-use wa_platform::service::{Bound, Service};
+use wa_platform::service::{Bound, Prepared, Service};
 use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_DISPATCHED};
 use wa_platform::CancellationToken;
 use wa_schemas::{Event, OutboundAuthorized, OutboundDispatched};
@@ -222,7 +223,7 @@ impl Service for OutboundDispatch {
             service: SERVICE,
         };
         let kafka = config.kafka.clone();
-        wa_platform::service::run_consumer_service(listener, kafka, settings, shutdown, move |producer| {
+        let setup = move |producer, _background| async move {
             let twilio = TwilioClient::new(
                 &config.twilio_base_url,
                 &config.account_sid,
@@ -230,9 +231,9 @@ impl Service for OutboundDispatch {
                 &config.auth_password,
                 config.request_timeout,
             )?;
-            Ok(Dispatch { producer, twilio, config })
-        })
-        .await
+            Ok(Prepared { handler: Dispatch { producer, twilio, config }, background: vec![] })
+        };
+        wa_platform::service::run_consumer_service(listener, Router::new(), kafka, settings, shutdown, setup).await
     }
 }
 

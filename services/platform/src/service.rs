@@ -44,19 +44,31 @@ where
     worker_result
 }
 
-/// Runs a service whose work is one consumer loop: waits for the broker, creates the producer,
-/// builds the handler with it, marks the service ready and consumes until `shutdown`, then
-/// flushes the producer.
-pub async fn run_consumer_service<H, F>(
+/// What a consumer service's setup hands back: the handler, and tasks that run beside the
+/// consumer (following a topic, syncing with Twilio), stopped and joined after it.
+pub struct Prepared<H> {
+    /// Handles the consumed records.
+    pub handler: H,
+    /// Background tasks; each watches the stop token given to the setup.
+    pub background: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Runs a service whose work is one consumer loop: serves `routes` (plus the ops endpoints),
+/// waits for the broker, creates the producer, runs `setup` with it and a stop token for
+/// background tasks, marks the service ready and consumes until `shutdown`; then flushes the
+/// producer, stops the background tasks and waits for them.
+pub async fn run_consumer_service<H, F, Fut>(
     listener: TcpListener,
+    routes: Router,
     kafka: crate::config::KafkaConfig,
     settings: crate::kafka::ConsumerSettings,
     shutdown: CancellationToken,
-    make_handler: F,
+    setup: F,
 ) -> anyhow::Result<()>
 where
     H: crate::kafka::Handler + 'static,
-    F: FnOnce(crate::kafka::EventProducer) -> anyhow::Result<H> + Send + 'static,
+    F: FnOnce(crate::kafka::EventProducer, CancellationToken) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<Prepared<H>>> + Send,
 {
     let service = settings.service;
     let health = Health::new();
@@ -66,13 +78,24 @@ where
         crate::kafka::wait_for_broker(&kafka, std::time::Duration::from_secs(60)).await?;
         let source = format!("wachannel/{service}");
         let producer = crate::kafka::EventProducer::new(&kafka, &source, std::time::Duration::from_secs(30))?;
-        let handler = make_handler(producer.clone())?;
+        let background = stopped.child_token();
+        let prepared = match setup(producer.clone(), background.clone()).await {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                background.cancel();
+                return Err(err);
+            }
+        };
         ready.set_ready(true);
-        let result = crate::kafka::run_consumer(&kafka, &settings, &producer, &handler, &stopped).await;
+        let result = crate::kafka::run_consumer(&kafka, &settings, &producer, &prepared.handler, &stopped).await;
         producer.flush(std::time::Duration::from_secs(10));
+        background.cancel();
+        for task in prepared.background {
+            task.await??;
+        }
         result
     };
-    run_until_stopped(service, listener, Router::new(), health, shutdown, worker).await
+    run_until_stopped(service, listener, routes, health, shutdown, worker).await
 }
 
 /// A service of the channel: how to find its HTTP address in its configuration and how to run

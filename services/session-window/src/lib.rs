@@ -14,9 +14,8 @@ use axum::Router;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 use wa_platform::config::{self, EnvVar, KafkaConfig};
-use wa_platform::http::Health;
 use wa_platform::kafka::{ConsumerSettings, EventProducer, HandleError, Handler, Record};
-use wa_platform::service::{Bound, Service};
+use wa_platform::service::{Bound, Prepared, Service};
 use wa_platform::topics::{OUTBOUND_CHECKED, OUTBOUND_REQUESTED};
 use wa_platform::CancellationToken;
 use wa_schemas::{Event, OutboundRequested, OutboundWindowChecked};
@@ -126,43 +125,21 @@ impl Service for SessionWindow {
 
     /// Projects and checks until `shutdown`.
     async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let health = Health::new();
-        let ready = health.clone();
-        let stopped = shutdown.clone();
-        let worker = async move {
-            let kafka = &config.kafka;
-            wa_platform::kafka::wait_for_broker(kafka, Duration::from_secs(60)).await?;
-            let producer = EventProducer::new(kafka, "wachannel/session-window", Duration::from_secs(30))?;
-            let projection = Projection::start(kafka).await?;
-            // Stops the projection when the checks stop, for whatever reason.
-            let stop_projection = stopped.child_token();
+        let settings =
+            ConsumerSettings { group: "session-window".to_owned(), topics: vec![OUTBOUND_REQUESTED], service: SERVICE };
+        let kafka = config.kafka.clone();
+        let setup = move |producer, background: CancellationToken| async move {
+            let projection = Projection::start(&config.kafka).await?;
             let projecting = {
                 let projection = projection.clone();
-                let stop = stop_projection.clone();
+                let stop = background.clone();
                 tokio::spawn(async move { projection.run(stop).await })
             };
             // Ready once the state holds everything published before start.
-            while let Err(reason) = projection.catch_up(Duration::from_secs(30)).await {
-                tracing::warn!(reason = %reason, "initial projection still catching up");
-                if stopped.is_cancelled() {
-                    stop_projection.cancel();
-                    return projecting.await?;
-                }
-            }
-            ready.set_ready(true);
-            let settings = ConsumerSettings {
-                group: "session-window".to_owned(),
-                topics: vec![OUTBOUND_REQUESTED],
-                service: SERVICE,
-            };
-            let handler = CheckWindow { projection, producer: producer.clone(), config: config.clone() };
-            let result = wa_platform::kafka::run_consumer(kafka, &settings, &producer, &handler, &stopped).await;
-            producer.flush(Duration::from_secs(10));
-            stop_projection.cancel();
-            projecting.await??;
-            result
+            projection.wait_caught_up(&background).await;
+            Ok(Prepared { handler: CheckWindow { projection, producer, config }, background: vec![projecting] })
         };
-        wa_platform::service::run_until_stopped(SERVICE, listener, Router::new(), health, shutdown, worker).await
+        wa_platform::service::run_consumer_service(listener, Router::new(), kafka, settings, shutdown, setup).await
     }
 }
 

@@ -56,6 +56,11 @@ impl Projection {
             .await
     }
 
+    /// Waits until the initial replay is done, or until `stop`.
+    pub(crate) async fn wait_caught_up(&self, stop: &CancellationToken) {
+        self.inbound.wait_caught_up(stop).await;
+    }
+
     /// Waits until every inbound record the broker holds now has been projected.
     pub(crate) async fn catch_up(&self, timeout: Duration) -> Result<(), String> {
         self.inbound.catch_up(timeout).await

@@ -22,9 +22,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use wa_platform::config::{self, EnvVar, KafkaConfig};
-use wa_platform::http::Health;
 use wa_platform::kafka::{ConsumerSettings, EventProducer, HandleError, Handler, Record};
-use wa_platform::service::{Bound, Service};
+use wa_platform::service::{Bound, Prepared, Service};
 use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_REJECTED};
 use wa_platform::CancellationToken;
 use wa_schemas::{Event, OutboundWindowChecked};
@@ -172,44 +171,32 @@ impl Service for TemplateApproval {
             content: content.clone(),
         });
         let routes = admin::routes(admin.clone());
-        let health = Health::new();
-        let ready = health.clone();
-        let stopped = shutdown.clone();
-        let worker = async move {
-            let kafka = &config.kafka;
-            wa_platform::kafka::wait_for_broker(kafka, Duration::from_secs(60)).await?;
-            let producer = EventProducer::new(kafka, "wachannel/template-approval", Duration::from_secs(30))?;
-            let store = Store::start(kafka, producer.clone()).await?;
-            let background = stopped.child_token();
+        let settings = ConsumerSettings {
+            group: "template-approval".to_owned(),
+            topics: vec![OUTBOUND_CHECKED],
+            service: SERVICE,
+        };
+        let kafka = config.kafka.clone();
+        let setup = move |producer: EventProducer, background: CancellationToken| async move {
+            let store = Store::start(&config.kafka, producer.clone()).await?;
             let following = {
                 let store = store.clone();
                 let stop = background.clone();
                 tokio::spawn(async move { store.run(stop).await })
             };
-            while let Err(reason) = store.catch_up().await {
-                tracing::warn!(reason = %reason, "template state still being rebuilt");
-                if stopped.is_cancelled() {
-                    background.cancel();
-                    return following.await?;
-                }
-            }
+            store.wait_caught_up(&background).await;
             let _ = admin.store.set(store.clone());
-            let syncing = tokio::spawn(sync::run(store.clone(), content, config.sync_interval, background.clone()));
-            ready.set_ready(true);
-            let settings = ConsumerSettings {
-                group: "template-approval".to_owned(),
-                topics: vec![OUTBOUND_CHECKED],
-                service: SERVICE,
+            let syncing = {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    sync::run(store, content, config.sync_interval, background).await;
+                    Ok(())
+                })
             };
-            let handler = Authorize { producer: producer.clone(), store, fallbacks: config.fallbacks.clone() };
-            let result = wa_platform::kafka::run_consumer(kafka, &settings, &producer, &handler, &stopped).await;
-            producer.flush(Duration::from_secs(10));
-            background.cancel();
-            syncing.await?;
-            following.await??;
-            result
+            let handler = Authorize { producer, store, fallbacks: config.fallbacks };
+            Ok(Prepared { handler, background: vec![following, syncing] })
         };
-        wa_platform::service::run_until_stopped(SERVICE, listener, routes, health, shutdown, worker).await
+        wa_platform::service::run_consumer_service(listener, routes, kafka, settings, shutdown, setup).await
     }
 }
 

@@ -62,6 +62,11 @@ impl Store {
             .await
     }
 
+    /// Waits until the initial replay is done, or until `stop`.
+    pub(crate) async fn wait_caught_up(&self, stop: &CancellationToken) {
+        self.follower.wait_caught_up(stop).await;
+    }
+
     /// Waits until every template event the broker holds has been applied.
     pub(crate) async fn catch_up(&self) -> Result<(), String> {
         self.follower.catch_up(CATCH_UP).await

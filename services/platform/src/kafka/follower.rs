@@ -96,6 +96,20 @@ impl TopicFollower {
         }
     }
 
+    /// Waits until the follower has caught up with what the broker held at start (the initial
+    /// replay), or until `stop`.
+    pub async fn wait_caught_up(&self, stop: &CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                caught_up = self.catch_up(Duration::from_secs(30)) => match caught_up {
+                    Ok(()) => return,
+                    Err(reason) => tracing::warn!(topic = %self.topic, reason = %reason, "still replaying"),
+                },
+            }
+        }
+    }
+
     /// Waits until every record the broker holds now has been applied.
     pub async fn catch_up(&self, timeout: Duration) -> Result<(), String> {
         let metadata = self.metadata.clone();
