@@ -150,16 +150,31 @@ pub fn decode_to_json(bytes: &[u8]) -> Result<(String, serde_json::Value), Codec
     Ok((writer.full_name.clone(), json))
 }
 
-/// Every schema in `schemas/`, by fingerprint.
+/// Earlier versions of the schemas (`schemas/history/`), kept so that values written before a
+/// schema changed still decode: a reader resolves them against the current version.
+pub const HISTORY: &[(&str, &str)] =
+    &[("history/inbound_message_received.1.avsc", include_str!("../history/inbound_message_received.1.avsc"))];
+
+/// The parsed earlier versions, in the order of [`HISTORY`].
+pub fn history_schemas() -> &'static [SchemaInfo] {
+    static PARSED: OnceLock<Vec<SchemaInfo>> = OnceLock::new();
+    PARSED.get_or_init(|| HISTORY.iter().map(|(_, source)| SchemaInfo::parse(source)).collect())
+}
+
+/// Every schema in `schemas/`, current and earlier versions, by fingerprint.
 pub fn registry() -> &'static HashMap<u64, &'static SchemaInfo> {
     static REGISTRY: OnceLock<HashMap<u64, &'static SchemaInfo>> = OnceLock::new();
-    REGISTRY.get_or_init(|| all_schemas().iter().map(|info| (info.fingerprint, *info)).collect())
+    REGISTRY.get_or_init(|| {
+        all_schemas().into_iter().chain(history_schemas()).map(|info| (info.fingerprint, info)).collect()
+    })
 }
 
 /// Every event schema, in a fixed order.
-pub fn all_schemas() -> [&'static SchemaInfo; 7] {
+pub fn all_schemas() -> [&'static SchemaInfo; 9] {
     [
         InboundMessageReceived::schema_info(),
+        DeliveryStatusReceived::schema_info(),
+        QuarantinedRequest::schema_info(),
         OutboundRequested::schema_info(),
         OutboundWindowChecked::schema_info(),
         OutboundAuthorized::schema_info(),
@@ -249,8 +264,46 @@ pub struct Media {
     pub content_type: String,
 }
 
+/// A location the customer shared.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Location {
+    /// `Latitude`.
+    pub latitude: f64,
+    /// `Longitude`.
+    pub longitude: f64,
+    /// `Address`.
+    pub address: Option<String>,
+    /// `Label`.
+    pub label: Option<String>,
+}
+
+/// Click-to-WhatsApp referral data (the `Referral*` webhook parameters).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Referral {
+    /// `ReferralSourceId`.
+    pub source_id: Option<String>,
+    /// `ReferralSourceType` (`ad` or `post`).
+    pub source_type: Option<String>,
+    /// `ReferralSourceUrl`.
+    pub source_url: Option<String>,
+    /// `ReferralHeadline`.
+    pub headline: Option<String>,
+    /// `ReferralBody`.
+    pub body: Option<String>,
+    /// `ReferralCtwaClid`, the click id.
+    pub ctwa_clid: Option<String>,
+    /// `ReferralMediaId`.
+    pub media_id: Option<String>,
+    /// `ReferralMediaUrl`.
+    pub media_url: Option<String>,
+    /// `ReferralMediaContentType`.
+    pub media_content_type: Option<String>,
+    /// `ReferralNumMedia`.
+    pub num_media: Option<String>,
+}
+
 /// A customer's WhatsApp message, as Twilio posted it (topic `wa.inbound.v1`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct InboundMessageReceived {
     /// Unique id of this event; derived from the MessageSid, so a retried webhook has the same.
     pub event_id: String,
@@ -280,8 +333,93 @@ pub struct InboundMessageReceived {
     pub message_type: Option<String>,
     /// Every other webhook parameter, verbatim.
     pub other_params: HashMap<String, String>,
+    /// `Forwarded`: the customer forwarded this message.
+    pub forwarded: Option<bool>,
+    /// `FrequentlyForwarded`.
+    pub frequently_forwarded: Option<bool>,
+    /// `ButtonText` of a quick-reply button press.
+    pub button_text: Option<String>,
+    /// `ButtonPayload`.
+    pub button_payload: Option<String>,
+    /// `ButtonType`.
+    pub button_type: Option<String>,
+    /// `InteractiveData` (JSON text).
+    pub interactive_data: Option<String>,
+    /// `FlowData` (JSON text).
+    pub flow_data: Option<String>,
+    /// A shared location.
+    pub location: Option<Location>,
+    /// The click-to-WhatsApp ad or post the customer came from.
+    pub referral: Option<Referral>,
+    /// `OriginalRepliedMessageSid`: the message this one replies to.
+    pub original_replied_message_sid: Option<String>,
+    /// `OriginalRepliedMessageSender`.
+    pub original_replied_message_sender: Option<String>,
 }
 event!(InboundMessageReceived, "inbound_message_received.avsc", "wachannel.inbound.message.received.v1");
+
+/// A Twilio status callback for a message we sent (topic `wa.delivery.v1`). Published as
+/// received: out of order and repeated callbacks included.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeliveryStatusReceived {
+    /// UUIDv5 of (MessageSid, MessageStatus, ErrorCode, EventType).
+    pub event_id: String,
+    /// When ingress received the callback, Unix millis.
+    pub occurred_at: i64,
+    /// Conversation id (record key).
+    pub conversation_id: String,
+    /// The outbound request id from the `StatusCallback` URL.
+    pub request_id: Option<String>,
+    /// Twilio MessageSid.
+    pub message_sid: String,
+    /// Twilio AccountSid.
+    pub account_sid: String,
+    /// Twilio MessagingServiceSid.
+    pub messaging_service_sid: Option<String>,
+    /// Business sender address.
+    pub from: String,
+    /// Customer address.
+    pub to: String,
+    /// `MessageStatus`, lowercased; unknown values are kept.
+    pub message_status: String,
+    /// `ErrorCode`.
+    pub error_code: Option<String>,
+    /// `ErrorMessage`.
+    pub error_message: Option<String>,
+    /// `ChannelStatusMessage`.
+    pub channel_status_message: Option<String>,
+    /// `EventType` (e.g. `READ`).
+    pub event_type: Option<String>,
+    /// Every other callback parameter, verbatim.
+    pub other_params: HashMap<String, String>,
+}
+event!(DeliveryStatusReceived, "delivery_status_received.avsc", "wachannel.delivery.status.received.v1");
+
+/// A webhook ingress refused although it may carry a customer's message (topic
+/// `wa.ingress.quarantine.v1`), kept whole so operators can inspect and replay it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QuarantinedRequest {
+    /// Unique id of this event (also the record key).
+    pub event_id: String,
+    /// When ingress received the request, Unix millis.
+    pub occurred_at: i64,
+    /// `signature_missing`, `signature_invalid` or `unknown_sender`.
+    pub reason: String,
+    /// What exactly was wrong.
+    pub detail: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path and query as received.
+    pub path: String,
+    /// The full URL the signature was computed over.
+    pub checked_url: String,
+    /// The request headers that matter for diagnosis.
+    pub headers: HashMap<String, String>,
+    /// The body, unchanged.
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub body: Vec<u8>,
+}
+event!(QuarantinedRequest, "quarantined_request.avsc", "wachannel.ingress.quarantined.v1", event_id);
 
 /// An agent's message the CRM asks to send (topic `wa.outbound.requested.v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use wa_platform::config::KafkaConfig;
 use wa_platform::topics::{self, TopicSpec};
-use wa_platform::{twilio_signature, CancellationToken};
+use wa_platform::CancellationToken;
 use wa_schemas::Event;
+use wa_twilio::signature as twilio_signature;
 
 /// The business's WhatsApp sender used by tests.
 pub const BUSINESS: &str = "whatsapp:+14155238886";
@@ -22,6 +23,8 @@ pub const BUSINESS: &str = "whatsapp:+14155238886";
 pub const AUTH_TOKEN: &str = "e2e-auth-token";
 /// The account in tests.
 pub const ACCOUNT_SID: &str = "AC11111111111111111111111111111111";
+/// The CRM's bearer token on ingress's API in tests.
+pub const API_TOKEN: &str = "e2e-crm-token";
 /// The admin API token of template-approval in tests.
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 /// Language fallback chains in tests.
@@ -103,7 +106,17 @@ fn template_approval_config(kafka: &KafkaConfig, sim_url: &str) -> template_appr
     }
 }
 
-fn loopback() -> std::net::SocketAddr {
+/// ingress's configuration in tests: one served sender, a CRM token, a small body limit.
+pub fn ingress_config(kafka: &KafkaConfig) -> ingress::Config {
+    let mut config = ingress::Config::new(loopback(), kafka.clone(), AUTH_TOKEN);
+    config.senders = vec![BUSINESS.to_owned()];
+    config.api_tokens = vec![API_TOKEN.to_owned()];
+    config.max_body_bytes = 16 * 1024;
+    config
+}
+
+/// A loopback address with a free port.
+pub fn loopback() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().expect("loopback address")
 }
 
@@ -137,18 +150,7 @@ impl Channel {
         service_urls.insert(twilio_sim::SERVICE, sim_url.clone());
         tasks.push(spawn(sim, &shutdown));
 
-        let ingress = ingress::bind(ingress::Config {
-            http_addr: loopback(),
-            kafka: kafka.clone(),
-            public_url: None,
-            auth_tokens: vec![AUTH_TOKEN.to_owned()],
-            api_tokens: vec![],
-            publish_timeout: Duration::from_secs(8),
-            max_body_bytes: 64 * 1024,
-            dedupe_capacity: 10_000,
-        })
-        .await
-        .expect("ingress binds");
+        let ingress = ingress::bind(ingress_config(&kafka)).await.expect("ingress binds");
         let ingress_url = format!("http://{}", ingress.local_addr());
         service_urls.insert(ingress::SERVICE, ingress_url.clone());
         tasks.push(spawn(ingress, &shutdown));
@@ -237,6 +239,25 @@ impl Channel {
         self.wait_until_ready().await;
     }
 
+    /// Stops ingress, checks it stopped cleanly, and starts a new instance on the same topics
+    /// (on a new port: `ingress_url` changes). It must know what the old one published.
+    pub async fn restart_ingress(&mut self) {
+        let index = self.tasks.iter().position(|(name, _, _)| *name == ingress::SERVICE).expect("running");
+        let (service, stop, task) = self.tasks.remove(index);
+        stop.cancel();
+        join(service, task).await;
+        let ingress = ingress::bind(ingress_config(&self.kafka)).await.expect("ingress binds");
+        self.ingress_url = format!("http://{}", ingress.local_addr());
+        self.service_urls.insert(ingress::SERVICE, self.ingress_url.clone());
+        self.tasks.push(spawn(ingress, &self.shutdown));
+        self.wait_until_ready().await;
+    }
+
+    /// An HTTP client for requests the helpers do not cover.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// A request to template-approval's admin API, with the admin token.
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let base = &self.service_urls[template_approval::SERVICE];
@@ -299,7 +320,13 @@ impl Channel {
 
     /// Posts a CRM request to `/v1/outbound`.
     pub async fn post_outbound(&self, request: &serde_json::Value) -> reqwest::Response {
-        self.http.post(format!("{}/v1/outbound", self.ingress_url)).json(request).send().await.expect("ingress answers")
+        self.http
+            .post(format!("{}/v1/outbound", self.ingress_url))
+            .bearer_auth(API_TOKEN)
+            .json(request)
+            .send()
+            .await
+            .expect("ingress answers")
     }
 
     /// Every message the simulator accepted.

@@ -98,11 +98,7 @@ async fn an_approved_template_reaches_a_customer_whose_window_closed_and_is_refu
                 from: customer.clone(),
                 to: BUSINESS.to_owned(),
                 body: "thanks!".to_owned(),
-                media: vec![],
-                profile_name: None,
-                wa_id: None,
-                message_type: None,
-                other_params: Default::default(),
+                ..Default::default()
             },
         )
         .await;

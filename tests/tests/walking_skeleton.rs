@@ -69,7 +69,7 @@ async fn wrong_or_missing_signature_is_refused_and_nothing_is_published() {
     let sid = unique_sid();
     let params = channel.inbound_params(&sid, &unique_customer(), "hello");
     let url = format!("{}/twilio/inbound", channel.ingress_url);
-    let wrong_token = wa_platform::twilio_signature::compute("not-the-token", &url, &params);
+    let wrong_token = wa_twilio::signature::compute("not-the-token", &url, &params);
 
     let wrong = channel.post_inbound(&params, Some(&wrong_token)).await;
     assert_eq!(wrong.status(), 403);
@@ -77,7 +77,7 @@ async fn wrong_or_missing_signature_is_refused_and_nothing_is_published() {
     assert!(problem["detail"].as_str().unwrap().contains("does not match"), "{problem}");
 
     let mut tampered = params.clone();
-    let good = wa_platform::twilio_signature::compute(e2e_tests::AUTH_TOKEN, &url, &params);
+    let good = wa_twilio::signature::compute(e2e_tests::AUTH_TOKEN, &url, &params);
     tampered.iter_mut().find(|(k, _)| k == "Body").unwrap().1 = "hello, changed".to_owned();
     assert_eq!(channel.post_inbound(&tampered, Some(&good)).await.status(), 403);
 
@@ -93,8 +93,9 @@ async fn wrong_or_missing_signature_is_refused_and_nothing_is_published() {
     assert_eq!(sids, vec![control]);
 
     let metrics = channel.get(ingress::SERVICE, "/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("wa_webhooks_rejected_total{reason=\"signature_invalid\"} 2"), "{metrics}");
-    assert!(metrics.contains("wa_webhooks_rejected_total{reason=\"signature_missing\"} 1"), "{metrics}");
+    let invalid = r#"wa_ingress_rejected_total{endpoint="inbound",reason="signature_invalid"} 2"#;
+    let missing = r#"wa_ingress_rejected_total{endpoint="inbound",reason="signature_missing"} 1"#;
+    assert!(metrics.contains(invalid) && metrics.contains(missing), "{metrics}");
     channel.stop().await;
 }
 

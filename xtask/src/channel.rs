@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use wa_platform::config::{self, var, var_or};
 use wa_platform::topics;
-use wa_platform::twilio_signature;
+use wa_twilio::signature as twilio_signature;
 
 use crate::broker::{terminate, Broker};
 

@@ -1,20 +1,25 @@
 //! Ingress: where Twilio and the CRM meet the channel.
 //!
-//! - `POST /twilio/inbound`: Twilio's WhatsApp webhook. Verifies `X-Twilio-Signature`, publishes
-//!   `wa.inbound.v1` (acknowledged by the broker) and only then answers 200 with empty TwiML. A
-//!   retried webhook with the same `MessageSid` is not published twice.
+//! - `POST /twilio/inbound`: Twilio's WhatsApp message webhook. Verifies `X-Twilio-Signature`
+//!   (form or JSON body), publishes `wa.inbound.v1` once per `MessageSid` (across retries,
+//!   restarts and instances), and answers 200 with empty TwiML only after the broker
+//!   acknowledged the event.
+//! - `POST /twilio/status`: Twilio's status callbacks, published to `wa.delivery.v1` as received.
 //! - `POST /v1/outbound`: the CRM's JSON API for agent replies; publishes
-//!   `wa.outbound.requested.v1` and answers 202.
+//!   `wa.outbound.requested.v1` once per `request_id` and answers 202.
+//!
+//! Webhooks refused for their signature or an unknown sender are kept whole on
+//! `wa.ingress.quarantine.v1`, so a misconfigured proxy cannot silently drop customer messages.
 
 mod dedupe;
 mod outbound_api;
+mod request;
 mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -22,6 +27,7 @@ use wa_platform::config::{self, EnvVar, KafkaConfig};
 use wa_platform::http::Health;
 use wa_platform::kafka::EventProducer;
 use wa_platform::service::{Bound, Service};
+use wa_platform::topics::{INBOUND, OUTBOUND_REQUESTED};
 use wa_platform::CancellationToken;
 
 /// The service name, in logs, metrics and CloudEvents `source`.
@@ -30,7 +36,12 @@ pub const SERVICE: &str = "ingress";
 const PUBLIC_URL: EnvVar = EnvVar {
     name: "INGRESS_PUBLIC_URL",
     default: None,
-    doc: "the public base URL Twilio calls (e.g. https://wa.example.com), used to verify signatures; defaults to http://<HTTP_ADDR>",
+    doc: "the public base URL Twilio calls (e.g. https://wa.example.com, or https://example.com/wa behind a proxy that strips /wa); signatures are checked against it. Unset: the request's Host (or X-Forwarded-* when trusted)",
+};
+const TRUST_FORWARDED: EnvVar = EnvVar {
+    name: "INGRESS_TRUST_FORWARDED_HEADERS",
+    default: Some("false"),
+    doc: "true behind a reverse proxy that sets X-Forwarded-Proto and X-Forwarded-Host: the signed URL is rebuilt from them when INGRESS_PUBLIC_URL is unset. Never enable without such a proxy",
 };
 const EXTRA_AUTH_TOKENS: EnvVar = EnvVar {
     name: "TWILIO_PREVIOUS_AUTH_TOKENS",
@@ -42,20 +53,30 @@ const API_TOKENS: EnvVar = EnvVar {
     default: None,
     doc: "comma-separated bearer tokens the CRM must present on /v1/outbound; the API is open when unset (local use only)",
 };
+const SENDERS: EnvVar = EnvVar {
+    name: "INGRESS_SENDERS",
+    default: None,
+    doc: "comma-separated business WhatsApp senders this channel serves (whatsapp:+14155238886,...); webhooks to others are quarantined and CRM requests from others refused. Unset: any",
+};
 const PUBLISH_TIMEOUT_MS: EnvVar = EnvVar {
     name: "INGRESS_PUBLISH_TIMEOUT_MS",
-    default: Some("8000"),
-    doc: "how long a webhook waits for the broker's acknowledgement before answering 503 (Twilio gives up after 15 s)",
+    default: Some("5000"),
+    doc: "how long a request waits for the broker's acknowledgement before answering 503 (Twilio gives up after 15 s)",
 };
 const MAX_BODY_BYTES: EnvVar = EnvVar {
     name: "INGRESS_MAX_BODY_BYTES",
     default: Some("65536"),
     doc: "largest request body accepted; larger ones get 413",
 };
+const DEDUPE_HORIZON_HOURS: EnvVar = EnvVar {
+    name: "INGRESS_DEDUPE_HORIZON_HOURS",
+    default: Some("24"),
+    doc: "how far back a MessageSid or request_id counts as already published (replayed from the topics at start)",
+};
 const DEDUPE_CAPACITY: EnvVar = EnvVar {
     name: "INGRESS_DEDUPE_CAPACITY",
-    default: Some("100000"),
-    doc: "how many recent MessageSids are remembered to drop retried webhooks",
+    default: Some("2000000"),
+    doc: "most ids remembered per topic within the horizon (about 60 bytes each); the oldest are forgotten first",
 };
 
 /// Ingress configuration.
@@ -65,17 +86,23 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Broker and topic prefix.
     pub kafka: KafkaConfig,
-    /// Public base URL Twilio calls; `None` means `http://<bound address>`.
+    /// Public base URL Twilio calls; `None` means the request's own host.
     pub public_url: Option<String>,
+    /// Whether `X-Forwarded-Proto`/`X-Forwarded-Host` name the public URL.
+    pub trust_forwarded_headers: bool,
     /// Auth tokens accepted on webhook signatures: the current one first.
     pub auth_tokens: Vec<String>,
     /// Bearer tokens for the CRM API; empty means open.
     pub api_tokens: Vec<String>,
+    /// Business senders served (normalized); empty means any.
+    pub senders: Vec<String>,
     /// Bound on waiting for the broker per request.
     pub publish_timeout: Duration,
     /// Largest accepted body.
     pub max_body_bytes: usize,
-    /// Recent MessageSids remembered for deduplication.
+    /// How long a published id counts as a duplicate.
+    pub dedupe_horizon: Duration,
+    /// Most ids remembered per topic.
     pub dedupe_capacity: usize,
 }
 
@@ -87,9 +114,12 @@ impl Config {
         config::TWILIO_AUTH_TOKEN,
         EXTRA_AUTH_TOKENS,
         PUBLIC_URL,
+        TRUST_FORWARDED,
         API_TOKENS,
+        SENDERS,
         PUBLISH_TIMEOUT_MS,
         MAX_BODY_BYTES,
+        DEDUPE_HORIZON_HOURS,
         DEDUPE_CAPACITY,
     ];
     /// The default HTTP address.
@@ -99,27 +129,69 @@ impl Config {
     pub fn from_env() -> Result<Self, config::ConfigError> {
         let mut auth_tokens = vec![config::var_or(&config::TWILIO_AUTH_TOKEN)];
         auth_tokens.extend(config::list(&EXTRA_AUTH_TOKENS));
+        let senders = config::list(&SENDERS)
+            .iter()
+            .map(|sender| {
+                wa_schemas::normalize_whatsapp_address(sender).ok_or_else(|| config::ConfigError {
+                    name: SENDERS.name,
+                    value: sender.clone(),
+                    reason: "not a WhatsApp address".to_owned(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
             kafka: KafkaConfig::from_env(),
             public_url: config::var(PUBLIC_URL.name),
+            trust_forwarded_headers: config::parse(&TRUST_FORWARDED)?,
             auth_tokens,
             api_tokens: config::list(&API_TOKENS),
+            senders,
             publish_timeout: Duration::from_millis(config::parse(&PUBLISH_TIMEOUT_MS)?),
             max_body_bytes: config::parse(&MAX_BODY_BYTES)?,
+            dedupe_horizon: Duration::from_secs(3600 * config::parse::<u64>(&DEDUPE_HORIZON_HOURS)?),
             dedupe_capacity: config::parse(&DEDUPE_CAPACITY)?,
         })
+    }
+
+    /// A configuration for tests and embedding: everything at its default except the broker,
+    /// the auth token and an HTTP address (port 0 picks a free one).
+    pub fn new(http_addr: SocketAddr, kafka: KafkaConfig, auth_token: &str) -> Self {
+        Self {
+            http_addr,
+            kafka,
+            public_url: None,
+            trust_forwarded_headers: false,
+            auth_tokens: vec![auth_token.to_owned()],
+            api_tokens: vec![],
+            senders: vec![],
+            publish_timeout: Duration::from_secs(5),
+            max_body_bytes: 64 * 1024,
+            dedupe_horizon: Duration::from_secs(24 * 3600),
+            dedupe_capacity: 2_000_000,
+        }
     }
 }
 
 /// What request handlers share.
 pub(crate) struct AppState {
     pub(crate) producer: EventProducer,
-    pub(crate) public_url: String,
+    pub(crate) urls: request::PublicUrl,
     pub(crate) auth_tokens: Vec<String>,
     pub(crate) api_tokens: Vec<String>,
+    pub(crate) senders: Vec<String>,
     pub(crate) publish_timeout: Duration,
-    pub(crate) dedupe: dedupe::RecentMessages,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) inbound_dedupe: Arc<dedupe::Deduplicator>,
+    pub(crate) outbound_dedupe: Arc<dedupe::Deduplicator>,
+    pub(crate) health: Arc<Health>,
+}
+
+impl AppState {
+    /// Whether `sender` is a business sender this channel serves.
+    pub(crate) fn serves(&self, sender: &str) -> bool {
+        self.senders.is_empty() || self.senders.iter().any(|served| served == sender)
+    }
 }
 
 /// The ingress service.
@@ -133,38 +205,47 @@ impl Service for Ingress {
         config.http_addr
     }
 
-    /// Serves until `shutdown`, then flushes the producer.
+    /// Serves until `shutdown`, then flushes the producer. Requests get 503 until the dedupe
+    /// replay has caught up.
     async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let public_url = config
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", listener.local_addr().expect("bound")))
-            .trim_end_matches('/')
-            .to_owned();
+        let bound = format!("http://{}", listener.local_addr()?);
         let producer = EventProducer::new(&config.kafka, "wachannel/ingress", config.publish_timeout)?;
         if config.api_tokens.is_empty() {
             tracing::warn!("INGRESS_API_TOKENS is unset: /v1/outbound accepts requests without a token");
         }
+        let health = Health::new();
         let state = Arc::new(AppState {
             producer: producer.clone(),
-            public_url,
+            urls: request::PublicUrl::new(config.public_url.as_deref(), config.trust_forwarded_headers, &bound),
             auth_tokens: config.auth_tokens.clone(),
             api_tokens: config.api_tokens.clone(),
+            senders: config.senders.clone(),
             publish_timeout: config.publish_timeout,
-            dedupe: dedupe::RecentMessages::new(config.dedupe_capacity),
+            max_body_bytes: config.max_body_bytes,
+            inbound_dedupe: Arc::new(dedupe::Deduplicator::new(config.dedupe_horizon, config.dedupe_capacity)),
+            outbound_dedupe: Arc::new(dedupe::Deduplicator::new(config.dedupe_horizon, config.dedupe_capacity)),
+            health: health.clone(),
         });
         let routes = Router::new()
             .route("/twilio/inbound", post(webhook::inbound))
+            .route("/twilio/status", post(webhook::status))
             .route("/v1/outbound", post(outbound_api::create))
-            .layer(DefaultBodyLimit::max(config.max_body_bytes))
-            .with_state(state);
-        let health = Health::new();
-        let ready = health.clone();
+            .with_state(state.clone());
         let stopped = shutdown.clone();
         let worker = async move {
-            wa_platform::kafka::wait_for_broker(&config.kafka, Duration::from_secs(60)).await?;
-            ready.set_ready(true);
+            tokio::select! {
+                connected = wa_platform::kafka::wait_for_broker(&config.kafka, Duration::from_secs(60)) => connected?,
+                () = stopped.cancelled() => return Ok(()),
+            }
+            let followers = [
+                state.inbound_dedupe.follow(&config.kafka, &INBOUND, &stopped).await?,
+                state.outbound_dedupe.follow(&config.kafka, &OUTBOUND_REQUESTED, &stopped).await?,
+            ];
+            state.health.set_ready(!stopped.is_cancelled());
             stopped.cancelled().await;
+            for follower in followers {
+                follower.await??;
+            }
             producer.flush(Duration::from_secs(10));
             Ok(())
         };
@@ -182,7 +263,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     wa_platform::service::run::<Ingress>(config, shutdown).await
 }
 
-/// Masks an address for logs: `whatsapp:+15551234567` becomes `whatsapp:+155*****67`.
+/// Masks an address for logs: `whatsapp:+15551234567` becomes `whatsapp:+155******67`.
 pub(crate) fn mask(address: &str) -> String {
     let chars: Vec<char> = address.chars().collect();
     let keep_end = 2.min(chars.len());
@@ -200,6 +281,7 @@ mod tests {
     fn masks_the_middle_of_addresses() {
         assert_eq!(super::mask("whatsapp:+15551234567"), "whatsapp:+155******67");
         assert_eq!(super::mask("+15551234567"), "+155******67");
+        assert_eq!(super::mask("whatsapp:US.13491208655302741918"), "whatsapp:US.1*****************18");
         assert_eq!(super::mask("ab"), "ab");
     }
 }

@@ -2,17 +2,20 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 use uuid::Uuid;
 use wa_platform::http::{bearer_authorized, json_body, Problem};
 use wa_platform::topics::OUTBOUND_REQUESTED;
 use wa_schemas::{conversation_id, normalize_whatsapp_address, OutboundRequested, TemplateRequest};
 
+use crate::dedupe::Outcome;
+use crate::request::{read_body, refuse_until_ready, reject, unavailable};
 use crate::{mask, AppState};
 
 /// WhatsApp's limit on a free-form message body.
@@ -44,50 +47,64 @@ struct OutboundRequest {
 struct Accepted {
     request_id: String,
     conversation_id: String,
+    /// `accepted`, or `duplicate` when this `request_id` was accepted before (the first
+    /// request's content stands).
     status: &'static str,
 }
 
-/// Validates the request and publishes it.
-pub(crate) async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+const ENDPOINT: &str = "outbound";
+
+/// Validates the request and publishes it, once per `request_id`.
+pub(crate) async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     if !bearer_authorized(&state.api_tokens, &headers) {
-        metrics::counter!("wa_outbound_api_rejected_total", "reason" => "unauthorized").increment(1);
-        return Problem::unauthorized().into_response();
+        return reject(ENDPOINT, "unauthorized", Problem::unauthorized());
     }
+    if let Some(response) = refuse_until_ready(&state, ENDPOINT) {
+        return response;
+    }
+    let body = match read_body(&state, ENDPOINT, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let request: OutboundRequest = match json_body(&headers, &body) {
         Ok(request) => request,
-        Err(problem) => return reject(problem),
+        Err(problem) if problem.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            return reject(ENDPOINT, "content_type", problem)
+        }
+        Err(problem) => return reject(ENDPOINT, "malformed_body", problem),
     };
     let event = match validate(request) {
         Ok(event) => event,
-        Err(problem) => return reject(problem),
+        Err(problem) => return reject(ENDPOINT, "invalid_field", problem),
     };
-    let span = tracing::info_span!("outbound_request", request_id = %event.request_id, to = %mask(&event.to));
-    let published = tokio::time::timeout(
-        state.publish_timeout,
-        tracing::Instrument::instrument(state.producer.publish(&OUTBOUND_REQUESTED, &event), span.clone()),
-    )
-    .await;
-    match published {
-        Ok(Ok(_)) => {
-            span.in_scope(|| tracing::info!("outbound request accepted"));
-            metrics::counter!("wa_outbound_api_accepted_total").increment(1);
-            let accepted =
-                Accepted { request_id: event.request_id, conversation_id: event.conversation_id, status: "accepted" };
-            (StatusCode::ACCEPTED, Json(accepted)).into_response()
-        }
-        Ok(Err(err)) => unavailable(err.to_string()),
-        Err(_) => unavailable("broker did not acknowledge in time".to_owned()),
+    if !state.serves(&event.from) {
+        let problem = Problem::invalid_field(
+            "from",
+            format!("{} is not a sender this channel serves (INGRESS_SENDERS)", mask(&event.from)),
+        );
+        return reject(ENDPOINT, "unknown_sender", problem);
     }
-}
-
-fn reject(problem: Problem) -> Response {
-    metrics::counter!("wa_outbound_api_rejected_total", "reason" => "invalid").increment(1);
-    problem.into_response()
-}
-
-fn unavailable(reason: String) -> Response {
-    tracing::error!(reason = %reason, "outbound request not durable; answering 503");
-    Problem::unavailable(reason).into_response()
+    let span = tracing::info_span!("outbound_request", request_id = %event.request_id, to = %mask(&event.to));
+    let publish = || async {
+        tokio::time::timeout(state.publish_timeout, state.producer.publish(&OUTBOUND_REQUESTED, &event))
+            .await
+            .map_err(|_| "broker did not acknowledge in time".to_owned())?
+            .map(|_| ())
+            .map_err(|err| err.to_string())
+    };
+    match state.outbound_dedupe.publish_once(&event.event_id, publish).instrument(span.clone()).await {
+        Ok(outcome) => {
+            let (status, code) = match outcome {
+                Outcome::Published => ("accepted", StatusCode::ACCEPTED),
+                Outcome::Duplicate => ("duplicate", StatusCode::OK),
+            };
+            metrics::counter!("wa_ingress_accepted_total", "endpoint" => ENDPOINT, "outcome" => status).increment(1);
+            span.in_scope(|| tracing::info!(outcome = status, "outbound request accepted"));
+            let accepted = Accepted { request_id: event.request_id, conversation_id: event.conversation_id, status };
+            (code, Json(accepted)).into_response()
+        }
+        Err(reason) => span.in_scope(|| unavailable(ENDPOINT, reason)),
+    }
 }
 
 fn validate(request: OutboundRequest) -> Result<OutboundRequested, Problem> {

@@ -1,6 +1,6 @@
 //! The platform every service of the channel shares: configuration, topics, Kafka plumbing
 //! (producer, at-least-once consumer loop, dead letters, trace context in headers), telemetry,
-//! the operational HTTP endpoints, graceful shutdown, and Twilio webhook signatures.
+//! the operational HTTP endpoints, and graceful shutdown. (Twilio wire formats live in `wa-twilio`.)
 //!
 //! A service built on it stays small: it declares its configuration and handlers, and
 //! [`service::run_until_stopped`] does the rest.
@@ -12,7 +12,6 @@ pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topics;
-pub mod twilio_signature;
 
 pub use tokio_util::sync::CancellationToken;
 

@@ -69,6 +69,20 @@ pub const TEMPLATES: TopicSpec = TopicSpec {
     configs: &[("retention.ms", "-1")],
     doc: "template lifecycle (TemplateEvent), keyed by name:language; kept forever: template-approval rebuilds its state from it",
 };
+/// Twilio status callbacks (ingress → outbound-dispatch, analytics).
+pub const DELIVERY: TopicSpec = TopicSpec {
+    name: "wa.delivery.v1",
+    partitions: MESSAGE_PARTITIONS,
+    configs: RETAIN_7_DAYS,
+    doc: "status callbacks as received, out of order and repeated (DeliveryStatusReceived)",
+};
+/// Webhooks ingress refused that may carry a customer's message, kept for operators.
+pub const QUARANTINE: TopicSpec = TopicSpec {
+    name: "wa.ingress.quarantine.v1",
+    partitions: 1,
+    configs: &[("retention.ms", "2592000000")],
+    doc: "refused webhooks kept whole for 30 days: bad or missing signature, unknown sender (QuarantinedRequest; personal data)",
+};
 /// Records no handler could process, with the reason in headers.
 pub const DEAD_LETTER: TopicSpec = TopicSpec {
     name: "wa.deadletter.v1",
@@ -85,6 +99,8 @@ pub const ALL: &[TopicSpec] = &[
     OUTBOUND_AUTHORIZED,
     OUTBOUND_REJECTED,
     OUTBOUND_DISPATCHED,
+    DELIVERY,
     TEMPLATES,
+    QUARANTINE,
     DEAD_LETTER,
 ];

@@ -81,6 +81,27 @@ impl Problem {
         problem
     }
 
+    /// 413: the body is larger than `limit` bytes.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "request body too large",
+            format!("the body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// The HTTP status of this problem.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::BAD_REQUEST)
+    }
+
+    /// A short label of the problem's class for metrics: its type's last segment
+    /// (`invalid-field`, `malformed-json`, ...).
+    pub fn slug(&self) -> &str {
+        self.0.kind.rsplit('/').next().unwrap_or_default()
+    }
+
     /// 503 with `Retry-After: 5`: a dependency (the broker) is unavailable; try again.
     pub fn unavailable(reason: impl Into<String>) -> Self {
         let mut problem = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable", reason);

@@ -29,11 +29,23 @@ pub struct TopicFollower {
 impl TopicFollower {
     /// Connects and assigns every partition of `spec` from its beginning.
     pub async fn start(kafka: &KafkaConfig, spec: &TopicSpec, client_id: &str) -> anyhow::Result<Arc<Self>> {
+        Self::start_since(kafka, spec, client_id, None).await
+    }
+
+    /// Connects and assigns every partition of `spec` from the first record at or after
+    /// `since` (Unix millis), or from the beginning when `since` is `None`. Should the broker
+    /// fail to look the time up, it reads from the beginning: never less than asked.
+    pub async fn start_since(
+        kafka: &KafkaConfig,
+        spec: &TopicSpec,
+        client_id: &str,
+        since: Option<i64>,
+    ) -> anyhow::Result<Arc<Self>> {
         let topic = kafka.topic(spec);
         let metadata: Arc<BaseConsumer> = Arc::new(super::client_config(kafka, client_id).create()?);
         let lookup = metadata.clone();
         let lookup_topic = topic.clone();
-        let lows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<i64>> {
+        let starts = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<i64>> {
             let meta = lookup.fetch_metadata(Some(&lookup_topic), METADATA_TIMEOUT)?;
             let partitions = meta
                 .topics()
@@ -41,7 +53,35 @@ impl TopicFollower {
                 .map(|t| t.partitions().len())
                 .filter(|n| *n > 0)
                 .ok_or_else(|| anyhow::anyhow!("topic {lookup_topic} does not exist"))?;
-            (0..partitions).map(|p| Ok(lookup.fetch_watermarks(&lookup_topic, p as i32, METADATA_TIMEOUT)?.0)).collect()
+            let watermarks = (0..partitions)
+                .map(|p| lookup.fetch_watermarks(&lookup_topic, p as i32, METADATA_TIMEOUT))
+                .collect::<Result<Vec<(i64, i64)>, _>>()?;
+            let lows = watermarks.iter().map(|(low, _)| *low).collect();
+            let Some(since) = since else {
+                return Ok(lows);
+            };
+            let mut query = TopicPartitionList::new();
+            for partition in 0..partitions {
+                query.add_partition_offset(&lookup_topic, partition as i32, Offset::Offset(since))?;
+            }
+            let found = match lookup.offsets_for_times(query, METADATA_TIMEOUT) {
+                Ok(found) => found,
+                Err(err) => {
+                    tracing::warn!(topic = %lookup_topic, error = %err, "offsets for times failed; reading from the beginning");
+                    return Ok(lows);
+                }
+            };
+            Ok(watermarks
+                .iter()
+                .enumerate()
+                .map(|(partition, (low, high))| {
+                    match found.find_partition(&lookup_topic, partition as i32).map(|e| (e.error(), e.offset())) {
+                        Some((Ok(()), Offset::Offset(offset))) => offset.clamp(*low, *high),
+                        Some((Ok(()), Offset::End)) => *high,
+                        _ => *low,
+                    }
+                })
+                .collect())
         })
         .await??;
         let consumer: StreamConsumer = super::client_config(kafka, client_id)
@@ -50,12 +90,12 @@ impl TopicFollower {
             .set("enable.auto.offset.store", "false")
             .create()?;
         let mut assignment = TopicPartitionList::new();
-        for partition in 0..lows.len() {
-            assignment.add_partition_offset(&topic, partition as i32, Offset::Beginning)?;
+        for (partition, start) in starts.iter().enumerate() {
+            assignment.add_partition_offset(&topic, partition as i32, Offset::Offset(*start))?;
         }
         consumer.assign(&assignment)?;
-        tracing::info!(topic = %topic, partitions = lows.len(), "following from the beginning");
-        let (positions, _) = watch::channel(lows);
+        tracing::info!(topic = %topic, partitions = starts.len(), ?since, "following");
+        let (positions, _) = watch::channel(starts);
         Ok(Arc::new(Self { topic, consumer, positions, metadata }))
     }
 

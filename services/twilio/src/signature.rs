@@ -1,14 +1,25 @@
-//! `X-Twilio-Signature`: HMAC-SHA1 over the full request URL followed by the POST parameters
-//! sorted by name (each name's distinct values sorted too, name and value concatenated), keyed
-//! with the auth token and base64-encoded; as Twilio's helper libraries compute it.
+//! `X-Twilio-Signature`, as Twilio's helper libraries compute and check it.
+//!
+//! - **Form bodies**: HMAC-SHA1 over the full request URL followed by the POST parameters sorted
+//!   by name (a repeated name's values sorted too, each name and value concatenated), keyed with
+//!   the auth token, base64-encoded.
+//! - **JSON bodies**: the URL carries `bodySHA256=<hex SHA-256 of the body>` in its query; the
+//!   signature is the HMAC over the URL alone, and the body must hash to that value.
+//!
+//! The URL is tried with and without its default port (Twilio is not consistent about it), every
+//! configured auth token is tried (a rotation has two), and comparisons are constant-time.
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// The header Twilio signs requests with.
 pub const HEADER: &str = "X-Twilio-Signature";
+
+/// The query parameter that carries the SHA-256 of a JSON body.
+pub const BODY_SHA256_PARAM: &str = "bodySHA256";
 
 /// The signature Twilio sends for `url` and form `params`, with `auth_token`.
 pub fn compute(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
@@ -24,19 +35,40 @@ pub fn compute(auth_token: &str, url: &str, params: &[(String, String)]) -> Stri
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-/// Whether `signature` is valid for the request under any of `auth_tokens` (several during a
-/// token rotation). Like Twilio's helpers, the URL is tried both with and without its default
-/// port, since Twilio is not consistent about it. The comparison is constant-time.
+/// The lowercase hex SHA-256 of a body, as `bodySHA256` carries it.
+pub fn body_sha256(body: &[u8]) -> String {
+    Sha256::digest(body).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Whether `signature` is valid for a form request under any of `auth_tokens` (several during a
+/// token rotation).
 pub fn verify(auth_tokens: &[String], url: &str, params: &[(String, String)], signature: &str) -> bool {
-    let variants = [with_default_port(url), without_port(url)];
     let mut valid = false;
     for token in auth_tokens {
-        for variant in &variants {
-            let expected = compute(token, variant, params);
+        for variant in [with_default_port(url), without_port(url)] {
+            let expected = compute(token, &variant, params);
             valid |= bool::from(expected.as_bytes().ct_eq(signature.trim().as_bytes()));
         }
     }
     valid
+}
+
+/// Whether `signature` is valid for a JSON (or any non-form) request: the URL's `bodySHA256`
+/// must equal the body's hash and the signature must cover the URL. A URL without
+/// `bodySHA256` never verifies, since nothing would then protect the body.
+pub fn verify_json(auth_tokens: &[String], url: &str, body: &[u8], signature: &str) -> bool {
+    let Some(claimed) = query_param(url, BODY_SHA256_PARAM) else {
+        return false;
+    };
+    let hash_matches = bool::from(body_sha256(body).as_bytes().ct_eq(claimed.to_ascii_lowercase().as_bytes()));
+    hash_matches & verify(auth_tokens, url, &[], signature)
+}
+
+/// The first value of query parameter `name` in `url`, percent-decoded.
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or("");
+    form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
 }
 
 /// Splits `scheme://authority/rest` into its three parts.
@@ -103,6 +135,12 @@ mod tests {
                 .map(|p| (p[0].as_str().unwrap().to_owned(), p[1].as_str().unwrap().to_owned()))
                 .collect();
             let signature = case["signature"].as_str().unwrap();
+            if let Some(body) = case["json_body"].as_str() {
+                assert!(verify_json(&[token.to_owned()], url, body.as_bytes(), signature), "{name}");
+                assert!(!verify_json(&[token.to_owned()], url, b"{}", signature), "{name}: other body");
+                assert!(!verify(&[token.to_owned()], url, &params, "x"), "{name}");
+                continue;
+            }
             assert_eq!(compute(token, url, &params), signature, "{name}");
             for other in case["also_valid_urls"].as_array().unwrap() {
                 let other = other.as_str().unwrap();
@@ -140,5 +178,28 @@ mod tests {
         assert_eq!(with_default_port("http://a.io:8080/x"), "http://a.io:8080/x");
         assert_eq!(without_port("https://a.io:443/x"), "https://a.io/x");
         assert_eq!(without_port("https://a.io/x"), "https://a.io/x");
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+
+    #[test]
+    fn a_json_body_needs_its_hash_in_the_url() {
+        let body = br#"{"MessageSid":"SM1"}"#;
+        let url = format!("https://wa.example.com/twilio/status?{BODY_SHA256_PARAM}={}", body_sha256(body));
+        let signature = compute("tok", &url, &[]);
+        assert!(verify_json(&["tok".to_owned()], &url, body, &signature));
+        assert!(!verify_json(&["tok".to_owned()], &url, br#"{"MessageSid":"SM2"}"#, &signature));
+        let no_hash = "https://wa.example.com/twilio/status";
+        assert!(!verify_json(&["tok".to_owned()], no_hash, body, &compute("tok", no_hash, &[])));
+    }
+
+    #[test]
+    fn query_params_are_decoded() {
+        assert_eq!(query_param("http://a/x?request_id=a%2Fb&x=1", "request_id").as_deref(), Some("a/b"));
+        assert_eq!(query_param("http://a/x?x=1", "request_id"), None);
+        assert_eq!(query_param("http://a/x", "x"), None);
     }
 }
