@@ -243,6 +243,7 @@ async fn bad_crm_requests_get_problems_naming_the_field() {
 
     let wrong_type = reqwest::Client::new()
         .post(format!("{}/v1/outbound", channel.ingress_url))
+        .bearer_auth(e2e_tests::API_TOKEN)
         .body("from=x")
         .header("content-type", "application/x-www-form-urlencoded")
         .send()

@@ -19,7 +19,7 @@ pub(crate) struct Broker {
     child: Option<Child>,
 }
 
-fn cargo_bin_dir() -> PathBuf {
+pub(crate) fn cargo_bin_dir() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
@@ -27,7 +27,7 @@ fn cargo_bin_dir() -> PathBuf {
         .join("bin")
 }
 
-async fn installed_version(binary: &Path) -> Option<String> {
+pub(crate) async fn installed_version(binary: &Path) -> Option<String> {
     let output = Command::new(binary).arg("--version").output().await.ok()?;
     Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }

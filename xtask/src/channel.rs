@@ -14,7 +14,7 @@ use wa_twilio::signature as twilio_signature;
 use crate::broker::{terminate, Broker};
 
 /// The repository root (xtask lives one level below it).
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_owned()
 }
 
@@ -208,7 +208,21 @@ pub(crate) async fn test(cargo_args: Vec<String>) -> anyhow::Result<ExitCode> {
     }
     let (status, totals) = outcome?;
     println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
-    Ok(if status.success() && totals.passed > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let tests_passed = status.success() && totals.passed > 0;
+    // A full run (no filter) also fuzzes the webhook parsers for a bounded time.
+    let fuzz_seconds = match var("FUZZ_SECONDS") {
+        Some(seconds) => seconds.parse().context("FUZZ_SECONDS must be a whole number of seconds")?,
+        None => crate::fuzz::DEFAULT_SECONDS,
+    };
+    let fuzz_passed = if cargo_args.is_empty() && fuzz_seconds > 0 {
+        crate::fuzz::run(fuzz_seconds).await? == ExitCode::SUCCESS
+    } else {
+        true
+    };
+    if !tests_passed {
+        println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
+    }
+    Ok(if tests_passed && fuzz_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Test counts summed over every test binary.
