@@ -2,6 +2,10 @@
 //! `wa.templates.v1`, how many template verdicts per second become authorizations on
 //! `wa.outbound.authorized.v1`. Run with `cargo xtask bench templates` (it starts a broker).
 
+/// As in the service binaries.
+#[global_allocator]
+static ALLOCATOR: wa_platform::Allocator = wa_platform::Allocator;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

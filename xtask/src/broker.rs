@@ -56,6 +56,12 @@ impl Broker {
     /// The broker on `KAFKA_BOOTSTRAP_SERVERS`, or a tansu started on `127.0.0.1:port` with its
     /// data in `data_dir`.
     pub(crate) async fn start(port: u16, data_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with_storage(port, data_dir, "sqlite://tansu.db").await
+    }
+
+    /// Like [`Broker::start`], with another tansu storage engine (`memory://tansu/` for
+    /// benchmarks that measure a service rather than SQLite's single writer).
+    pub(crate) async fn start_with_storage(port: u16, data_dir: &Path, storage: &str) -> anyhow::Result<Self> {
         if let Some(servers) = wa_platform::config::var("KAFKA_BOOTSTRAP_SERVERS") {
             eprintln!("xtask: using the broker at {servers} (KAFKA_BOOTSTRAP_SERVERS)");
             let broker = Self { bootstrap_servers: servers, child: None };
@@ -71,7 +77,7 @@ impl Broker {
         let child = Command::new(&tansu)
             .arg("broker")
             .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--storage-engine", storage])
             .current_dir(&data_dir)
             .env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .stdin(Stdio::null())

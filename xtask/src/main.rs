@@ -31,6 +31,7 @@ commands:
                                post a signed WhatsApp webhook to ingress, as Twilio would
   events <topic>               print a topic's records (e.g. wa.outbound.rejected.v1) as JSON lines
   bench templates              authorizations/s at 10,000 templates (release build)
+  bench ingress                signed webhooks/s and latency vs a bare handler (release build)
 
 environment:
   KAFKA_BOOTSTRAP_SERVERS      use this broker instead of starting tansu

@@ -129,11 +129,11 @@ impl Dispatch {
             media_urls: &authorized.media_urls,
             content_sid: authorized.content_sid.as_deref(),
             content_variables: authorized.content_variables.as_deref(),
-            status_callback: self.config.status_callback_url.as_ref().map(|base| {
-                let separator = if base.contains('?') { '&' } else { '?' };
-                let request_id: String = form_encode(&authorized.request_id);
-                format!("{base}{separator}request_id={request_id}")
-            }),
+            status_callback: self
+                .config
+                .status_callback_url
+                .as_ref()
+                .map(|base| wa_twilio::status_callback_url(base, &authorized.request_id)),
         };
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(200);
@@ -158,16 +158,6 @@ impl Dispatch {
             }
         }
     }
-}
-
-fn form_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 impl Handler for Dispatch {
@@ -260,10 +250,5 @@ mod tests {
         assert!(!api(400, Some(63016)).is_retryable());
         assert!(!api(400, Some(21211)).is_retryable());
         assert!(!api(401, Some(20003)).is_retryable());
-    }
-
-    #[test]
-    fn request_ids_are_encoded_in_callback_urls() {
-        assert_eq!(form_encode("req 1/ä"), "req%201%2F%C3%A4");
     }
 }

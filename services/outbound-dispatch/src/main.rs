@@ -1,5 +1,8 @@
 //! The outbound-dispatch service.
 
+#[global_allocator]
+static ALLOCATOR: wa_platform::Allocator = wa_platform::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = wa_platform::telemetry::init(outbound_dispatch::SERVICE)?;

@@ -4,6 +4,10 @@
 //! decision, and the decision with the Avro decode of the verdict and encode of the
 //! authorization that the service does for each record.
 
+/// As in the service binaries.
+#[global_allocator]
+static ALLOCATOR: wa_platform::Allocator = wa_platform::Allocator;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 

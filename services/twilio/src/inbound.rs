@@ -2,7 +2,7 @@
 //! [`InboundMessageReceived`]. Every parameter Twilio documents for WhatsApp is typed; any
 //! other one (Twilio adds fields without notice) is kept verbatim in `other_params`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use uuid::Uuid;
 use wa_schemas::{conversation_id, normalize_whatsapp_address, InboundMessageReceived, Location, Media, Referral};
@@ -87,8 +87,7 @@ pub fn inbound_event(params: &[(String, String)], received_at: i64) -> Result<In
     // Twilio sends `ReferralNumMedia=0` on every message; without a referral it stays a plain
     // parameter rather than vanish.
     let referral_fields = if referral.is_some() { REFERRAL } else { &[] };
-    let mut consumed: HashSet<String> =
-        TYPED.iter().chain(referral_fields).chain(LOCATION).map(|s| (*s).to_owned()).collect();
+    let typed = |name: &str| TYPED.contains(&name) || referral_fields.contains(&name) || LOCATION.contains(&name);
     let num_media: usize = match fields.get("NumMedia").map(|value| value.trim()) {
         None | Some("") => 0,
         Some(n) => n.parse().map_err(|_| FieldError::new("NumMedia", "NumMedia must be a whole number"))?,
@@ -107,13 +106,11 @@ pub fn inbound_event(params: &[(String, String)], received_at: i64) -> Result<In
             url: (*url).to_owned(),
             content_type: fields.get(type_key.as_str()).map(|v| (*v).to_owned()).unwrap_or_default(),
         });
-        consumed.insert(url_key);
-        consumed.insert(type_key);
     }
 
     let other_params: HashMap<String, String> = params
         .iter()
-        .filter(|(name, _)| !consumed.contains(name))
+        .filter(|(name, _)| !typed(name) && !is_media_param(name, num_media))
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
     Ok(InboundMessageReceived {
@@ -143,6 +140,14 @@ pub fn inbound_event(params: &[(String, String)], received_at: i64) -> Result<In
         from,
         to,
     })
+}
+
+/// Whether `name` is `MediaUrl<i>` or `MediaContentType<i>` for an `i` below `num_media`.
+fn is_media_param(name: &str, num_media: usize) -> bool {
+    let index = name.strip_prefix("MediaUrl").or_else(|| name.strip_prefix("MediaContentType"));
+    let canonical =
+        |i: &str| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && (i == "0" || !i.starts_with('0'));
+    index.is_some_and(|i| canonical(i) && i.parse::<usize>().is_ok_and(|i| i < num_media))
 }
 
 fn location(fields: &HashMap<&str, &str>) -> Result<Option<Location>, FieldError> {
@@ -237,6 +242,8 @@ mod tests {
             ("OriginalRepliedMessageSender", "whatsapp:+14155238886"),
             ("SomethingNew", "42"),
             ("ReferralSomethingNew", "7"),
+            ("MediaUrl1", "beyond NumMedia"),
+            ("MediaUrl00", "not canonical"),
         ]));
         let event = inbound_event(&form, 1_000).unwrap();
         assert_eq!(event.occurred_at, 1_000);
@@ -282,9 +289,15 @@ mod tests {
         assert_eq!(event.original_replied_message_sender.as_deref(), Some("whatsapp:+14155238886"));
         let mut others: Vec<_> = event.other_params.iter().collect();
         others.sort();
+        let others: Vec<(&str, &str)> = others.into_iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             others,
-            vec![(&"ReferralSomethingNew".to_owned(), &"7".to_owned()), (&"SomethingNew".to_owned(), &"42".to_owned())]
+            [
+                ("MediaUrl00", "not canonical"),
+                ("MediaUrl1", "beyond NumMedia"),
+                ("ReferralSomethingNew", "7"),
+                ("SomethingNew", "42")
+            ]
         );
         assert_eq!(event.conversation_id, conversation_id("whatsapp:+14155238886", "whatsapp:+15551234567"));
     }

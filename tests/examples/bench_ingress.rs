@@ -1,0 +1,303 @@
+//! Ingress throughput and latency, through to the broker's acknowledgement, side by side with
+//! the ceiling of a bare axum handler that does no work. Run with `cargo xtask bench ingress`
+//! (it starts a broker and builds in release mode).
+//!
+//! Every request is a real-shaped Twilio WhatsApp webhook with a unique `MessageSid`, signed
+//! the way Twilio signs it, on keep-alive connections from this same process (the load
+//! generator shares the machine's cores with ingress and the broker, as it would on a 2-core
+//! box; the bare handler pays the same client cost).
+//!
+//! Phases: closed loop at `BENCH_CONCURRENCY` (default 256) for `BENCH_SECONDS` (default 10)
+//! against each server for the ceiling, then an open loop at `BENCH_RATE` requests/s (default
+//! 2,000) against each, with latency measured from each request's scheduled start (so a stall
+//! is not hidden by the generator waiting for it). At the end the inbound topic must hold one
+//! record per webhook ingress acknowledged.
+
+/// As in the service binaries.
+#[global_allocator]
+static ALLOCATOR: wa_platform::Allocator = wa_platform::Allocator;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{header, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use wa_platform::config::KafkaConfig;
+use wa_platform::topics::{self, INBOUND};
+use wa_platform::CancellationToken;
+use wa_twilio::signature;
+
+const TOKEN: &str = "bench-auth-token";
+const BUSINESS: &str = "whatsapp:+14155238886";
+const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Builds signed webhooks for one URL, each with a fresh MessageSid.
+struct Webhooks {
+    url: String,
+    counter: AtomicU64,
+    run: String,
+    /// MessageSids answered 200.
+    acknowledged: std::sync::Mutex<Vec<String>>,
+}
+
+impl Webhooks {
+    fn new(url: String) -> Self {
+        Self {
+            url,
+            counter: AtomicU64::new(0),
+            run: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            acknowledged: std::sync::Mutex::default(),
+        }
+    }
+
+    fn next(&self) -> (String, String, String) {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let sid = format!("SM{}{n:024}", self.run);
+        let customer = format!("whatsapp:+1555{:07}", n % 10_000_000);
+        let params: Vec<(String, String)> = [
+            ("SmsMessageSid", sid.as_str()),
+            ("NumMedia", "0"),
+            ("ProfileName", "Bench Customer"),
+            ("MessageType", "text"),
+            ("SmsSid", sid.as_str()),
+            ("WaId", &customer[10..]),
+            ("SmsStatus", "received"),
+            ("Body", "Hello, where is my order? It was due yesterday."),
+            ("To", BUSINESS),
+            ("NumSegments", "1"),
+            ("ReferralNumMedia", "0"),
+            ("MessageSid", sid.as_str()),
+            ("AccountSid", "AC00000000000000000000000000000000"),
+            ("From", customer.as_str()),
+            ("ApiVersion", "2010-04-01"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
+        let signed = signature::compute(TOKEN, &self.url, &params);
+        (sid, body, signed)
+    }
+
+    async fn send(&self, client: &reqwest::Client) -> bool {
+        let (sid, body, signed) = self.next();
+        let response = client
+            .post(&self.url)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(signature::HEADER, signed)
+            .body(body)
+            .send()
+            .await;
+        let ok = response.is_ok_and(|r| r.status() == StatusCode::OK);
+        if ok {
+            self.acknowledged.lock().expect("acknowledged").push(sid);
+        }
+        ok
+    }
+}
+
+/// Requests/s with `concurrency` requests always in flight.
+async fn closed_loop(webhooks: Arc<Webhooks>, client: &reqwest::Client, concurrency: u64, seconds: u64) -> (f64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (webhooks, client, ok, failed) = (webhooks.clone(), client.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let counter = if webhooks.send(&client).await { &ok } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    (ok.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(), failed.load(Ordering::Relaxed))
+}
+
+/// What an open-loop run measured.
+struct OpenLoop {
+    achieved: f64,
+    failed: u64,
+    latencies_us: Vec<u64>,
+}
+
+impl OpenLoop {
+    fn percentile(&self, p: f64) -> f64 {
+        let index = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us.get(index).copied().unwrap_or(0) as f64 / 1000.0
+    }
+}
+
+/// Sends `rate` requests/s for `seconds`, each at its scheduled time whatever the others do.
+async fn open_loop(webhooks: Arc<Webhooks>, client: &reqwest::Client, rate: u64, seconds: u64) -> OpenLoop {
+    let total = rate * seconds;
+    let started = tokio::time::Instant::now();
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(bool, u64)>();
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+        if due > tokio::time::Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+        let (webhooks, client, sender) = (webhooks.clone(), client.clone(), sender.clone());
+        tokio::spawn(async move {
+            let ok = webhooks.send(&client).await;
+            let latency = tokio::time::Instant::now().duration_since(due).as_micros() as u64;
+            let _ = sender.send((ok, latency));
+        });
+    }
+    drop(sender);
+    let mut latencies_us = Vec::with_capacity(total as usize);
+    let mut failed = 0;
+    while let Some((ok, latency)) = receiver.recv().await {
+        if ok {
+            latencies_us.push(latency);
+        } else {
+            failed += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies_us.sort_unstable();
+    OpenLoop { achieved: latencies_us.len() as f64 / elapsed, failed, latencies_us }
+}
+
+/// The MessageSid of every record on the inbound topic, read from the beginning to the end.
+async fn sids_on_inbound(kafka: &KafkaConfig) -> anyhow::Result<std::collections::HashSet<String>> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message as _;
+    use wa_schemas::Event as _;
+    let topic = kafka.topic(&INBOUND);
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", format!("bench-check-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut highs = Vec::new();
+    for partition in 0..INBOUND.partitions {
+        let (_, high) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(30))?;
+        highs.push(high);
+    }
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in 0..INBOUND.partitions {
+        assignment.add_partition_offset(&topic, partition, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut next = vec![0i64; highs.len()];
+    let mut sids = std::collections::HashSet::new();
+    // Up to the high watermarks, then on until the topic is quiet for 3 s: tansu's in-memory
+    // engine can report a high watermark a few records short of what it holds.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let message = match tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+            Ok(message) => message?,
+            Err(_) if next.iter().zip(&highs).all(|(n, h)| n >= h) => break,
+            Err(_) => {
+                anyhow::ensure!(Instant::now() < deadline, "{topic} did not deliver up to its high watermarks");
+                continue;
+            }
+        };
+        next[message.partition() as usize] = message.offset() + 1;
+        let event = wa_schemas::InboundMessageReceived::decode(message.payload().unwrap_or_default())?;
+        sids.insert(event.message_sid);
+    }
+    let beyond: i64 = next.iter().zip(&highs).map(|(n, h)| (n - h).max(0)).sum();
+    if beyond > 0 {
+        eprintln!("bench: {beyond} records were readable beyond the reported high watermarks");
+    }
+    Ok(sids)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (seconds, concurrency, rate) =
+        (setting("BENCH_SECONDS", 10), setting("BENCH_CONCURRENCY", 256), setting("BENCH_RATE", 2_000));
+    let kafka = KafkaConfig {
+        bootstrap_servers: e2e_tests::bootstrap_servers(),
+        topic_prefix: format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+    };
+    wa_platform::kafka::ensure_topics(&kafka, topics::ALL).await?;
+    let stop = CancellationToken::new();
+
+    let bare_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let bare_url = format!("http://{}/twilio/inbound", bare_listener.local_addr()?);
+    let bare = Router::new().route(
+        "/twilio/inbound",
+        post(|| async { (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML) }),
+    );
+    tokio::spawn(wa_platform::http::serve(bare_listener, bare, stop.clone()));
+
+    let mut config = ingress::Config::new("127.0.0.1:0".parse()?, kafka.clone(), TOKEN);
+    config.senders = vec![BUSINESS.to_owned()];
+    let bound = ingress::bind(config).await?;
+    let ingress_base = format!("http://{}", bound.local_addr());
+    let ingress_task = tokio::spawn(bound.run(stop.clone()));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(4096).http1_only().build()?;
+    while !client.get(format!("{ingress_base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bare_hooks = Arc::new(Webhooks::new(bare_url));
+    let ingress_hooks = Arc::new(Webhooks::new(format!("{ingress_base}/twilio/inbound")));
+
+    eprintln!("bench: warming up");
+    closed_loop(bare_hooks.clone(), &client, concurrency, 2).await;
+    closed_loop(ingress_hooks.clone(), &client, concurrency, 2).await;
+
+    eprintln!("bench: closed loop, {concurrency} in flight, {seconds} s each");
+    let (bare_max, _) = closed_loop(bare_hooks.clone(), &client, concurrency, seconds).await;
+    let (ingress_max, ingress_max_failed) = closed_loop(ingress_hooks.clone(), &client, concurrency, seconds).await;
+
+    eprintln!("bench: open loop at {rate}/s, {seconds} s each");
+    let bare_open = open_loop(bare_hooks.clone(), &client, rate, seconds).await;
+    let ingress_open = open_loop(ingress_hooks.clone(), &client, rate, seconds).await;
+
+    stop.cancel();
+    ingress_task.await??;
+
+    println!("ingress benchmark: signed WhatsApp webhooks through to broker acknowledgement");
+    println!("machine: {} cores; load generator in the same process", std::thread::available_parallelism()?.get());
+    println!();
+    println!("closed loop ({concurrency} in flight, {seconds} s):");
+    println!("  bare axum handler (ceiling)  {bare_max:>9.0} requests/s");
+    println!(
+        "  ingress                      {ingress_max:>9.0} requests/s  = {:.0}% of the ceiling  ({ingress_max_failed} failed)",
+        100.0 * ingress_max / bare_max
+    );
+    println!();
+    println!("open loop at {rate}/s ({seconds} s), latency from scheduled start:");
+    for (name, run) in [("bare axum handler", &bare_open), ("ingress", &ingress_open)] {
+        println!(
+            "  {name:<28} {:>7.0}/s achieved  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({} failed)",
+            run.achieved,
+            run.percentile(0.50),
+            run.percentile(0.99),
+            run.percentile(1.0),
+            run.failed
+        );
+    }
+    println!();
+    let acknowledged = std::mem::take(&mut *ingress_hooks.acknowledged.lock().expect("acknowledged"));
+    let on_topic = sids_on_inbound(&kafka).await?;
+    let missing: Vec<&String> = acknowledged.iter().filter(|sid| !on_topic.contains(*sid)).collect();
+    println!(
+        "webhooks acknowledged 200 by ingress: {}; distinct MessageSids on wa.inbound.v1: {}; acknowledged but missing: {}",
+        acknowledged.len(),
+        on_topic.len(),
+        missing.len()
+    );
+    anyhow::ensure!(
+        missing.is_empty(),
+        "acknowledged webhooks are missing from the topic, e.g. {:?}",
+        &missing[..missing.len().min(5)]
+    );
+    Ok(())
+}
