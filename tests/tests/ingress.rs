@@ -201,7 +201,7 @@ async fn a_retried_webhook_is_one_event_across_an_ingress_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn json_bodies_and_proxied_urls_verify_like_twilios_helpers() {
+async fn json_bodies_proxied_urls_and_several_instances() {
     let channel = Channel::start().await;
 
     // A JSON body: the URL carries bodySHA256 and the signature covers the URL.
@@ -226,6 +226,10 @@ async fn json_bodies_and_proxied_urls_verify_like_twilios_helpers() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].body, "via json");
     assert_eq!(events[0].other_params.get("NumMedia"), None, "NumMedia is typed, not kept twice");
+
+    let taken_sid = unique_sid();
+    let taken_by_main = channel.inbound_params(&taken_sid, &unique_customer(), "once across instances");
+    assert_eq!(channel.post_inbound(&taken_by_main, None).await.status(), 200);
 
     // Behind a proxy: a second ingress told its public URL, and a third that trusts the
     // proxy's X-Forwarded-* headers.
@@ -261,6 +265,12 @@ async fn json_bodies_and_proxied_urls_verify_like_twilios_helpers() {
     // The main instance does not trust the headers: the same request fails there.
     let main = format!("{}/twilio/inbound", channel.ingress_url);
     assert_eq!(post_form(&main, public, Some(AUTH_TOKEN), &params, &forwarded).await.status(), 403);
+
+    // Several instances: a message the main instance took, retried at another instance, is one
+    // event (the other instance replayed the topic before it became ready).
+    let retried_elsewhere = post_form(&direct, public, Some(AUTH_TOKEN), &taken_by_main, &forwarded).await;
+    assert_eq!(retried_elsewhere.status(), 200);
+    assert_eq!(published(&channel, &taken_sid).await.len(), 1, "one event for one MessageSid across instances");
     stop.cancel();
     channel.stop().await;
 }
