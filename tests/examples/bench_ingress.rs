@@ -102,8 +102,27 @@ impl Webhooks {
     }
 }
 
+/// CPU seconds this process has used (user + system), from `/proc/self/stat`; 0 where that
+/// is not readable.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; USER_HZ is 100.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Requests/s with `concurrency` requests always in flight.
-async fn closed_loop(webhooks: Arc<Webhooks>, client: &reqwest::Client, concurrency: u64, seconds: u64) -> (f64, u64) {
+async fn closed_loop(
+    webhooks: Arc<Webhooks>,
+    client: &reqwest::Client,
+    concurrency: u64,
+    seconds: u64,
+) -> (f64, u64, f64) {
+    let cpu_before = process_cpu_seconds();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -122,7 +141,9 @@ async fn closed_loop(webhooks: Arc<Webhooks>, client: &reqwest::Client, concurre
     for worker in workers {
         worker.await.expect("worker");
     }
-    (ok.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(), failed.load(Ordering::Relaxed))
+    let done = ok.load(Ordering::Relaxed);
+    let cpu_us_per_request = (process_cpu_seconds() - cpu_before) * 1e6 / done.max(1) as f64;
+    (done as f64 / started.elapsed().as_secs_f64(), failed.load(Ordering::Relaxed), cpu_us_per_request)
 }
 
 /// What an open-loop run measured.
@@ -253,8 +274,9 @@ async fn main() -> anyhow::Result<()> {
     closed_loop(ingress_hooks.clone(), &client, concurrency, 2).await;
 
     eprintln!("bench: closed loop, {concurrency} in flight, {seconds} s each");
-    let (bare_max, _) = closed_loop(bare_hooks.clone(), &client, concurrency, seconds).await;
-    let (ingress_max, ingress_max_failed) = closed_loop(ingress_hooks.clone(), &client, concurrency, seconds).await;
+    let (bare_max, _, bare_cpu) = closed_loop(bare_hooks.clone(), &client, concurrency, seconds).await;
+    let (ingress_max, ingress_max_failed, ingress_cpu) =
+        closed_loop(ingress_hooks.clone(), &client, concurrency, seconds).await;
 
     eprintln!("bench: open loop at {rate}/s, {seconds} s each");
     let bare_open = open_loop(bare_hooks.clone(), &client, rate, seconds).await;
@@ -267,10 +289,16 @@ async fn main() -> anyhow::Result<()> {
     println!("machine: {} cores; load generator in the same process", std::thread::available_parallelism()?.get());
     println!();
     println!("closed loop ({concurrency} in flight, {seconds} s):");
-    println!("  bare axum handler (ceiling)  {bare_max:>9.0} requests/s");
     println!(
-        "  ingress                      {ingress_max:>9.0} requests/s  = {:.0}% of the ceiling  ({ingress_max_failed} failed)",
+        "  bare axum handler (ceiling)  {bare_max:>9.0} requests/s  ({bare_cpu:.0} µs CPU of this process per request)"
+    );
+    println!(
+        "  ingress                      {ingress_max:>9.0} requests/s  = {:.0}% of the ceiling  ({ingress_cpu:.0} µs CPU of this process per request; {ingress_max_failed} failed)",
         100.0 * ingress_max / bare_max
+    );
+    println!(
+        "  (the machine has {} µs of CPU per request at the ingress rate: what this process did not use went to the broker process or stayed idle)",
+        (std::thread::available_parallelism()?.get() as f64 * 1e6 / ingress_max).round()
     );
     println!();
     println!("open loop at {rate}/s ({seconds} s), latency from scheduled start:");
