@@ -354,7 +354,14 @@ pub(crate) async fn events(topic: Option<&str>) -> anyhow::Result<ExitCode> {
         remaining -= 1;
         let payload = message.payload().unwrap_or_default();
         let mut line = match wa_schemas::decode_to_json(payload) {
-            Ok((schema, value)) => serde_json::json!({"schema": schema, "event": value}),
+            Ok((schema, mut value)) => {
+                // A quarantined request's body is Avro bytes; operators want to read it.
+                if let Some(bytes) = value.get("body").and_then(|b| b.as_array()) {
+                    let raw: Vec<u8> = bytes.iter().filter_map(|b| b.as_u64().map(|b| b as u8)).collect();
+                    value["body"] = String::from_utf8_lossy(&raw).into_owned().into();
+                }
+                serde_json::json!({"schema": schema, "event": value})
+            }
             Err(err) => serde_json::json!({"undecodable": err.to_string(), "bytes": payload.len()}),
         };
         line["partition"] = message.partition().into();
