@@ -143,6 +143,8 @@ impl Channel {
             http_addr: loopback(),
             account_sid: ACCOUNT_SID.to_owned(),
             auth_token: AUTH_TOKEN.to_owned(),
+            // Tests name ingress's URL on each `POST /sim/inbound` (it changes on restart).
+            inbound_webhook_url: "http://127.0.0.1:9/unused".to_owned(),
         })
         .await
         .expect("simulator binds");
@@ -251,6 +253,45 @@ impl Channel {
         self.service_urls.insert(ingress::SERVICE, self.ingress_url.clone());
         self.tasks.push(spawn(ingress, &self.shutdown));
         self.wait_until_ready().await;
+    }
+
+    /// Changes the simulator's behaviour (`PATCH /sim/behaviour`), e.g.
+    /// `{"reorder": true, "duplicate": true}`.
+    pub async fn sim_behaviour(&self, patch: serde_json::Value) {
+        let response = self
+            .http
+            .patch(format!("{}/sim/behaviour", self.sim_url))
+            .json(&patch)
+            .send()
+            .await
+            .expect("simulator answers");
+        assert!(
+            response.status().is_success(),
+            "simulator refused {patch}: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
+    /// A customer's message sent through the simulator, which posts it to ingress signed, as
+    /// Twilio would; returns the MessageSid and ingress's status.
+    pub async fn sim_inbound(&self, customer: &str, body: &str) -> (String, u16) {
+        let answer: serde_json::Value = self
+            .http
+            .post(format!("{}/sim/inbound", self.sim_url))
+            .json(&serde_json::json!({
+                "from": customer, "to": BUSINESS, "body": body,
+                "url": format!("{}/twilio/inbound", self.ingress_url),
+            }))
+            .send()
+            .await
+            .expect("simulator answers")
+            .json()
+            .await
+            .expect("simulator answers json");
+        (
+            answer["message_sid"].as_str().unwrap_or_default().to_owned(),
+            answer["webhook_status"].as_u64().unwrap_or(0) as u16,
+        )
     }
 
     /// An HTTP client for requests the helpers do not cover.

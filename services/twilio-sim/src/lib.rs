@@ -10,13 +10,26 @@
 //!   `GET /v1/ContentAndApprovals`, in Twilio's shapes; tests move a template through Meta's decisions with
 //!   `POST /sim/content/{sid}/approval` (`{"status": "approved"}`, `"paused"`, ...).
 //!
+//! - Status callbacks to each message's `StatusCallback`, signed with `X-Twilio-Signature`:
+//!   `queued`, `sent`, `delivered`, `read`; or `undelivered`/`failed` with an error code.
+//! - `POST /sim/inbound`: a customer's WhatsApp message, posted to ingress as a signed webhook;
+//!   it also opens the customer's 24-hour window in the simulator.
+//! - `GET`/`PATCH /sim/behaviour`: per-sender rate limit (429 with 20429 beyond it), the
+//!   window rule (63016), undeliverable recipients, callback delay, reordering and duplicates,
+//!   and faults per endpoint (error rate, latency, dropped connections), switchable at run time.
+//!
 //! Production never talks to it: dispatch's `TWILIO_API_BASE_URL` points at api.twilio.com.
+
+mod behaviour;
+mod callbacks;
+
+pub use behaviour::{Behaviour, Fault};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,8 +44,17 @@ use wa_platform::http::Health;
 use wa_platform::service::{Bound, Service};
 use wa_platform::CancellationToken;
 
+use crate::behaviour::{Injected, RateLimits, Windows};
+use crate::callbacks::{Fate, Plan};
+
 /// The service name.
 pub const SERVICE: &str = "twilio-sim";
+
+const INBOUND_WEBHOOK_URL: EnvVar = EnvVar {
+    name: "SIM_INBOUND_WEBHOOK_URL",
+    default: Some("http://127.0.0.1:8080/twilio/inbound"),
+    doc: "where POST /sim/inbound delivers customers' messages: ingress's webhook URL",
+};
 
 /// Simulator configuration.
 #[derive(Debug, Clone)]
@@ -43,11 +65,13 @@ pub struct Config {
     pub account_sid: String,
     /// The account's auth token.
     pub auth_token: String,
+    /// Where `POST /sim/inbound` posts webhooks unless the request names a URL.
+    pub inbound_webhook_url: String,
 }
 
 impl Config {
     /// Every variable the simulator reads.
-    pub const ENV: &'static [EnvVar] = &[config::TWILIO_ACCOUNT_SID, config::TWILIO_AUTH_TOKEN];
+    pub const ENV: &'static [EnvVar] = &[config::TWILIO_ACCOUNT_SID, config::TWILIO_AUTH_TOKEN, INBOUND_WEBHOOK_URL];
     /// The default HTTP address.
     pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8090";
 
@@ -57,6 +81,7 @@ impl Config {
             http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
             account_sid: config::var_or(&config::TWILIO_ACCOUNT_SID),
             auth_token: config::var_or(&config::TWILIO_AUTH_TOKEN),
+            inbound_webhook_url: config::var_or(&INBOUND_WEBHOOK_URL),
         })
     }
 }
@@ -72,6 +97,10 @@ pub struct SimMessage {
     pub params: Vec<(String, String)>,
     /// When it was accepted, RFC 3339.
     pub received_at: String,
+    /// Where the message ends: `read`, `undelivered` or `failed`.
+    pub fate: String,
+    /// Each status callback sent, with the HTTP status it got (0: not delivered).
+    pub callbacks: Vec<(String, u16)>,
 }
 
 struct Sim {
@@ -79,6 +108,54 @@ struct Sim {
     messages: Mutex<Vec<SimMessage>>,
     /// WhatsApp approval of each Content SID.
     approvals: Mutex<HashMap<String, Approval>>,
+    behaviour: Mutex<Behaviour>,
+    rate_limits: Mutex<RateLimits>,
+    windows: Mutex<Windows>,
+    client: reqwest::Client,
+}
+
+impl Sim {
+    fn behaviour(&self) -> Behaviour {
+        self.behaviour.lock().expect("behaviour lock").clone()
+    }
+
+    /// Applies `endpoint`'s faults: waits its latency, then says what to do.
+    async fn inject(&self, endpoint: &str) -> Injected {
+        let fault = self.behaviour.lock().expect("behaviour lock").faults.get(endpoint).cloned();
+        let Some(fault) = fault else {
+            return Injected::None;
+        };
+        if fault.latency_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(fault.latency_ms)).await;
+        }
+        let injected = fault.decide();
+        if injected != Injected::None {
+            metrics::counter!("twilio_sim_faults_injected_total", "endpoint" => endpoint.to_owned()).increment(1);
+        }
+        injected
+    }
+}
+
+/// Twilio's error for an injected status.
+fn injected_error(status: u16) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    match status.as_u16() {
+        429 => twilio_error(status, 20429, "Too Many Requests"),
+        500 => twilio_error(status, 20500, "Internal Server Error"),
+        _ => twilio_error(status, 20503, "Service Unavailable"),
+    }
+}
+
+/// A response whose body fails at once: the client sees the connection drop.
+fn dropped_connection() -> Response {
+    let failing = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("connection dropped by fault injection"))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(failing))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// The WhatsApp approval of one content.
@@ -121,6 +198,11 @@ async fn submit_approval(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    match sim.inject("content").await {
+        Injected::Error(status) => return injected_error(status),
+        Injected::Drop => return dropped_connection(),
+        Injected::None => {}
+    }
     if !authenticated(&sim, &headers) {
         return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
     }
@@ -155,6 +237,11 @@ async fn submit_approval(
 }
 
 async fn fetch_approval(State(sim): State<Arc<Sim>>, Path(sid): Path<String>, headers: HeaderMap) -> Response {
+    match sim.inject("content").await {
+        Injected::Error(status) => return injected_error(status),
+        Injected::Drop => return dropped_connection(),
+        Injected::None => {}
+    }
     if !authenticated(&sim, &headers) {
         return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
     }
@@ -177,6 +264,11 @@ async fn list_approvals(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    match sim.inject("content").await {
+        Injected::Error(status) => return injected_error(status),
+        Injected::Drop => return dropped_connection(),
+        Injected::None => {}
+    }
     if !authenticated(&sim, &headers) {
         return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
     }
@@ -259,6 +351,10 @@ async fn create_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let injected = sim.inject("messages").await;
+    if let Injected::Error(status) = injected {
+        return injected_error(status);
+    }
     if !authenticated(&sim, &headers) {
         return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
     }
@@ -284,6 +380,24 @@ async fn create_message(
     if get("Body").is_none() && media.is_empty() && get("ContentSid").is_none() {
         return twilio_error(StatusCode::BAD_REQUEST, 21619, "A text message body or media urls must be specified.");
     }
+    let behaviour = sim.behaviour();
+    let sender = service.or(from).unwrap_or_default();
+    let now = std::time::Instant::now();
+    if !sim.rate_limits.lock().expect("rate limits lock").try_acquire(sender, behaviour.rate_limit_per_sender, now) {
+        metrics::counter!("twilio_sim_rate_limited_total").increment(1);
+        return twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests");
+    }
+    let free_form = get("ContentSid").is_none();
+    let fate = if behaviour.enforce_window
+        && free_form
+        && !sim.windows.lock().expect("windows lock").open(from.unwrap_or_default(), to, now)
+    {
+        Fate::Failed(63016)
+    } else if let Some(code) = behaviour.undeliverable.get(to) {
+        Fate::Undelivered(*code)
+    } else {
+        Fate::Read
+    };
     let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
     let now = chrono::Utc::now();
     let date = now.to_rfc2822();
@@ -309,14 +423,124 @@ async fn create_message(
         "to": to,
         "uri": format!("/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json"),
     });
-    let message = SimMessage { sid, account_sid, params: params.clone(), received_at: now.to_rfc3339() };
+    let message = SimMessage {
+        sid: sid.clone(),
+        account_sid: account_sid.clone(),
+        params: params.clone(),
+        received_at: now.to_rfc3339(),
+        fate: fate.final_status().to_owned(),
+        callbacks: Vec::new(),
+    };
     sim.messages.lock().expect("messages lock").push(message);
     metrics::counter!("twilio_sim_messages_accepted_total").increment(1);
+    if let Some(url) = get("StatusCallback") {
+        let mut identity = vec![
+            ("MessageSid".to_owned(), sid.clone()),
+            ("SmsSid".to_owned(), sid.clone()),
+            ("AccountSid".to_owned(), account_sid),
+            ("From".to_owned(), from.unwrap_or_default().to_owned()),
+            ("To".to_owned(), to.to_owned()),
+        ];
+        if let Some(service) = service {
+            identity.push(("MessagingServiceSid".to_owned(), service.to_owned()));
+        }
+        let plan = Plan { url: url.to_owned(), identity, fate };
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            let results = callbacks::send(&sim.client, &sim.config.auth_token, &plan, &behaviour).await;
+            let mut messages = sim.messages.lock().expect("messages lock");
+            if let Some(message) = messages.iter_mut().find(|m| m.sid == sid) {
+                message.callbacks = results;
+            }
+        });
+    }
+    if injected == Injected::Drop {
+        return dropped_connection();
+    }
     (StatusCode::CREATED, Json(resource)).into_response()
 }
 
 async fn list_messages(State(sim): State<Arc<Sim>>) -> Json<Vec<SimMessage>> {
     Json(sim.messages.lock().expect("messages lock").clone())
+}
+
+async fn get_behaviour(State(sim): State<Arc<Sim>>) -> Json<Behaviour> {
+    Json(sim.behaviour())
+}
+
+/// Replaces the fields the JSON object names; 422 with the reason for anything else.
+async fn patch_behaviour(State(sim): State<Arc<Sim>>, Json(patch): Json<serde_json::Value>) -> Response {
+    let Some(fields) = patch.as_object() else {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "expected a JSON object of behaviour fields").into_response();
+    };
+    let mut behaviour = sim.behaviour.lock().expect("behaviour lock");
+    let mut merged = serde_json::to_value(&*behaviour).unwrap_or_default();
+    for (key, value) in fields {
+        merged[key] = value.clone();
+    }
+    match serde_json::from_value::<Behaviour>(merged) {
+        Ok(updated) => {
+            *behaviour = updated.clone();
+            Json(updated).into_response()
+        }
+        Err(err) => (StatusCode::UNPROCESSABLE_ENTITY, err.to_string()).into_response(),
+    }
+}
+
+/// A customer's message for `POST /sim/inbound`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboundRequest {
+    /// The customer, `whatsapp:+E164` or `whatsapp:<BSUID>`.
+    from: String,
+    /// The business sender.
+    to: String,
+    #[serde(default)]
+    body: String,
+    /// The MessageSid; generated when absent.
+    message_sid: Option<String>,
+    /// More webhook parameters (e.g. `ButtonPayload`, `ReferralCtwaClid`).
+    #[serde(default)]
+    params: Vec<(String, String)>,
+    /// Where to post it; the configured webhook URL when absent.
+    url: Option<String>,
+}
+
+/// Posts a customer's message to ingress as Twilio would (signed), and opens the customer's
+/// window in the simulator.
+async fn post_inbound(State(sim): State<Arc<Sim>>, Json(request): Json<InboundRequest>) -> Response {
+    let sid = request.message_sid.unwrap_or_else(|| format!("SM{}", uuid::Uuid::new_v4().simple()));
+    let wa_id = request.from.trim_start_matches("whatsapp:").trim_start_matches('+').to_owned();
+    let mut params: Vec<(String, String)> = [
+        ("SmsMessageSid", sid.as_str()),
+        ("NumMedia", "0"),
+        ("ProfileName", "Simulated Customer"),
+        ("MessageType", "text"),
+        ("SmsSid", sid.as_str()),
+        ("WaId", wa_id.as_str()),
+        ("SmsStatus", "received"),
+        ("Body", request.body.as_str()),
+        ("To", request.to.as_str()),
+        ("NumSegments", "1"),
+        ("ReferralNumMedia", "0"),
+        ("MessageSid", sid.as_str()),
+        ("AccountSid", sim.config.account_sid.as_str()),
+        ("From", request.from.as_str()),
+        ("ApiVersion", "2010-04-01"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (name, value) in request.params {
+        params.retain(|(k, _)| *k != name);
+        params.push((name, value));
+    }
+    sim.windows.lock().expect("windows lock").customer_wrote(&request.from, &request.to, std::time::Instant::now());
+    let url = request.url.unwrap_or_else(|| sim.config.inbound_webhook_url.clone());
+    let signed = wa_twilio::signature::compute(&sim.config.auth_token, &url, &params);
+    let answer = sim.client.post(&url).header(wa_twilio::signature::HEADER, signed).form(&params).send().await;
+    let webhook_status = answer.map_or(0, |response| response.status().as_u16());
+    Json(json!({ "message_sid": sid, "webhook_status": webhook_status })).into_response()
 }
 
 /// The simulator.
@@ -331,7 +555,15 @@ impl Service for TwilioSim {
     }
 
     async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let sim = Arc::new(Sim { config, messages: Mutex::default(), approvals: Mutex::default() });
+        let sim = Arc::new(Sim {
+            config,
+            messages: Mutex::default(),
+            approvals: Mutex::default(),
+            behaviour: Mutex::default(),
+            rate_limits: Mutex::default(),
+            windows: Mutex::default(),
+            client: reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?,
+        });
         let routes = Router::new()
             .route("/2010-04-01/Accounts/{account_sid}/Messages.json", post(create_message))
             .route("/v1/Content/{sid}/ApprovalRequests/whatsapp", post(submit_approval))
@@ -339,6 +571,8 @@ impl Service for TwilioSim {
             .route("/v1/ContentAndApprovals", get(list_approvals))
             .route("/sim/content/{sid}/approval", post(set_approval))
             .route("/sim/messages", get(list_messages))
+            .route("/sim/behaviour", get(get_behaviour).patch(patch_behaviour))
+            .route("/sim/inbound", post(post_inbound))
             .with_state(sim);
         let health = Health::new();
         health.set_ready(true);

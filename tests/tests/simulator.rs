@@ -1,0 +1,182 @@
+//! The Twilio simulator: signed status callbacks (reordered, repeated) and simulated customers
+//! through ingress against the real broker; and, on its own, per-sender rate limits, the window
+//! rule, undeliverable recipients and fault injection.
+
+use std::collections::HashMap;
+
+use e2e_tests::{Channel, ACCOUNT_SID, AUTH_TOKEN, BUSINESS};
+use serde_json::{json, Value};
+use wa_platform::topics::{DELIVERY, INBOUND, OUTBOUND_DISPATCHED};
+use wa_platform::CancellationToken;
+use wa_schemas::{DeliveryStatusReceived, InboundMessageReceived, OutboundDispatched};
+
+fn unique_customer() -> String {
+    let n = uuid::Uuid::new_v4().as_u128() % 10_000_000_000;
+    format!("whatsapp:+1{n:010}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn simulated_customers_and_signed_callbacks_reach_the_topics_through_ingress() {
+    let channel = Channel::start().await;
+    channel.sim_behaviour(json!({"reorder": true, "duplicate": true, "callback_delay_ms": 5})).await;
+    let customer = unique_customer();
+    let (sid, webhook_status) = channel.sim_inbound(&customer, "Olá, is my order on its way?").await;
+    assert_eq!(webhook_status, 200, "ingress accepted the simulator's signed webhook");
+    let inbound: InboundMessageReceived =
+        channel.await_record(&INBOUND, |r| r.decode::<InboundMessageReceived>().message_sid == sid).await.decode();
+    assert_eq!(inbound.from, customer);
+
+    let reply = json!({"request_id": "sim-cb-1", "from": BUSINESS, "to": customer, "body": "Yes, today!"});
+    assert_eq!(channel.post_outbound(&reply).await.status(), 202);
+    let dispatched: OutboundDispatched = channel
+        .await_record(&OUTBOUND_DISPATCHED, |r| r.decode::<OutboundDispatched>().request_id == "sim-cb-1")
+        .await
+        .decode();
+    let message_sid = dispatched.message_sid.expect("sent with a sid");
+
+    // Four statuses, each twice, in a random order: every one arrives, signed, with the request id.
+    let mut callbacks: Vec<DeliveryStatusReceived> = Vec::new();
+    channel
+        .await_record(&DELIVERY, |r| {
+            let event: DeliveryStatusReceived = r.decode();
+            if event.message_sid == message_sid {
+                callbacks.push(event);
+            }
+            callbacks.len() == 8
+        })
+        .await;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for callback in &callbacks {
+        *counts.entry(callback.message_status.as_str()).or_default() += 1;
+        assert_eq!(callback.request_id.as_deref(), Some("sim-cb-1"));
+        assert_eq!((callback.from.as_str(), callback.to.as_str()), (BUSINESS, customer.as_str()));
+    }
+    assert_eq!(counts, HashMap::from([("queued", 2), ("sent", 2), ("delivered", 2), ("read", 2)]));
+    let read = callbacks.iter().find(|c| c.message_status == "read").unwrap();
+    assert_eq!(read.event_type.as_deref(), Some("READ"));
+    channel.stop().await;
+}
+
+/// A simulator alone, with a client for its API.
+struct Sim {
+    url: String,
+    http: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl Sim {
+    async fn start() -> Self {
+        let bound = twilio_sim::bind(twilio_sim::Config {
+            http_addr: e2e_tests::loopback(),
+            account_sid: ACCOUNT_SID.to_owned(),
+            auth_token: AUTH_TOKEN.to_owned(),
+            inbound_webhook_url: "http://127.0.0.1:9/nowhere".to_owned(),
+        })
+        .await
+        .unwrap();
+        let url = format!("http://{}", bound.local_addr());
+        let stop = CancellationToken::new();
+        tokio::spawn(bound.run(stop.clone()));
+        Self { url, http: reqwest::Client::new(), stop }
+    }
+
+    async fn behave(&self, patch: Value) -> reqwest::StatusCode {
+        self.http.patch(format!("{}/sim/behaviour", self.url)).json(&patch).send().await.unwrap().status()
+    }
+
+    async fn send(&self, from: &str, to: &str, extra: &[(&str, &str)]) -> reqwest::Result<reqwest::Response> {
+        let mut form = vec![("From", from), ("To", to)];
+        if !extra.iter().any(|(k, _)| *k == "ContentSid") {
+            form.push(("Body", "hello"));
+        }
+        form.extend_from_slice(extra);
+        self.http
+            .post(format!("{}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json", self.url))
+            .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+            .form(&form)
+            .send()
+            .await
+    }
+
+    async fn fate_of(&self, sid: &str) -> String {
+        let messages: Vec<Value> =
+            self.http.get(format!("{}/sim/messages", self.url)).send().await.unwrap().json().await.unwrap();
+        let message = messages.iter().find(|m| m["sid"] == sid).expect("message recorded");
+        message["fate"].as_str().unwrap().to_owned()
+    }
+
+    async fn sid(&self, response: reqwest::Response) -> String {
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        body["sid"].as_str().unwrap().to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_limits_senders_enforces_the_window_and_injects_faults() {
+    let sim = Sim::start().await;
+    let customer = "whatsapp:+15550000001";
+
+    // Per-sender rate limit: 5/s here; the sixth message within the second is refused with
+    // 20429, and another sender is not affected.
+    assert_eq!(sim.behave(json!({"rate_limit_per_sender": 5})).await, 200);
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(sim.send("whatsapp:+14150000001", customer, &[]).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 5, "{statuses:?}");
+    let refused = sim.send("whatsapp:+14150000001", customer, &[]).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["code"], 20429);
+    assert_eq!(sim.send("whatsapp:+14150000002", customer, &[]).await.unwrap().status(), 201);
+    assert_eq!(sim.behave(json!({"rate_limit_per_sender": 0})).await, 200);
+
+    // The window: free-form to a customer who never wrote fails with 63016; a template does
+    // not; once the customer writes (through the simulator) free-form goes through.
+    assert_eq!(sim.behave(json!({"enforce_window": true})).await, 200);
+    let cold = sim.sid(sim.send(BUSINESS, customer, &[]).await.unwrap()).await;
+    assert_eq!(sim.fate_of(&cold).await, "failed");
+    let template = sim.sid(sim.send(BUSINESS, customer, &[("ContentSid", "HX1")]).await.unwrap()).await;
+    assert_eq!(sim.fate_of(&template).await, "read");
+    let wrote: Value = sim
+        .http
+        .post(format!("{}/sim/inbound", sim.url))
+        .json(&json!({"from": customer, "to": BUSINESS, "body": "hi"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(wrote["webhook_status"], 0, "nothing listens at the configured webhook URL here");
+    let warm = sim.sid(sim.send(BUSINESS, customer, &[]).await.unwrap()).await;
+    assert_eq!(sim.fate_of(&warm).await, "read");
+
+    // An unreachable recipient ends undelivered.
+    assert_eq!(sim.behave(json!({"undeliverable": {"whatsapp:+15550000009": 63024}})).await, 200);
+    let lost = sim.sid(sim.send(BUSINESS, "whatsapp:+15550000009", &[("ContentSid", "HX1")]).await.unwrap()).await;
+    assert_eq!(sim.fate_of(&lost).await, "undelivered");
+
+    // Faults: errors in Twilio's shape, then a dropped connection after the message was taken.
+    let faults = json!({"faults": {"messages": {"error_rate": 1.0, "error_status": 500}}});
+    assert_eq!(sim.behave(faults).await, 200);
+    let failed = sim.send(BUSINESS, customer, &[]).await.unwrap();
+    assert_eq!(failed.status(), 500);
+    assert_eq!(failed.json::<Value>().await.unwrap()["code"], 20500);
+    assert_eq!(sim.behave(json!({"faults": {"messages": {"drop_rate": 1.0}}})).await, 200);
+    let before: Vec<Value> =
+        sim.http.get(format!("{}/sim/messages", sim.url)).send().await.unwrap().json().await.unwrap();
+    let dropped = match sim.send(BUSINESS, customer, &[]).await {
+        Ok(response) => response.bytes().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(dropped, "the client never gets an answer");
+    let after: Vec<Value> =
+        sim.http.get(format!("{}/sim/messages", sim.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(after.len(), before.len() + 1, "yet the message was taken: the send is in doubt");
+
+    // A behaviour that does not exist is refused with the reason.
+    assert_eq!(sim.behave(json!({"reoder": true})).await, 422);
+    sim.stop.cancel();
+}
