@@ -188,6 +188,16 @@ fn is_content_sid(sid: &str) -> bool {
     sid.len() == 34 && sid.starts_with("HX") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// What every Content API call goes through first: injected faults, then authentication.
+async fn content_prelude(sim: &Sim, headers: &HeaderMap) -> Option<Response> {
+    match sim.inject("content").await {
+        Injected::Error(status) => return Some(injected_error(status)),
+        Injected::Drop => return Some(dropped_connection()),
+        Injected::None => {}
+    }
+    (!authenticated(sim, headers)).then(|| twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate"))
+}
+
 fn content_not_found(sid: &str) -> Response {
     twilio_error(StatusCode::NOT_FOUND, 20404, &format!("The requested resource /v1/Content/{sid} was not found"))
 }
@@ -198,13 +208,8 @@ async fn submit_approval(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match sim.inject("content").await {
-        Injected::Error(status) => return injected_error(status),
-        Injected::Drop => return dropped_connection(),
-        Injected::None => {}
-    }
-    if !authenticated(&sim, &headers) {
-        return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    if let Some(refused) = content_prelude(&sim, &headers).await {
+        return refused;
     }
     if !is_content_sid(&sid) {
         return content_not_found(&sid);
@@ -237,13 +242,8 @@ async fn submit_approval(
 }
 
 async fn fetch_approval(State(sim): State<Arc<Sim>>, Path(sid): Path<String>, headers: HeaderMap) -> Response {
-    match sim.inject("content").await {
-        Injected::Error(status) => return injected_error(status),
-        Injected::Drop => return dropped_connection(),
-        Injected::None => {}
-    }
-    if !authenticated(&sim, &headers) {
-        return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    if let Some(refused) = content_prelude(&sim, &headers).await {
+        return refused;
     }
     let Some(approval) = sim.approvals.lock().expect("approvals lock").get(&sid).cloned() else {
         return content_not_found(&sid);
@@ -264,13 +264,8 @@ async fn list_approvals(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    match sim.inject("content").await {
-        Injected::Error(status) => return injected_error(status),
-        Injected::Drop => return dropped_connection(),
-        Injected::None => {}
-    }
-    if !authenticated(&sim, &headers) {
-        return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    if let Some(refused) = content_prelude(&sim, &headers).await {
+        return refused;
     }
     let page_size: usize = query.get("PageSize").and_then(|v| v.parse().ok()).unwrap_or(50).clamp(1, 1000);
     let offset: usize =
