@@ -183,6 +183,7 @@ impl Channel {
             status_callback_url: Some(format!("{ingress_url}/twilio/status")),
             request_timeout: Duration::from_secs(5),
             retry_deadline: Duration::from_secs(20),
+            in_doubt_after: Duration::from_secs(2),
         })
         .await
         .expect("outbound-dispatch binds");
@@ -419,6 +420,17 @@ impl Channel {
                 return record;
             }
         }
+    }
+
+    /// The outcome dispatch published for `request_id`: `sent`, `failed` or `in_doubt` (not
+    /// the `sending` marker nor later status moves).
+    pub async fn dispatch_outcome(&self, request_id: &str) -> wa_schemas::OutboundDispatched {
+        self.await_record(&topics::OUTBOUND_DISPATCHED, |r| {
+            let event: wa_schemas::OutboundDispatched = r.decode();
+            event.request_id == request_id && matches!(event.outcome.as_str(), "sent" | "failed" | "in_doubt")
+        })
+        .await
+        .decode()
     }
 
     /// Every record on a topic up to its end as of now.

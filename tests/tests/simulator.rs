@@ -28,10 +28,7 @@ async fn simulated_customers_and_signed_callbacks_reach_the_topics_through_ingre
 
     let reply = json!({"request_id": "sim-cb-1", "from": BUSINESS, "to": customer, "body": "Yes, today!"});
     assert_eq!(channel.post_outbound(&reply).await.status(), 202);
-    let dispatched: OutboundDispatched = channel
-        .await_record(&OUTBOUND_DISPATCHED, |r| r.decode::<OutboundDispatched>().request_id == "sim-cb-1")
-        .await
-        .decode();
+    let dispatched: OutboundDispatched = channel.dispatch_outcome("sim-cb-1").await;
     let message_sid = dispatched.message_sid.expect("sent with a sid");
 
     // Four statuses, each twice, in a random order: every one arrives, signed, with the request id.
@@ -54,6 +51,26 @@ async fn simulated_customers_and_signed_callbacks_reach_the_topics_through_ingre
     assert_eq!(counts, HashMap::from([("queued", 2), ("sent", 2), ("delivered", 2), ("read", 2)]));
     let read = callbacks.iter().find(|c| c.message_status == "read").unwrap();
     assert_eq!(read.event_type.as_deref(), Some("READ"));
+
+    // Dispatch folds them: each forward move published once, never backwards, ending at read.
+    channel
+        .await_record(&OUTBOUND_DISPATCHED, |r| {
+            let event: OutboundDispatched = r.decode();
+            event.request_id == "sim-cb-1" && event.twilio_status.as_deref() == Some("read")
+        })
+        .await;
+    let moves: Vec<String> = channel
+        .read_to_end(&OUTBOUND_DISPATCHED)
+        .await
+        .iter()
+        .map(|r| r.decode::<OutboundDispatched>())
+        .filter(|e| e.request_id == "sim-cb-1" && e.outcome == "status_changed")
+        .filter_map(|e| e.twilio_status)
+        .collect();
+    let rank = |status: &str| ["queued", "sent", "delivered", "read"].iter().position(|s| *s == status);
+    let ranks: Vec<usize> = moves.iter().map(|m| rank(m).expect("a known status")).collect();
+    assert!(ranks.windows(2).all(|w| w[0] < w[1]), "forward only, once each: {moves:?}");
+    assert_eq!(moves.last().map(String::as_str), Some("read"), "{moves:?}");
     channel.stop().await;
 }
 

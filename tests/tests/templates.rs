@@ -5,7 +5,7 @@
 use e2e_tests::{Channel, BUSINESS};
 use reqwest::Method;
 use serde_json::{json, Value};
-use wa_platform::topics::{INBOUND, OUTBOUND_DISPATCHED, OUTBOUND_REJECTED, TEMPLATES};
+use wa_platform::topics::{INBOUND, OUTBOUND_REJECTED, TEMPLATES};
 use wa_schemas::{conversation_id, InboundMessageReceived, OutboundDispatched, OutboundRejected, TemplateEvent};
 
 fn unique_customer() -> String {
@@ -69,7 +69,7 @@ async fn send_template(channel: &Channel, request_id: &str, to: &str, name: &str
 async fn outcome(channel: &Channel, request_id: &str) -> Result<OutboundDispatched, OutboundRejected> {
     let id = request_id.to_owned();
     tokio::select! {
-        sent = channel.await_record(&OUTBOUND_DISPATCHED, |r| r.decode::<OutboundDispatched>().request_id == id) => Ok(sent.decode()),
+        sent = channel.dispatch_outcome(&id) => Ok(sent),
         refused = channel.await_record(&OUTBOUND_REJECTED, |r| r.decode::<OutboundRejected>().request_id == request_id) => Err(refused.decode()),
     }
 }

@@ -125,8 +125,12 @@ async fn reply_inside_the_window_reaches_twilio_with_one_trace() {
     let hours_left = (expires - wa_platform::now_millis()) as f64 / 3_600_000.0;
     assert!((23.9..=24.0).contains(&hours_left), "window ends in {hours_left} h");
 
-    let dispatched_record =
-        channel.await_record(&OUTBOUND_DISPATCHED, |r| r.decode::<OutboundDispatched>().request_id == "reply-1").await;
+    let dispatched_record = channel
+        .await_record(&OUTBOUND_DISPATCHED, |r| {
+            let event: OutboundDispatched = r.decode();
+            event.request_id == "reply-1" && event.outcome == "sent"
+        })
+        .await;
     let dispatched: OutboundDispatched = dispatched_record.decode();
     assert_eq!(dispatched.outcome, "sent", "{dispatched:?}");
     assert_eq!(dispatched.attempts, 1);

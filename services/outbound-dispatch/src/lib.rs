@@ -1,24 +1,39 @@
-//! Outbound-dispatch: sends authorized messages through Twilio's Messages API and publishes
-//! every outcome on `wa.outbound.dispatched.v1`.
+//! Outbound-dispatch: sends authorized messages through Twilio's Messages API, never twice, and
+//! publishes every outcome and every forward delivery move on `wa.outbound.dispatched.v1`.
 //!
-//! Retryable failures (429, 5xx, no answer) are retried with exponential backoff and jitter up
-//! to a deadline; permanent ones (Twilio 4xx codes) fail at once. A free-form message whose
-//! window has closed since it was authorized is failed without calling Twilio.
+//! - **No duplicate sends**: a ledger of request ids, projected from dispatch's own output
+//!   topic and restored at start, is checked before every send. A `sending` marker is made
+//!   durable before Twilio is called; a send whose answer never came (timeout, dropped
+//!   connection, crash) stays unconfirmed and is never repeated: its status callback resolves
+//!   it (`sent`), or after `DISPATCH_IN_DOUBT_AFTER_MS` it is published `in_doubt` for the CRM
+//!   and operators to decide.
+//! - **Retries**: throttling (429, 20429, 63018), 5xx and unreachable Twilio are retried with
+//!   exponential backoff and jitter up to a deadline; permanent errors fail at once with a reason
+//!   by error code. A free-form message whose window has closed since it was authorized fails
+//!   without calling Twilio.
+//! - **Delivery status**: status callbacks (`wa.delivery.v1`, from ingress) are folded into each
+//!   request's entry; each forward move (queued < sent < delivered < read; failed and
+//!   undelivered final) is published once as `status_changed`.
 
+mod ledger;
 pub mod twilio;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 use wa_platform::config::{self, EnvVar, KafkaConfig};
+use wa_platform::kafka::TopicFollower;
 use wa_platform::kafka::{ConsumerSettings, EventProducer, HandleError, Handler, Record};
 use wa_platform::service::{Bound, Prepared, Service};
-use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_DISPATCHED};
+use wa_platform::topics::{DELIVERY, OUTBOUND_AUTHORIZED, OUTBOUND_DISPATCHED};
 use wa_platform::CancellationToken;
-use wa_schemas::{Event, OutboundAuthorized, OutboundDispatched};
+use wa_schemas::{DeliveryStatusReceived, Event, OutboundAuthorized, OutboundDispatched};
+
+use crate::ledger::{moves_forward, Ledger, Stage};
 
 use crate::twilio::{OutgoingMessage, TwilioClient, TwilioError};
 
@@ -37,6 +52,11 @@ const STATUS_CALLBACK_URL: EnvVar = EnvVar {
 };
 const REQUEST_TIMEOUT_MS: EnvVar =
     EnvVar { name: "DISPATCH_REQUEST_TIMEOUT_MS", default: Some("10000"), doc: "timeout of one HTTP call to Twilio" };
+const IN_DOUBT_AFTER_MS: EnvVar = EnvVar {
+    name: "DISPATCH_IN_DOUBT_AFTER_MS",
+    default: Some("300000"),
+    doc: "how long a send without an answer waits for its status callback before it is published in_doubt",
+};
 const RETRY_DEADLINE_MS: EnvVar = EnvVar {
     name: "DISPATCH_RETRY_DEADLINE_MS",
     default: Some("60000"),
@@ -64,6 +84,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Give up retrying after this long.
     pub retry_deadline: Duration,
+    /// An unconfirmed send is published `in_doubt` after this long.
+    pub in_doubt_after: Duration,
 }
 
 impl Config {
@@ -79,6 +101,7 @@ impl Config {
         STATUS_CALLBACK_URL,
         REQUEST_TIMEOUT_MS,
         RETRY_DEADLINE_MS,
+        IN_DOUBT_AFTER_MS,
     ];
     /// The default HTTP address.
     pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8083";
@@ -97,6 +120,7 @@ impl Config {
             status_callback_url: config::var(STATUS_CALLBACK_URL.name),
             request_timeout: Duration::from_millis(config::parse(&REQUEST_TIMEOUT_MS)?),
             retry_deadline: Duration::from_millis(config::parse(&RETRY_DEADLINE_MS)?),
+            in_doubt_after: Duration::from_millis(config::parse(&IN_DOUBT_AFTER_MS)?),
         })
     }
 }
@@ -104,24 +128,93 @@ impl Config {
 /// The result of trying to send one message.
 #[derive(Debug)]
 enum Attempted {
-    Sent { sid: String, status: String, attempts: i32 },
-    Failed { reason: &'static str, error: Option<TwilioError>, attempts: i32 },
+    Sent {
+        sid: String,
+        status: String,
+        attempts: i32,
+    },
+    Failed {
+        reason: &'static str,
+        error: Option<TwilioError>,
+        attempts: i32,
+    },
+    /// Sent, but no answer: Twilio may have created it.
+    Unconfirmed {
+        error: TwilioError,
+        attempts: i32,
+    },
+    /// Stopped between retries; nothing was sent.
+    Interrupted,
 }
 
 struct Dispatch {
     producer: EventProducer,
     twilio: TwilioClient,
     config: Config,
+    ledger: Arc<Ledger>,
+    delivery_topic: String,
+    stop: CancellationToken,
+}
+
+/// Marks a request as being sent by this process until dropped.
+struct Working<'a> {
+    ledger: &'a Ledger,
+    request_id: &'a str,
+}
+
+impl<'a> Working<'a> {
+    fn start(ledger: &'a Ledger, request_id: &'a str) -> Self {
+        ledger.working_on(request_id, true);
+        Self { ledger, request_id }
+    }
+}
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.ledger.working_on(self.request_id, false);
+    }
+}
+
+/// What every event about a request repeats.
+struct Identity<'a> {
+    conversation_id: &'a str,
+    request_id: &'a str,
+    from: &'a str,
+    to: &'a str,
+}
+
+impl Identity<'_> {
+    /// An event about this request; its id is derived from the request, the outcome and the
+    /// status, so the same move published twice (two instances, a redelivery) has one id.
+    fn event(&self, outcome: &str, status: Option<&str>) -> OutboundDispatched {
+        let name = format!("wachannel:dispatched:{}:{outcome}:{}", self.request_id, status.unwrap_or_default());
+        OutboundDispatched {
+            event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()).to_string(),
+            occurred_at: wa_platform::now_millis(),
+            conversation_id: self.conversation_id.to_owned(),
+            request_id: self.request_id.to_owned(),
+            from: self.from.to_owned(),
+            to: self.to.to_owned(),
+            outcome: outcome.to_owned(),
+            message_sid: None,
+            twilio_status: status.map(str::to_owned),
+            error_code: None,
+            error_message: None,
+            failure_reason: None,
+            attempts: 0,
+        }
+    }
 }
 
 impl Dispatch {
+    /// Publishes one of dispatch's events and writes it through to the ledger.
+    async fn publish(&self, event: OutboundDispatched) -> Result<(), HandleError> {
+        self.producer.publish(&OUTBOUND_DISPATCHED, &event).await?;
+        self.ledger.apply(&event);
+        Ok(())
+    }
+
     async fn send_with_retries(&self, authorized: &OutboundAuthorized) -> Attempted {
-        // Free-form content needs the window still open; templates do not.
-        if let (None, Some(expires_at)) = (&authorized.content_sid, authorized.window_expires_at) {
-            if wa_platform::now_millis() >= expires_at {
-                return Attempted::Failed { reason: "window_closed", error: None, attempts: 0 };
-            }
-        }
         let message = OutgoingMessage {
             from: &authorized.from,
             to: &authorized.to,
@@ -140,58 +233,182 @@ impl Dispatch {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.twilio.send(&message).await {
+            let error = match self.twilio.send(&message).await {
                 Ok(resource) => return Attempted::Sent { sid: resource.sid, status: resource.status, attempts },
-                Err(err) if !err.is_retryable() => {
-                    return Attempted::Failed { reason: "twilio_rejected", error: Some(err), attempts }
+                Err(error) if error.is_in_doubt() => return Attempted::Unconfirmed { error, attempts },
+                Err(error) if !error.is_retryable() => {
+                    return Attempted::Failed { reason: error.failure_reason(), error: Some(error), attempts }
                 }
-                Err(err) => {
-                    let wait = backoff.mul_f64(0.5 + fastrand::f64());
-                    if started.elapsed() + wait > self.config.retry_deadline {
-                        return Attempted::Failed { reason: "retries_exhausted", error: Some(err), attempts };
-                    }
-                    metrics::counter!("wa_dispatch_retries_total").increment(1);
-                    tracing::warn!(error = %err, attempts, retry_in = ?wait, "send failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
+                Err(error) => error,
+            };
+            let wait = backoff.mul_f64(0.5 + fastrand::f64());
+            if started.elapsed() + wait > self.config.retry_deadline {
+                return Attempted::Failed { reason: "retries_exhausted", error: Some(error), attempts };
+            }
+            metrics::counter!("wa_dispatch_retries_total", "throttled" => error.is_throttling().to_string())
+                .increment(1);
+            tracing::warn!(error = %error, attempts, retry_in = ?wait, "send failed; retrying");
+            tokio::select! {
+                () = self.stop.cancelled() => return Attempted::Interrupted,
+                () = tokio::time::sleep(wait) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Sends one authorized message unless the ledger knows its request.
+    async fn dispatch(&self, authorized: OutboundAuthorized) -> Result<(), HandleError> {
+        let identity = Identity {
+            conversation_id: &authorized.conversation_id,
+            request_id: &authorized.request_id,
+            from: &authorized.from,
+            to: &authorized.to,
+        };
+        if let Some(entry) = self.ledger.get(&authorized.request_id) {
+            let stage = format!("{:?}", entry.stage).to_lowercase();
+            metrics::counter!("wa_dispatch_duplicates_skipped_total").increment(1);
+            tracing::info!(request_id = %authorized.request_id, stage = %stage, "request already dispatched; not sent again");
+            return Ok(());
+        }
+        // Free-form content needs the window still open; templates do not.
+        if let (None, Some(expires_at)) = (&authorized.content_sid, authorized.window_expires_at) {
+            if wa_platform::now_millis() >= expires_at {
+                let mut failed = identity.event("failed", None);
+                failed.failure_reason = Some("window_closed".to_owned());
+                return self.outcome(failed).await;
             }
         }
+        // The marker is durable before Twilio is called: after a crash, the request is known
+        // to be in flight and is not sent again.
+        // While this process works on the send (retries included) it is not in doubt; the
+        // guard ends that when this function returns, after the outcome is durable.
+        let working = Working::start(&self.ledger, &authorized.request_id);
+        self.publish(identity.event("sending", None)).await?;
+        let event = match self.send_with_retries(&authorized).await {
+            Attempted::Sent { sid, status, attempts } => {
+                let mut sent = identity.event("sent", None);
+                sent.message_sid = Some(sid);
+                sent.twilio_status = Some(status);
+                sent.attempts = attempts;
+                sent
+            }
+            Attempted::Failed { reason, error, attempts } => {
+                let mut failed = identity.event("failed", None);
+                failed.failure_reason = Some(reason.to_owned());
+                failed.error_code = error.as_ref().and_then(TwilioError::code);
+                failed.error_message = error.map(|err| err.to_string());
+                failed.attempts = attempts;
+                failed
+            }
+            Attempted::Unconfirmed { error, attempts } => {
+                drop(working);
+                metrics::counter!("wa_dispatch_outcomes_total", "outcome" => "unconfirmed", "reason" => "no_answer")
+                    .increment(1);
+                tracing::warn!(request_id = %authorized.request_id, attempts, error = %error,
+                    "no answer from twilio; the send is unconfirmed and will not be repeated");
+                return Ok(());
+            }
+            Attempted::Interrupted => {
+                // Nothing was sent: release the marker so the redelivered record is sent.
+                self.publish(identity.event("released", None)).await?;
+                return Err(HandleError::Transient("stopping between retries".to_owned()));
+            }
+        };
+        self.outcome(event).await
+    }
+
+    async fn outcome(&self, event: OutboundDispatched) -> Result<(), HandleError> {
+        let reason = event.failure_reason.clone().unwrap_or_else(|| "none".to_owned());
+        metrics::counter!("wa_dispatch_outcomes_total", "outcome" => event.outcome.clone(), "reason" => reason.clone())
+            .increment(1);
+        tracing::info!(request_id = %event.request_id, outcome = %event.outcome, attempts = event.attempts, reason = %reason, "dispatched");
+        self.publish(event).await
+    }
+
+    /// Folds one status callback into its request: resolves an unconfirmed send, and publishes
+    /// a forward move.
+    async fn fold(&self, delivery: DeliveryStatusReceived) -> Result<(), HandleError> {
+        let request_id = delivery.request_id.clone().or_else(|| self.ledger.request_of(&delivery.message_sid));
+        let Some(request_id) = request_id else {
+            metrics::counter!("wa_dispatch_callbacks_total", "outcome" => "unknown_request").increment(1);
+            return Ok(());
+        };
+        let entry = self.ledger.get(&request_id);
+        let identity = Identity {
+            conversation_id: entry.as_ref().map_or(&delivery.conversation_id, |e| &e.conversation_id),
+            request_id: &request_id,
+            from: entry.as_ref().map_or(&delivery.from, |e| &e.from),
+            to: entry.as_ref().map_or(&delivery.to, |e| &e.to),
+        };
+        let unconfirmed = entry.as_ref().is_some_and(|e| matches!(e.stage, Stage::Sending | Stage::InDoubt));
+        // A send still under way here will publish its own outcome from Twilio's answer.
+        if unconfirmed && !self.ledger.is_working_on(&request_id) {
+            // The answer that never came: Twilio did create the message.
+            let mut sent = identity.event("sent", None);
+            sent.message_sid = Some(delivery.message_sid.clone());
+            sent.twilio_status = Some("resolved_by_callback".to_owned());
+            self.outcome(sent).await?;
+        }
+        let current = entry.as_ref().and_then(|e| e.status.clone());
+        let current = self.ledger.get(&request_id).and_then(|e| e.status).or(current);
+        if !moves_forward(current.as_deref(), &delivery.message_status) {
+            metrics::counter!("wa_dispatch_callbacks_total", "outcome" => "not_forward").increment(1);
+            return Ok(());
+        }
+        let mut moved = identity.event("status_changed", Some(&delivery.message_status));
+        moved.message_sid = Some(delivery.message_sid.clone());
+        moved.error_code = delivery.error_code.as_deref().and_then(|code| code.parse().ok());
+        moved.error_message = delivery.channel_status_message.clone().or(delivery.error_message.clone());
+        metrics::counter!("wa_dispatch_callbacks_total", "outcome" => "moved").increment(1);
+        self.publish(moved).await
     }
 }
 
 impl Handler for Dispatch {
     async fn handle(&self, record: &Record<'_>) -> Result<(), HandleError> {
-        let authorized = OutboundAuthorized::decode(record.payload)?;
-        let attempted = self.send_with_retries(&authorized).await;
-        let (outcome, message_sid, twilio_status, error, failure_reason, attempts) = match attempted {
-            Attempted::Sent { sid, status, attempts } => ("sent", Some(sid), Some(status), None, None, attempts),
-            Attempted::Failed { reason, error, attempts } => ("failed", None, None, error, Some(reason), attempts),
-        };
-        metrics::counter!("wa_dispatch_outcomes_total", "outcome" => outcome, "reason" => failure_reason.unwrap_or("none"))
-            .increment(1);
-        tracing::info!(request_id = %authorized.request_id, outcome, attempts, reason = failure_reason.unwrap_or(""), "dispatched");
-        let dispatched = OutboundDispatched {
-            event_id: Uuid::new_v5(
-                &Uuid::NAMESPACE_OID,
-                format!("wachannel:dispatched:{}", authorized.event_id()).as_bytes(),
-            )
-            .to_string(),
-            occurred_at: wa_platform::now_millis(),
-            conversation_id: authorized.conversation_id,
-            request_id: authorized.request_id,
-            from: authorized.from,
-            to: authorized.to,
-            outcome: outcome.to_owned(),
-            message_sid,
-            twilio_status,
-            error_code: error.as_ref().and_then(TwilioError::code),
-            error_message: error.map(|err| err.to_string()),
-            failure_reason: failure_reason.map(str::to_owned),
-            attempts,
-        };
-        self.producer.publish(&OUTBOUND_DISPATCHED, &dispatched).await?;
-        Ok(())
+        if record.topic == self.delivery_topic {
+            return self.fold(DeliveryStatusReceived::decode(record.payload)?).await;
+        }
+        self.dispatch(OutboundAuthorized::decode(record.payload)?).await
+    }
+}
+
+/// Publishes `in_doubt` for sends unconfirmed past `after`, until `stop`.
+async fn watch_unconfirmed(
+    producer: EventProducer,
+    ledger: Arc<Ledger>,
+    after: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+    let period = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(period) => {}
+        }
+        for (request_id, entry) in ledger.unconfirmed_since(wa_platform::now_millis().saturating_sub(after_ms)) {
+            let identity = Identity {
+                conversation_id: &entry.conversation_id,
+                request_id: &request_id,
+                from: &entry.from,
+                to: &entry.to,
+            };
+            let mut in_doubt = identity.event("in_doubt", None);
+            in_doubt.failure_reason = Some("no_answer".to_owned());
+            in_doubt.error_message = Some(format!(
+                "no answer from Twilio and no status callback within {after:?}; it may or may not have been sent"
+            ));
+            match producer.publish(&OUTBOUND_DISPATCHED, &in_doubt).await {
+                Ok(_) => {
+                    ledger.apply(&in_doubt);
+                    metrics::counter!("wa_dispatch_outcomes_total", "outcome" => "in_doubt", "reason" => "no_answer")
+                        .increment(1);
+                    tracing::warn!(request_id = %request_id, "send published in doubt");
+                }
+                Err(err) => tracing::warn!(request_id = %request_id, error = %err, "cannot publish in_doubt yet"),
+            }
+        }
     }
 }
 
@@ -209,11 +426,12 @@ impl Service for OutboundDispatch {
     async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
         let settings = ConsumerSettings {
             group: "outbound-dispatch".to_owned(),
-            topics: vec![OUTBOUND_AUTHORIZED],
+            topics: vec![OUTBOUND_AUTHORIZED, DELIVERY],
             service: SERVICE,
         };
         let kafka = config.kafka.clone();
-        let setup = move |producer, _background| async move {
+        let stop = shutdown.clone();
+        let setup = move |producer: EventProducer, background: CancellationToken| async move {
             let twilio = TwilioClient::new(
                 &config.twilio_base_url,
                 &config.account_sid,
@@ -221,7 +439,35 @@ impl Service for OutboundDispatch {
                 &config.auth_password,
                 config.request_timeout,
             )?;
-            Ok(Prepared { handler: Dispatch { producer, twilio, config }, background: vec![] })
+            // The ledger: replay dispatch's own output, then follow it (other instances' writes).
+            let ledger = Arc::new(Ledger::default());
+            let follower =
+                TopicFollower::start(&config.kafka, &OUTBOUND_DISPATCHED, "outbound-dispatch-ledger").await?;
+            let following = {
+                let (ledger, follower, stop) = (ledger.clone(), follower.clone(), background.clone());
+                tokio::spawn(async move {
+                    follower
+                        .run(stop, |record| {
+                            if let Ok(event) =
+                                OutboundDispatched::decode(rdkafka::Message::payload(record).unwrap_or_default())
+                            {
+                                ledger.apply(&event);
+                            }
+                        })
+                        .await
+                })
+            };
+            follower.wait_caught_up(&background).await;
+            tracing::info!(requests = ledger.len(), "ledger restored");
+            let watching = tokio::spawn(watch_unconfirmed(
+                producer.clone(),
+                ledger.clone(),
+                config.in_doubt_after,
+                background.clone(),
+            ));
+            let delivery_topic = config.kafka.topic(&DELIVERY);
+            let handler = Dispatch { producer, twilio, config, ledger, delivery_topic, stop };
+            Ok(Prepared { handler, background: vec![following, watching] })
         };
         wa_platform::service::run_consumer_service(listener, Router::new(), kafka, settings, shutdown, setup).await
     }
@@ -246,9 +492,23 @@ mod tests {
         let api = |status, code| TwilioError::Api { status, code, message: String::new() };
         assert!(api(429, Some(20429)).is_retryable());
         assert!(api(503, None).is_retryable());
-        assert!(TwilioError::Transport("reset".into()).is_retryable());
+        assert!(TwilioError::Unreachable("refused".into()).is_retryable());
+        assert!(!TwilioError::NoAnswer("reset".into()).is_retryable());
+        assert!(api(400, Some(63018)).is_retryable());
         assert!(!api(400, Some(63016)).is_retryable());
         assert!(!api(400, Some(21211)).is_retryable());
         assert!(!api(401, Some(20003)).is_retryable());
+    }
+
+    #[test]
+    fn permanent_errors_are_classified_by_code() {
+        let api = |code| TwilioError::Api { status: 400, code: Some(code), message: String::new() };
+        assert_eq!(api(63016).failure_reason(), "outside_window");
+        assert_eq!(api(21211).failure_reason(), "invalid_number");
+        assert_eq!(api(63024).failure_reason(), "invalid_recipient");
+        assert_eq!(api(63014).failure_reason(), "blocked");
+        assert_eq!(api(21610).failure_reason(), "unsubscribed");
+        assert_eq!(api(63041).failure_reason(), "template_paused");
+        assert_eq!(api(12345).failure_reason(), "twilio_rejected");
     }
 }

@@ -52,25 +52,58 @@ pub enum TwilioError {
         /// Twilio's message.
         message: String,
     },
-    /// No answer (connection refused or reset, timeout).
+    /// The request never reached Twilio (no connection): trying again cannot send twice.
     #[error("twilio unreachable: {0}")]
-    Transport(String),
+    Unreachable(String),
+    /// The request was sent but no answer came back (timeout, connection dropped): Twilio may
+    /// have created the message, so the send is in doubt and must not be repeated blindly.
+    #[error("no answer from twilio: {0}")]
+    NoAnswer(String),
 }
 
 impl TwilioError {
-    /// Whether trying again later may succeed: throttling, server errors, no answer.
+    /// Whether trying again may succeed without risking a second message: throttling
+    /// (429, 20429, 63018), server errors, and requests that never left.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Transport(_) => true,
-            Self::Api { status, code, .. } => *status == 429 || *status >= 500 || *code == Some(20429),
+            Self::Unreachable(_) => true,
+            Self::NoAnswer(_) => false,
+            Self::Api { status, code, .. } => {
+                *status == 429 || *status >= 500 || matches!(code, Some(20429) | Some(63018))
+            }
         }
+    }
+
+    /// Whether the message may have been created although no answer said so.
+    pub fn is_in_doubt(&self) -> bool {
+        matches!(self, Self::NoAnswer(_))
+    }
+
+    /// Whether Twilio asked us to slow down.
+    pub fn is_throttling(&self) -> bool {
+        matches!(self, Self::Api { status: 429, .. } | Self::Api { code: Some(20429 | 63018), .. })
     }
 
     /// Twilio's error code, if any.
     pub fn code(&self) -> Option<i32> {
         match self {
             Self::Api { code, .. } => *code,
-            Self::Transport(_) => None,
+            Self::Unreachable(_) | Self::NoAnswer(_) => None,
+        }
+    }
+
+    /// The outcome reason of a permanent failure, by Twilio error code.
+    pub fn failure_reason(&self) -> &'static str {
+        match self.code() {
+            Some(63016) => "outside_window",
+            Some(21211 | 21614 | 21217) => "invalid_number",
+            Some(63024 | 63003) => "invalid_recipient",
+            Some(63014) => "blocked",
+            Some(21610) => "unsubscribed",
+            Some(63041) => "template_paused",
+            Some(63042 | 63040 | 63027) => "template_rejected",
+            Some(20003 | 20404 | 21603 | 21604 | 21619 | 21606) => "configuration_error",
+            _ => "twilio_rejected",
         }
     }
 }
@@ -132,9 +165,15 @@ impl TwilioClient {
             .form(&form)
             .send()
             .await
-            .map_err(|err| TwilioError::Transport(err.to_string()))?;
+            .map_err(|err| {
+                if err.is_connect() {
+                    TwilioError::Unreachable(err.to_string())
+                } else {
+                    TwilioError::NoAnswer(err.to_string())
+                }
+            })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|err| TwilioError::Transport(err.to_string()))?;
+        let bytes = response.bytes().await.map_err(|err| TwilioError::NoAnswer(err.to_string()))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|err| TwilioError::Api {
                 status: status.as_u16(),

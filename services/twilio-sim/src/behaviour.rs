@@ -27,6 +27,8 @@ pub struct Behaviour {
     pub enforce_window: bool,
     /// Recipients whose messages end `undelivered` with this error code (e.g. 63024).
     pub undeliverable: HashMap<String, u32>,
+    /// Recipients the API refuses at once with 400 and this error code (e.g. 21211).
+    pub refuse: HashMap<String, u32>,
     /// Faults per endpoint: `messages` (the Messages API) and `content` (the Content API).
     pub faults: HashMap<String, Fault>,
 }
@@ -40,6 +42,7 @@ impl Default for Behaviour {
             rate_limit_per_sender: 80,
             enforce_window: false,
             undeliverable: HashMap::new(),
+            refuse: HashMap::new(),
             faults: HashMap::new(),
         }
     }

@@ -14,6 +14,7 @@
 //!   `queued`, `sent`, `delivered`, `read`; or `undelivered`/`failed` with an error code.
 //! - `POST /sim/inbound`: a customer's WhatsApp message, posted to ingress as a signed webhook;
 //!   it also opens the customer's 24-hour window in the simulator.
+//! - `GET /sim/stats`: faults injected per endpoint and messages rate-limited.
 //! - `GET`/`PATCH /sim/behaviour`: per-sender rate limit (429 with 20429 beyond it), the
 //!   window rule (63016), undeliverable recipients, callback delay, reordering and duplicates,
 //!   and faults per endpoint (error rate, latency, dropped connections), switchable at run time.
@@ -109,9 +110,19 @@ struct Sim {
     /// WhatsApp approval of each Content SID.
     approvals: Mutex<HashMap<String, Approval>>,
     behaviour: Mutex<Behaviour>,
+    stats: Mutex<Stats>,
     rate_limits: Mutex<RateLimits>,
     windows: Mutex<Windows>,
     client: reqwest::Client,
+}
+
+/// What this simulator did, for assertions (`GET /sim/stats`).
+#[derive(Debug, Clone, Default, Serialize)]
+struct Stats {
+    /// Errors and dropped connections injected, per endpoint.
+    faults_injected: HashMap<String, u64>,
+    /// Messages refused with 429 / 20429.
+    rate_limited: u64,
 }
 
 impl Sim {
@@ -131,6 +142,7 @@ impl Sim {
         let injected = fault.decide();
         if injected != Injected::None {
             metrics::counter!("twilio_sim_faults_injected_total", "endpoint" => endpoint.to_owned()).increment(1);
+            *self.stats.lock().expect("stats lock").faults_injected.entry(endpoint.to_owned()).or_default() += 1;
         }
         injected
     }
@@ -376,10 +388,20 @@ async fn create_message(
         return twilio_error(StatusCode::BAD_REQUEST, 21619, "A text message body or media urls must be specified.");
     }
     let behaviour = sim.behaviour();
+    if let Some(code) = behaviour.refuse.get(to) {
+        let message = match code {
+            21211 => format!("The 'To' number {to} is not a valid phone number."),
+            21610 => "Attempt to send to unsubscribed recipient".to_owned(),
+            63014 => "Message could not be delivered because the user blocked the business".to_owned(),
+            _ => format!("The message to {to} was refused."),
+        };
+        return twilio_error(StatusCode::BAD_REQUEST, *code, &message);
+    }
     let sender = service.or(from).unwrap_or_default();
     let now = std::time::Instant::now();
     if !sim.rate_limits.lock().expect("rate limits lock").try_acquire(sender, behaviour.rate_limit_per_sender, now) {
         metrics::counter!("twilio_sim_rate_limited_total").increment(1);
+        sim.stats.lock().expect("stats lock").rate_limited += 1;
         return twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests");
     }
     let free_form = get("ContentSid").is_none();
@@ -457,6 +479,10 @@ async fn create_message(
 
 async fn list_messages(State(sim): State<Arc<Sim>>) -> Json<Vec<SimMessage>> {
     Json(sim.messages.lock().expect("messages lock").clone())
+}
+
+async fn get_stats(State(sim): State<Arc<Sim>>) -> Json<Stats> {
+    Json(sim.stats.lock().expect("stats lock").clone())
 }
 
 async fn get_behaviour(State(sim): State<Arc<Sim>>) -> Json<Behaviour> {
@@ -555,6 +581,7 @@ impl Service for TwilioSim {
             messages: Mutex::default(),
             approvals: Mutex::default(),
             behaviour: Mutex::default(),
+            stats: Mutex::default(),
             rate_limits: Mutex::default(),
             windows: Mutex::default(),
             client: reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?,
@@ -568,6 +595,7 @@ impl Service for TwilioSim {
             .route("/sim/messages", get(list_messages))
             .route("/sim/behaviour", get(get_behaviour).patch(patch_behaviour))
             .route("/sim/inbound", post(post_inbound))
+            .route("/sim/stats", get(get_stats))
             .with_state(sim);
         let health = Health::new();
         health.set_ready(true);

@@ -1,0 +1,168 @@
+//! Outbound-dispatch against the simulator and the real broker: retryable errors retried,
+//! permanent ones failed once with their reason, 429 storms absorbed, a redelivered
+//! authorization never sent twice, and an unanswered send held in doubt until its callback.
+
+use e2e_tests::{Channel, BUSINESS};
+use serde_json::{json, Value};
+use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_DISPATCHED};
+use wa_schemas::{conversation_id, OutboundAuthorized, OutboundDispatched};
+
+fn unique_customer() -> String {
+    let n = uuid::Uuid::new_v4().as_u128() % 10_000_000_000;
+    format!("whatsapp:+1{n:010}")
+}
+
+/// A customer who wrote a moment ago, so free-form replies are allowed.
+async fn customer_who_wrote(channel: &Channel) -> String {
+    let customer = unique_customer();
+    let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
+    assert_eq!(channel.post_inbound(&channel.inbound_params(&sid, &customer, "hi"), None).await.status(), 200);
+    customer
+}
+
+async fn reply(channel: &Channel, request_id: &str, customer: &str) {
+    let request = json!({"request_id": request_id, "from": BUSINESS, "to": customer, "body": "on its way"});
+    assert_eq!(channel.post_outbound(&request).await.status(), 202);
+}
+
+/// The simulator's messages for one request (its id is on the StatusCallback URL).
+async fn sim_messages_for(channel: &Channel, request_id: &str) -> usize {
+    let needle = format!("request_id={request_id}");
+    channel
+        .sim_messages()
+        .await
+        .iter()
+        .filter(|m| {
+            m["params"].as_array().is_some_and(|params| {
+                params.iter().any(|p| p[0] == "StatusCallback" && p[1].as_str().is_some_and(|u| u.ends_with(&needle)))
+            })
+        })
+        .count()
+}
+
+/// This channel's simulator's counters (`GET /sim/stats`).
+async fn sim_stats(channel: &Channel) -> Value {
+    channel.get(twilio_sim::SERVICE, "/sim/stats").await.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retryable_errors_are_retried_and_permanent_ones_fail_once_with_their_reason() {
+    let channel = Channel::start().await;
+
+    // Twilio answers 503 for a while: dispatch keeps trying and the message goes out.
+    channel.sim_behaviour(json!({"faults": {"messages": {"error_rate": 1.0, "error_status": 503}}})).await;
+    let customer = customer_who_wrote(&channel).await;
+    reply(&channel, "retry-1", &customer).await;
+    let deadline = tokio::time::Instant::now() + e2e_tests::EVENT_TIMEOUT;
+    while sim_stats(&channel).await["faults_injected"]["messages"].as_u64().unwrap_or(0) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "dispatch did not retry");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    channel.sim_behaviour(json!({"faults": {}})).await;
+    let sent = channel.dispatch_outcome("retry-1").await;
+    assert_eq!(sent.outcome, "sent");
+    assert!(sent.attempts >= 3, "two refusals, then success: {} attempts", sent.attempts);
+
+    // A permanent error: one attempt, the reason named by its code, nothing sent.
+    let refused = customer_who_wrote(&channel).await;
+    channel.sim_behaviour(json!({"refuse": {refused.clone(): 21211}})).await;
+    reply(&channel, "permanent-1", &refused).await;
+    let failed = channel.dispatch_outcome("permanent-1").await;
+    assert_eq!(failed.outcome, "failed");
+    assert_eq!(failed.failure_reason.as_deref(), Some("invalid_number"));
+    assert_eq!(failed.error_code, Some(21211));
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(sim_messages_for(&channel, "permanent-1").await, 0);
+
+    // A 429 storm: eight conversations at once against 2 messages/s per sender. Every message
+    // is sent, each once, after being slowed down.
+    channel.sim_behaviour(json!({"rate_limit_per_sender": 2})).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let customer = customer_who_wrote(&channel).await;
+        let id = format!("storm-{i}");
+        reply(&channel, &id, &customer).await;
+        ids.push(id);
+    }
+    for id in &ids {
+        assert_eq!(channel.dispatch_outcome(id).await.outcome, "sent", "{id}");
+        assert_eq!(sim_messages_for(&channel, id).await, 1, "{id}");
+    }
+    assert!(sim_stats(&channel).await["rate_limited"].as_u64().unwrap() >= 1, "the storm was throttled");
+    channel.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redelivered_authorization_is_not_sent_twice() {
+    let channel = Channel::start().await;
+    let customer = unique_customer();
+    let authorized = |request_id: &str| OutboundAuthorized {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_at: wa_platform::now_millis(),
+        conversation_id: conversation_id(BUSINESS, &customer),
+        request_id: request_id.to_owned(),
+        from: BUSINESS.to_owned(),
+        to: customer.clone(),
+        body: None,
+        media_urls: vec![],
+        window_expires_at: None,
+        content_sid: Some("HX00000000000000000000000000000001".to_owned()),
+        content_variables: Some("{}".to_owned()),
+        template_name: Some("order_update".to_owned()),
+        template_language: Some("en".to_owned()),
+        preview: Some("Your order ships today.".to_owned()),
+    };
+    // The same authorization three times (a redelivery after a crash, a replay), then another
+    // request of the same conversation: handled in order, so once it is out, the repeats were
+    // handled.
+    for _ in 0..3 {
+        channel.publish(&OUTBOUND_AUTHORIZED, &authorized("once-1")).await;
+    }
+    channel.publish(&OUTBOUND_AUTHORIZED, &authorized("once-2")).await;
+    assert_eq!(channel.dispatch_outcome("once-1").await.outcome, "sent");
+    assert_eq!(channel.dispatch_outcome("once-2").await.outcome, "sent");
+    assert_eq!(sim_messages_for(&channel, "once-1").await, 1, "sent once");
+    let sent_events = channel
+        .read_to_end(&OUTBOUND_DISPATCHED)
+        .await
+        .iter()
+        .map(|r| r.decode::<OutboundDispatched>())
+        .filter(|e| e.request_id == "once-1" && e.outcome == "sent")
+        .count();
+    assert_eq!(sent_events, 1);
+    channel.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unanswered_send_is_in_doubt_until_its_status_callback_resolves_it() {
+    let channel = Channel::start().await;
+    // Twilio takes the message but the answer is lost; its first callback comes 5 s later.
+    // Dispatch must not send it again, publishes it in doubt after 2 s (the harness's
+    // setting), and resolves it when the callback names the request.
+    channel.sim_behaviour(json!({"faults": {"messages": {"drop_rate": 1.0}}, "callback_delay_ms": 5000})).await;
+    let customer = customer_who_wrote(&channel).await;
+    reply(&channel, "doubt-1", &customer).await;
+    let in_doubt = channel.dispatch_outcome("doubt-1").await;
+    assert_eq!(in_doubt.outcome, "in_doubt", "{in_doubt:?}");
+    assert_eq!(in_doubt.message_sid, None);
+    let resolved: OutboundDispatched = channel
+        .await_record(&OUTBOUND_DISPATCHED, |r| {
+            let event: OutboundDispatched = r.decode();
+            event.request_id == "doubt-1" && event.outcome == "sent"
+        })
+        .await
+        .decode();
+    let messages: Vec<Value> = channel.sim_messages().await;
+    let sid = messages
+        .iter()
+        .find(|m| {
+            m["params"].as_array().unwrap().iter().any(|p| p[1].as_str().unwrap_or("").ends_with("request_id=doubt-1"))
+        })
+        .expect("the simulator took it")["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(resolved.message_sid.as_deref(), Some(sid.as_str()), "resolved with Twilio's sid from the callback");
+    assert_eq!(sim_messages_for(&channel, "doubt-1").await, 1, "never sent twice");
+    channel.stop().await;
+}
