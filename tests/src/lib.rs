@@ -29,6 +29,8 @@ pub const API_TOKEN: &str = "e2e-crm-token";
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 /// Language fallback chains in tests.
 pub const FALLBACKS: &str = "pt_BR:pt:en";
+/// Messages per second dispatch sends per sender in tests.
+pub const DISPATCH_RATE_PER_SENDER: f64 = 10.0;
 /// How long a test waits for an event before it fails.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -184,6 +186,14 @@ impl Channel {
             request_timeout: Duration::from_secs(5),
             retry_deadline: Duration::from_secs(20),
             in_doubt_after: Duration::from_secs(2),
+            // Slower than production's 80/s, so that pacing shows within a short test.
+            rates: outbound_dispatch::rate::Rates {
+                per_sender: DISPATCH_RATE_PER_SENDER,
+                senders: HashMap::new(),
+                account: 0.0,
+            },
+            instances: 1,
+            messaging_service_sid: None,
         })
         .await
         .expect("outbound-dispatch binds");

@@ -166,3 +166,32 @@ async fn an_unanswered_send_is_in_doubt_until_its_status_callback_resolves_it() 
     assert_eq!(sim_messages_for(&channel, "doubt-1").await, 1, "never sent twice");
     channel.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_sender_is_paced_at_its_rate_and_never_throttled() {
+    let channel = Channel::start().await;
+    // The simulator enforces the same limit as dispatch's (10/s per sender in tests).
+    channel.sim_behaviour(json!({"rate_limit_per_sender": e2e_tests::DISPATCH_RATE_PER_SENDER as u32})).await;
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let customer = customer_who_wrote(&channel).await;
+        let id = format!("paced-{i}");
+        reply(&channel, &id, &customer).await;
+        ids.push(id);
+    }
+    for id in &ids {
+        assert_eq!(channel.dispatch_outcome(id).await.outcome, "sent", "{id}");
+    }
+    assert_eq!(sim_stats(&channel).await["rate_limited"], 0, "dispatch never went over the limit");
+    let mut times: Vec<chrono::DateTime<chrono::FixedOffset>> = channel
+        .sim_messages()
+        .await
+        .iter()
+        .map(|m| chrono::DateTime::parse_from_rfc3339(m["received_at"].as_str().unwrap()).unwrap())
+        .collect();
+    times.sort();
+    let span = (times[times.len() - 1] - times[0]).to_std().unwrap();
+    let floor = std::time::Duration::from_secs_f64((times.len() - 1) as f64 / e2e_tests::DISPATCH_RATE_PER_SENDER);
+    assert!(span >= floor.mul_f64(0.95), "{} messages in {span:?}: faster than the rate allows", times.len());
+    channel.stop().await;
+}

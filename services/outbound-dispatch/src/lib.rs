@@ -16,6 +16,7 @@
 //!   undelivered final) is published once as `status_changed`.
 
 mod ledger;
+pub mod rate;
 pub mod twilio;
 
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ use wa_platform::CancellationToken;
 use wa_schemas::{DeliveryStatusReceived, Event, OutboundAuthorized, OutboundDispatched};
 
 use crate::ledger::{moves_forward, Ledger, Stage};
+use crate::rate::{RateLimiter, Rates};
 
 use crate::twilio::{OutgoingMessage, TwilioClient, TwilioError};
 
@@ -52,6 +54,31 @@ const STATUS_CALLBACK_URL: EnvVar = EnvVar {
 };
 const REQUEST_TIMEOUT_MS: EnvVar =
     EnvVar { name: "DISPATCH_REQUEST_TIMEOUT_MS", default: Some("10000"), doc: "timeout of one HTTP call to Twilio" };
+const SENDER_RATE: EnvVar = EnvVar {
+    name: "DISPATCH_SENDER_RATE",
+    default: Some("80"),
+    doc: "messages per second per WhatsApp sender (Twilio's default limit is 80)",
+};
+const SENDER_RATES: EnvVar = EnvVar {
+    name: "DISPATCH_SENDER_RATES",
+    default: None,
+    doc: "per-sender overrides: whatsapp:+14155238886=20,whatsapp:+14155238887=200",
+};
+const ACCOUNT_RATE: EnvVar = EnvVar {
+    name: "DISPATCH_ACCOUNT_RATE",
+    default: Some("0"),
+    doc: "messages per second for the whole account across senders; 0 for no account limit",
+};
+const INSTANCES: EnvVar = EnvVar {
+    name: "DISPATCH_INSTANCES",
+    default: Some("1"),
+    doc: "how many dispatch instances run: each paces at the rates divided by this, so together they never exceed them",
+};
+const MESSAGING_SERVICE_SID: EnvVar = EnvVar {
+    name: "TWILIO_MESSAGING_SERVICE_SID",
+    default: None,
+    doc: "an MG... Messaging Service to send through (with From naming the sender)",
+};
 const IN_DOUBT_AFTER_MS: EnvVar = EnvVar {
     name: "DISPATCH_IN_DOUBT_AFTER_MS",
     default: Some("300000"),
@@ -86,6 +113,12 @@ pub struct Config {
     pub retry_deadline: Duration,
     /// An unconfirmed send is published `in_doubt` after this long.
     pub in_doubt_after: Duration,
+    /// Sending rates (for all instances together).
+    pub rates: Rates,
+    /// How many dispatch instances share the rates.
+    pub instances: u32,
+    /// A Messaging Service to send through.
+    pub messaging_service_sid: Option<String>,
 }
 
 impl Config {
@@ -102,6 +135,11 @@ impl Config {
         REQUEST_TIMEOUT_MS,
         RETRY_DEADLINE_MS,
         IN_DOUBT_AFTER_MS,
+        SENDER_RATE,
+        SENDER_RATES,
+        ACCOUNT_RATE,
+        INSTANCES,
+        MESSAGING_SERVICE_SID,
     ];
     /// The default HTTP address.
     pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8083";
@@ -121,6 +159,15 @@ impl Config {
             request_timeout: Duration::from_millis(config::parse(&REQUEST_TIMEOUT_MS)?),
             retry_deadline: Duration::from_millis(config::parse(&RETRY_DEADLINE_MS)?),
             in_doubt_after: Duration::from_millis(config::parse(&IN_DOUBT_AFTER_MS)?),
+            rates: Rates {
+                per_sender: config::parse(&SENDER_RATE)?,
+                senders: Rates::parse_overrides(&config::var_or(&SENDER_RATES)).map_err(|reason| {
+                    config::ConfigError { name: SENDER_RATES.name, value: config::var_or(&SENDER_RATES), reason }
+                })?,
+                account: config::parse(&ACCOUNT_RATE)?,
+            },
+            instances: config::parse(&INSTANCES)?,
+            messaging_service_sid: config::var(MESSAGING_SERVICE_SID.name),
         })
     }
 }
@@ -152,6 +199,7 @@ struct Dispatch {
     twilio: TwilioClient,
     config: Config,
     ledger: Arc<Ledger>,
+    limiter: RateLimiter,
     delivery_topic: String,
     stop: CancellationToken,
 }
@@ -222,6 +270,7 @@ impl Dispatch {
             media_urls: &authorized.media_urls,
             content_sid: authorized.content_sid.as_deref(),
             content_variables: authorized.content_variables.as_deref(),
+            messaging_service_sid: self.config.messaging_service_sid.as_deref(),
             status_callback: self
                 .config
                 .status_callback_url
@@ -233,14 +282,24 @@ impl Dispatch {
         let mut attempts = 0;
         loop {
             attempts += 1;
+            tokio::select! {
+                () = self.stop.cancelled() => return Attempted::Interrupted,
+                () = self.limiter.acquire(&authorized.from) => {}
+            }
             let error = match self.twilio.send(&message).await {
-                Ok(resource) => return Attempted::Sent { sid: resource.sid, status: resource.status, attempts },
+                Ok(resource) => {
+                    self.limiter.succeeded(&authorized.from);
+                    return Attempted::Sent { sid: resource.sid, status: resource.status, attempts };
+                }
                 Err(error) if error.is_in_doubt() => return Attempted::Unconfirmed { error, attempts },
                 Err(error) if !error.is_retryable() => {
                     return Attempted::Failed { reason: error.failure_reason(), error: Some(error), attempts }
                 }
                 Err(error) => error,
             };
+            if error.is_throttling() {
+                self.limiter.throttled(&authorized.from);
+            }
             let wait = backoff.mul_f64(0.5 + fastrand::f64());
             if started.elapsed() + wait > self.config.retry_deadline {
                 return Attempted::Failed { reason: "retries_exhausted", error: Some(error), attempts };
@@ -466,7 +525,8 @@ impl Service for OutboundDispatch {
                 background.clone(),
             ));
             let delivery_topic = config.kafka.topic(&DELIVERY);
-            let handler = Dispatch { producer, twilio, config, ledger, delivery_topic, stop };
+            let limiter = RateLimiter::new(config.rates.per_instance(config.instances));
+            let handler = Dispatch { producer, twilio, config, ledger, limiter, delivery_topic, stop };
             Ok(Prepared { handler, background: vec![following, watching] })
         };
         wa_platform::service::run_consumer_service(listener, Router::new(), kafka, settings, shutdown, setup).await

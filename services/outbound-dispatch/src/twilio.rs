@@ -19,6 +19,8 @@ pub struct OutgoingMessage<'a> {
     pub content_sid: Option<&'a str>,
     /// The template's variables (a JSON object).
     pub content_variables: Option<&'a str>,
+    /// A Messaging Service to send through.
+    pub messaging_service_sid: Option<&'a str>,
     /// Where Twilio should post status callbacks.
     pub status_callback: Option<String>,
 }
@@ -154,6 +156,9 @@ impl TwilioClient {
         }
         if let Some(variables) = message.content_variables {
             form.push(("ContentVariables", variables));
+        }
+        if let Some(service) = message.messaging_service_sid {
+            form.push(("MessagingServiceSid", service));
         }
         if let Some(callback) = &message.status_callback {
             form.push(("StatusCallback", callback));
