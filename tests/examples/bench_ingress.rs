@@ -245,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
     let kafka = KafkaConfig {
         bootstrap_servers: e2e_tests::bootstrap_servers(),
         topic_prefix: format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        group_instance_id: None,
     };
     wa_platform::kafka::ensure_topics(&kafka, topics::ALL).await?;
     let stop = CancellationToken::new();

@@ -125,6 +125,16 @@ pub fn loopback() -> std::net::SocketAddr {
 impl Channel {
     /// Creates this channel's topics, starts every component and waits until each is ready.
     pub async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// Like [`Channel::start`] but without outbound-dispatch: the test runs it, for example as
+    /// a separate process it can kill ([`Channel::dispatch_process`]).
+    pub async fn start_without_dispatch() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(in_process_dispatch: bool) -> Self {
         static TELEMETRY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
         TELEMETRY.get_or_init(|| {
             let guard = wa_platform::telemetry::init_with("e2e-tests", "warn", true).expect("telemetry");
@@ -133,6 +143,7 @@ impl Channel {
         let kafka = KafkaConfig {
             bootstrap_servers: bootstrap_servers(),
             topic_prefix: format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            group_instance_id: None,
         };
         wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await.expect("broker answers");
         wa_platform::kafka::ensure_topics(&kafka, topics::ALL).await.expect("topics created");
@@ -175,6 +186,13 @@ impl Channel {
         service_urls.insert(template_approval::SERVICE, format!("http://{}", approval.local_addr()));
         tasks.push(spawn(approval, &shutdown));
 
+        let channel = Self { kafka, ingress_url, sim_url, service_urls, http: reqwest::Client::new(), shutdown, tasks };
+        let mut channel = channel;
+        if !in_process_dispatch {
+            channel.wait_until_ready().await;
+            return channel;
+        }
+        let Self { kafka, ingress_url, sim_url, service_urls, shutdown, tasks, .. } = &mut channel;
         let dispatch = outbound_dispatch::bind(outbound_dispatch::Config {
             http_addr: loopback(),
             kafka: kafka.clone(),
@@ -198,11 +216,38 @@ impl Channel {
         .await
         .expect("outbound-dispatch binds");
         service_urls.insert(outbound_dispatch::SERVICE, format!("http://{}", dispatch.local_addr()));
-        tasks.push(spawn(dispatch, &shutdown));
-
-        let channel = Self { kafka, ingress_url, sim_url, service_urls, http: reqwest::Client::new(), shutdown, tasks };
+        tasks.push(spawn(dispatch, shutdown));
         channel.wait_until_ready().await;
         channel
+    }
+
+    /// Starts the `outbound-dispatch` binary (built by `cargo xtask test`) as a child process on
+    /// this channel's topics, with `extra` environment variables. Kill it with
+    /// `child.start_kill()` (SIGKILL).
+    pub fn dispatch_process(&self, extra: &[(&str, String)]) -> tokio::process::Child {
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("outbound-dispatch")))
+            .filter(|path| path.exists())
+            .expect(
+                "target/debug/outbound-dispatch is missing: run the tests with `cargo xtask test`, which builds it",
+            );
+        let mut command = tokio::process::Command::new(binary);
+        command
+            .env("KAFKA_BOOTSTRAP_SERVERS", &self.kafka.bootstrap_servers)
+            .env("WA_TOPIC_PREFIX", &self.kafka.topic_prefix)
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .env("TWILIO_API_BASE_URL", &self.sim_url)
+            .env("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
+            .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+            .env("DISPATCH_STATUS_CALLBACK_URL", format!("{}/twilio/status", self.ingress_url))
+            .env("RUST_LOG", std::env::var("DISPATCH_LOG").unwrap_or_else(|_| "warn".to_owned()))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        command.spawn().expect("outbound-dispatch starts")
     }
 
     /// Polls every component's `/readyz` until it answers 200 (each becomes ready once it is

@@ -113,6 +113,7 @@ impl Broker {
         KafkaConfig {
             bootstrap_servers: self.bootstrap_servers.clone(),
             topic_prefix: wa_platform::config::var_or(&wa_platform::config::WA_TOPIC_PREFIX),
+            group_instance_id: None,
         }
     }
 

@@ -199,6 +199,9 @@ pub(crate) async fn test(cargo_args: Vec<String>) -> anyhow::Result<ExitCode> {
     // Build first, so a cold compile does not run while the broker waits.
     let status = cargo().args(["test", "--workspace", "--no-run"]).status().await?;
     anyhow::ensure!(status.success(), "building the tests failed");
+    // The crash test runs outbound-dispatch as a process it can kill.
+    let status = cargo().args(["build", "--workspace", "--bins"]).status().await?;
+    anyhow::ensure!(status.success(), "building the service binaries failed");
     let data_dir = root().join("target").join(format!("xtask-test-broker-{}", std::process::id()));
     let mut broker = Broker::start(free_port()?, &data_dir).await?;
     let outcome = run_tests(&broker, &cargo_args).await;

@@ -126,6 +126,7 @@ impl Config {
     pub const ENV: &'static [EnvVar] = &[
         config::KAFKA_BOOTSTRAP_SERVERS,
         config::WA_TOPIC_PREFIX,
+        config::KAFKA_GROUP_INSTANCE_ID,
         API_BASE_URL,
         config::TWILIO_ACCOUNT_SID,
         config::TWILIO_AUTH_TOKEN,
@@ -282,9 +283,12 @@ impl Dispatch {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            tokio::select! {
-                () = self.stop.cancelled() => return Attempted::Interrupted,
-                () = self.limiter.acquire(&authorized.from) => {}
+            // The first attempt's slot was taken before the marker was written.
+            if attempts > 1 {
+                tokio::select! {
+                    () = self.stop.cancelled() => return Attempted::Interrupted,
+                    () = self.limiter.acquire(&authorized.from) => {}
+                }
             }
             let error = match self.twilio.send(&message).await {
                 Ok(resource) => {
@@ -342,6 +346,12 @@ impl Dispatch {
         // While this process works on the send (retries included) it is not in doubt; the
         // guard ends that when this function returns, after the outcome is durable.
         let working = Working::start(&self.ledger, &authorized.request_id);
+        // Wait for the sender's pace first, so the marker is written right before the call:
+        // a crash while waiting leaves nothing in doubt.
+        tokio::select! {
+            () = self.stop.cancelled() => return Err(HandleError::Transient("stopping before the send".to_owned())),
+            () = self.limiter.acquire(&authorized.from) => {}
+        }
         self.publish(identity.event("sending", None)).await?;
         let event = match self.send_with_retries(&authorized).await {
             Attempted::Sent { sid, status, attempts } => {

@@ -59,6 +59,12 @@ pub const KAFKA_BOOTSTRAP_SERVERS: EnvVar = EnvVar {
     default: Some("127.0.0.1:9092"),
     doc: "Kafka bootstrap servers (host:port, comma-separated)",
 };
+/// `KAFKA_GROUP_INSTANCE_ID`: static consumer-group membership.
+pub const KAFKA_GROUP_INSTANCE_ID: EnvVar = EnvVar {
+    name: "KAFKA_GROUP_INSTANCE_ID",
+    default: None,
+    doc: "a stable id per instance (e.g. the pod name): a restarted instance takes its partitions back at once (Kafka static membership); unset: dynamic membership",
+};
 /// `WA_TOPIC_PREFIX`: prefix for every topic and consumer group name.
 pub const WA_TOPIC_PREFIX: EnvVar = EnvVar {
     name: "WA_TOPIC_PREFIX",
@@ -111,15 +117,28 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     /// Prefix for topic and group names.
     pub topic_prefix: String,
+    /// This instance's static consumer-group membership id, if any: a restarted instance
+    /// (after a crash, too) takes its partitions back at once instead of waiting for the
+    /// group to notice the old member is gone.
+    pub group_instance_id: Option<String>,
 }
 
 impl KafkaConfig {
     /// The variables this reads.
-    pub const ENV: &'static [EnvVar] = &[KAFKA_BOOTSTRAP_SERVERS, WA_TOPIC_PREFIX];
+    pub const ENV: &'static [EnvVar] = &[KAFKA_BOOTSTRAP_SERVERS, WA_TOPIC_PREFIX, KAFKA_GROUP_INSTANCE_ID];
 
-    /// Reads `KAFKA_BOOTSTRAP_SERVERS` and `WA_TOPIC_PREFIX`.
+    /// Reads `KAFKA_BOOTSTRAP_SERVERS`, `WA_TOPIC_PREFIX` and `KAFKA_GROUP_INSTANCE_ID`.
     pub fn from_env() -> Self {
-        Self { bootstrap_servers: var_or(&KAFKA_BOOTSTRAP_SERVERS), topic_prefix: var_or(&WA_TOPIC_PREFIX) }
+        Self {
+            bootstrap_servers: var_or(&KAFKA_BOOTSTRAP_SERVERS),
+            topic_prefix: var_or(&WA_TOPIC_PREFIX),
+            group_instance_id: var(KAFKA_GROUP_INSTANCE_ID.name),
+        }
+    }
+
+    /// Settings for `bootstrap_servers` with `topic_prefix` and no static membership.
+    pub fn new(bootstrap_servers: impl Into<String>, topic_prefix: impl Into<String>) -> Self {
+        Self { bootstrap_servers: bootstrap_servers.into(), topic_prefix: topic_prefix.into(), group_instance_id: None }
     }
 
     /// The full name of a topic, with the prefix.

@@ -51,8 +51,13 @@ pub struct Config {
 
 impl Config {
     /// Every variable session-window reads (beyond telemetry's).
-    pub const ENV: &'static [EnvVar] =
-        &[config::KAFKA_BOOTSTRAP_SERVERS, config::WA_TOPIC_PREFIX, SAFETY_MARGIN_MS, CATCH_UP_TIMEOUT_MS];
+    pub const ENV: &'static [EnvVar] = &[
+        config::KAFKA_BOOTSTRAP_SERVERS,
+        config::WA_TOPIC_PREFIX,
+        config::KAFKA_GROUP_INSTANCE_ID,
+        SAFETY_MARGIN_MS,
+        CATCH_UP_TIMEOUT_MS,
+    ];
     /// The default HTTP address.
     pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8081";
 

@@ -81,6 +81,7 @@ impl Config {
     pub const ENV: &'static [EnvVar] = &[
         config::KAFKA_BOOTSTRAP_SERVERS,
         config::WA_TOPIC_PREFIX,
+        config::KAFKA_GROUP_INSTANCE_ID,
         ADMIN_TOKENS,
         CONTENT_BASE_URL,
         config::TWILIO_ACCOUNT_SID,

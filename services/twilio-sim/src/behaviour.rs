@@ -18,6 +18,9 @@ pub struct Behaviour {
     pub reorder: bool,
     /// Send every callback twice.
     pub duplicate: bool,
+    /// Only these statuses get a callback (e.g. `["sent", "failed", "undelivered"]`); all when
+    /// absent.
+    pub callback_statuses: Option<Vec<String>>,
     /// Messages per second each sender (`From` or `MessagingServiceSid`) may send; beyond it the
     /// API answers 429 with error 20429. 0 turns the limit off.
     pub rate_limit_per_sender: u32,
@@ -39,6 +42,7 @@ impl Default for Behaviour {
             callback_delay_ms: 20,
             reorder: false,
             duplicate: false,
+            callback_statuses: None,
             rate_limit_per_sender: 80,
             enforce_window: false,
             undeliverable: HashMap::new(),

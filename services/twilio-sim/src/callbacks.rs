@@ -64,6 +64,9 @@ impl Plan {
             .fate
             .statuses()
             .into_iter()
+            .filter(|(status, _)| {
+                behaviour.callback_statuses.as_ref().is_none_or(|wanted| wanted.iter().any(|w| w == status))
+            })
             .map(|(status, code)| {
                 let mut form = self.identity.clone();
                 let mut push = |k: &str, v: &str| form.push((k.to_owned(), v.to_owned()));
@@ -153,6 +156,12 @@ mod tests {
             statuses(&plan(Fate::Undelivered(63024)).callbacks(&twice)),
             ["queued", "queued", "sent", "sent", "undelivered", "undelivered"]
         );
+    }
+
+    #[test]
+    fn only_the_chosen_statuses_are_called_back() {
+        let behaviour = Behaviour { callback_statuses: Some(vec!["sent".into()]), ..Behaviour::default() };
+        assert_eq!(statuses(&plan(Fate::Read).callbacks(&behaviour)), ["sent"]);
     }
 
     #[test]

@@ -123,6 +123,8 @@ struct Stats {
     faults_injected: HashMap<String, u64>,
     /// Messages refused with 429 / 20429.
     rate_limited: u64,
+    /// Messages accepted.
+    messages: u64,
 }
 
 impl Sim {
@@ -449,6 +451,7 @@ async fn create_message(
         callbacks: Vec::new(),
     };
     sim.messages.lock().expect("messages lock").push(message);
+    sim.stats.lock().expect("stats lock").messages += 1;
     metrics::counter!("twilio_sim_messages_accepted_total").increment(1);
     if let Some(url) = get("StatusCallback") {
         let mut identity = vec![

@@ -120,7 +120,11 @@ pub async fn run_consumer<H: Handler>(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let group = kafka.group(&settings.group);
-    let consumer: StreamConsumer<CommitOnRevoke> = super::client_config(kafka, settings.service)
+    let mut config = super::client_config(kafka, settings.service);
+    if let Some(instance) = &kafka.group_instance_id {
+        config.set("group.instance.id", instance);
+    }
+    let consumer: StreamConsumer<CommitOnRevoke> = config
         .set("group.id", &group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")

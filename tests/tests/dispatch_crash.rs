@@ -1,0 +1,139 @@
+//! The crash test: 2,000 authorized messages; outbound-dispatch, a separate process, is killed
+//! with SIGKILL several times while sending and started again. The simulator must see each
+//! request at most once, every request must end sent, failed or in doubt, and the in-doubt ones
+//! the simulator did receive must be resolved by their status callbacks.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use e2e_tests::{Channel, BUSINESS};
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+use wa_platform::kafka::EventProducer;
+use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_DISPATCHED};
+use wa_schemas::{conversation_id, OutboundAuthorized, OutboundDispatched};
+
+const MESSAGES: usize = 2_000;
+const SENDERS: usize = 20;
+const CUSTOMERS: usize = 400;
+const KILLS: u64 = 3;
+
+fn authorization(run: &str, i: usize) -> OutboundAuthorized {
+    let from = if i % SENDERS == 0 { BUSINESS.to_owned() } else { format!("whatsapp:+1415555{:04}", i % SENDERS) };
+    let to = format!("whatsapp:+1555{run}{:04}", i % CUSTOMERS);
+    OutboundAuthorized {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_at: wa_platform::now_millis(),
+        conversation_id: conversation_id(&from, &to),
+        request_id: format!("crash-{i}"),
+        from,
+        to,
+        body: None,
+        media_urls: vec![],
+        window_expires_at: None,
+        content_sid: Some("HX00000000000000000000000000000001".to_owned()),
+        content_variables: Some(format!(r#"{{"1":"{i}"}}"#)),
+        template_name: Some("order_update".to_owned()),
+        template_language: Some("en".to_owned()),
+        preview: None,
+    }
+}
+
+async fn sim_stats(channel: &Channel) -> Value {
+    channel.get(twilio_sim::SERVICE, "/sim/stats").await.json().await.unwrap()
+}
+
+/// The request id on a simulated message's StatusCallback URL.
+fn request_of(message: &Value) -> Option<String> {
+    let params = message["params"].as_array()?;
+    let url = params.iter().find(|p| p[0] == "StatusCallback")?[1].as_str()?;
+    wa_twilio::signature::query_param(url, "request_id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkilled_dispatch_never_sends_twice_and_accounts_for_every_request() {
+    let channel = Channel::start_without_dispatch().await;
+    // One callback per message (sent, or the failure), to keep the broker's load modest.
+    channel
+        .sim_behaviour(json!({"callback_statuses": ["sent", "failed", "undelivered"], "rate_limit_per_sender": 0}))
+        .await;
+    let run = format!("{:02}", fastrand::u8(..100));
+    let producer = EventProducer::new(&channel.kafka, "crash-test", Duration::from_secs(60)).unwrap();
+    for chunk in (0..MESSAGES).collect::<Vec<_>>().chunks(200) {
+        let sends = chunk.iter().map(|i| {
+            let producer = producer.clone();
+            let event = authorization(&run, *i);
+            async move { producer.publish(&OUTBOUND_AUTHORIZED, &event).await.expect("authorization published") }
+        });
+        join_all(sends).await;
+    }
+
+    // 20 senders at 3 messages/s each: about 33 s of sending, killed at a quarter, a half and
+    // three quarters of the way.
+    let env = [
+        ("DISPATCH_SENDER_RATE", "3".to_owned()),
+        ("DISPATCH_IN_DOUBT_AFTER_MS", "3000".to_owned()),
+        ("KAFKA_GROUP_INSTANCE_ID", "dispatch-1".to_owned()),
+    ];
+    let mut dispatch = channel.dispatch_process(&env);
+    for kill in 1..=KILLS {
+        let target = kill * MESSAGES as u64 / (KILLS + 1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        while sim_stats(&channel).await["messages"].as_u64().unwrap() < target {
+            assert!(tokio::time::Instant::now() < deadline, "dispatch stalled before {target} messages");
+            assert!(dispatch.try_wait().unwrap().is_none(), "dispatch exited on its own");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        dispatch.start_kill().unwrap();
+        let status = dispatch.wait().await.unwrap();
+        assert!(!status.success(), "killed, not stopped");
+        dispatch = channel.dispatch_process(&env);
+    }
+
+    // Every request ends with an outcome; in-doubt ones the simulator received get resolved.
+    let mut outcomes: HashMap<String, Vec<String>> = HashMap::new();
+    let sim_requests = |messages: &[Value]| -> Vec<String> { messages.iter().filter_map(request_of).collect() };
+    let finished = |outcomes: &HashMap<String, Vec<String>>, received: &HashSet<String>| {
+        outcomes.len() == MESSAGES
+            && outcomes.iter().all(|(id, seen)| {
+                let done = seen.iter().any(|o| o == "sent" || o == "failed");
+                let in_doubt = seen.iter().any(|o| o == "in_doubt");
+                done || (in_doubt && !received.contains(id))
+            })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let messages = channel.sim_messages().await;
+        let received: HashSet<String> = sim_requests(&messages).into_iter().collect();
+        outcomes.clear();
+        for record in channel.read_to_end(&OUTBOUND_DISPATCHED).await {
+            let event: OutboundDispatched = record.decode();
+            if matches!(event.outcome.as_str(), "sent" | "failed" | "in_doubt") {
+                outcomes.entry(event.request_id).or_default().push(event.outcome);
+            }
+        }
+        if finished(&outcomes, &received) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{} of {MESSAGES} requests accounted for", outcomes.len());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    dispatch.start_kill().ok();
+
+    let messages = channel.sim_messages().await;
+    let mut per_request: HashMap<String, usize> = HashMap::new();
+    for id in sim_requests(&messages) {
+        *per_request.entry(id).or_default() += 1;
+    }
+    let twice: Vec<_> = per_request.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    let in_doubt = outcomes.values().filter(|seen| seen.iter().any(|o| o == "in_doubt")).count();
+    let never_sent = outcomes.keys().filter(|id| !per_request.contains_key(*id)).count();
+    println!(
+        "crash test: {MESSAGES} requests, {} reached the simulator once each, {in_doubt} were in doubt at some point, \
+         {never_sent} never reached it (in doubt, for the CRM to decide)",
+        per_request.len()
+    );
+    assert_eq!(per_request.len() + never_sent, MESSAGES);
+    channel.stop().await;
+}
