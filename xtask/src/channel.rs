@@ -395,7 +395,11 @@ pub(crate) async fn bench(name: Option<&str>) -> anyhow::Result<ExitCode> {
             let storage = var("BENCH_STORAGE").unwrap_or_else(|| "memory://tansu/".to_owned());
             return bench_through_broker("bench_ingress", &storage).await;
         }
-        _ => anyhow::bail!("name a benchmark: templates or ingress"),
+        Some("dispatch") => {
+            let storage = var("BENCH_STORAGE").unwrap_or_else(|| "memory://tansu/".to_owned());
+            return bench_through_broker("bench_dispatch", &storage).await;
+        }
+        _ => anyhow::bail!("name a benchmark: templates, ingress or dispatch"),
     }
     eprintln!("xtask: in-process decision rate");
     let status = cargo()

@@ -32,6 +32,7 @@ commands:
   events <topic>               print a topic's records (e.g. wa.outbound.rejected.v1) as JSON lines
   bench templates              authorizations/s at 10,000 templates (release build)
   bench ingress                signed webhooks/s and latency vs a bare handler (release build)
+  bench dispatch               sends/s per sender at 20 x 80/s against the simulator (release build)
 
 environment:
   KAFKA_BOOTSTRAP_SERVERS      use this broker instead of starting tansu
