@@ -2,7 +2,8 @@
 //! messages/s each (dispatch and simulator alike), authorizations offered at the full 1,600/s.
 //! Prints the measured rate per sender, the most messages any sender got into one second at
 //! the simulator, 429s, and the latency from an authorization's publication to the simulator
-//! receiving the call. Run with `cargo xtask bench dispatch` (it starts a broker).
+//! receiving the call. Run with `cargo xtask bench dispatch` (it starts a broker);
+//! `BENCH_OFFERED` offers less than the limit per sender, `BENCH_SECONDS` sets the duration.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,6 +31,9 @@ fn sender(i: usize) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    // Offered rate per sender (the limit stays 80/s): below the limit to see latency without a
+    // backlog.
+    let offered: f64 = std::env::var("BENCH_OFFERED").ok().and_then(|v| v.parse().ok()).unwrap_or(RATE);
     let kafka = KafkaConfig::new(
         e2e_tests::bootstrap_servers(),
         format!("benchd{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -81,14 +85,14 @@ async fn main() -> anyhow::Result<()> {
         .send()
         .await?;
 
-    let total = (RATE * SENDERS as f64) as usize * seconds as usize;
-    eprintln!("bench: offering {total} authorizations at {}/s for {seconds} s", RATE as usize * SENDERS);
+    let total = (offered * SENDERS as f64) as usize * seconds as usize;
+    eprintln!("bench: offering {total} authorizations at {}/s for {seconds} s", offered as usize * SENDERS);
     let producer = EventProducer::new(&kafka, "bench", Duration::from_secs(60))?;
     let mut published_at: HashMap<String, DateTime<Utc>> = HashMap::with_capacity(total);
     let started = tokio::time::Instant::now();
     let mut pending = Vec::new();
     for i in 0..total {
-        let due = started + Duration::from_secs_f64(i as f64 / (RATE * SENDERS as f64));
+        let due = started + Duration::from_secs_f64(i as f64 / (offered * SENDERS as f64));
         tokio::time::sleep_until(due).await;
         let from = sender(i);
         let to = format!("whatsapp:+1555{:07}", i % 5_000);
