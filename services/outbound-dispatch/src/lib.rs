@@ -419,7 +419,6 @@ impl Dispatch {
             self.outcome(sent).await?;
         }
         let current = entry.as_ref().and_then(|e| e.status.clone());
-        let current = self.ledger.get(&request_id).and_then(|e| e.status).or(current);
         if !moves_forward(current.as_deref(), &delivery.message_status) {
             metrics::counter!("wa_dispatch_callbacks_total", "outcome" => "not_forward").increment(1);
             return Ok(());
