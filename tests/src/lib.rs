@@ -551,6 +551,12 @@ async fn watermarks(kafka: &KafkaConfig, topic: &str) -> Vec<i64> {
     .expect("watermark lookup")
 }
 
+/// A consumer of every partition of `topic` from its beginning, for tests that follow a topic
+/// as it grows.
+pub async fn follow_from_beginning(kafka: &KafkaConfig, topic: &str) -> StreamConsumer {
+    assign_from_beginning(kafka, topic).await
+}
+
 async fn assign_from_beginning(kafka: &KafkaConfig, topic: &str) -> StreamConsumer {
     let partitions = watermarks(kafka, topic).await.len() as i32;
     let consumer: StreamConsumer = wa_platform::kafka::client_config(kafka, "e2e-reader")

@@ -206,8 +206,12 @@ pub(crate) async fn test(cargo_args: Vec<String>) -> anyhow::Result<ExitCode> {
     let mut broker = Broker::start(free_port()?, &data_dir).await?;
     let outcome = run_tests(&broker, &cargo_args).await;
     broker.stop().await;
-    if data_dir.exists() {
+    let passed = matches!(&outcome, Ok((status, _)) if status.success());
+    if passed {
         let _ = std::fs::remove_dir_all(&data_dir);
+    } else {
+        // Kept for diagnosis: the broker's log is in there.
+        eprintln!("xtask: tests failed; the broker's data and log stay in {}", data_dir.display());
     }
     let (status, totals) = outcome?;
     println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
