@@ -188,6 +188,20 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
+    /// Publishes `event` and waits for the broker's acknowledgement, at most the publish
+    /// timeout; the error says why it is not durable.
+    pub(crate) async fn publish<E: wa_schemas::Event>(
+        &self,
+        topic: &wa_platform::topics::TopicSpec,
+        event: &E,
+    ) -> Result<(), String> {
+        match tokio::time::timeout(self.publish_timeout, self.producer.publish(topic, event)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("broker did not acknowledge in time".to_owned()),
+        }
+    }
+
     /// Whether `sender` is a business sender this channel serves.
     pub(crate) fn serves(&self, sender: &str) -> bool {
         self.senders.is_empty() || self.senders.iter().any(|served| served == sender)

@@ -85,14 +85,12 @@ pub(crate) async fn create(State(state): State<Arc<AppState>>, headers: HeaderMa
         return reject(ENDPOINT, "unknown_sender", problem);
     }
     let span = tracing::info_span!("outbound_request", request_id = %event.request_id, to = %mask(&event.to));
-    let publish = || async {
-        tokio::time::timeout(state.publish_timeout, state.producer.publish(&OUTBOUND_REQUESTED, &event))
-            .await
-            .map_err(|_| "broker did not acknowledge in time".to_owned())?
-            .map(|_| ())
-            .map_err(|err| err.to_string())
-    };
-    match state.outbound_dedupe.publish_once(&event.event_id, publish).instrument(span.clone()).await {
+    match state
+        .outbound_dedupe
+        .publish_once(&event.event_id, || state.publish(&OUTBOUND_REQUESTED, &event))
+        .instrument(span.clone())
+        .await
+    {
         Ok(outcome) => {
             let (status, code) = match outcome {
                 Outcome::Published => ("accepted", StatusCode::ACCEPTED),

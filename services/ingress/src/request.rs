@@ -235,15 +235,14 @@ pub(crate) async fn quarantine(
         headers,
         body: received.body.to_vec(),
     };
-    match tokio::time::timeout(state.publish_timeout, state.producer.publish(&QUARANTINE, &event)).await {
-        Ok(Ok(_)) => {
+    match state.publish(&QUARANTINE, &event).await {
+        Ok(()) => {
             metrics::counter!("wa_ingress_quarantined_total", "endpoint" => received.endpoint, "reason" => reason)
                 .increment(1);
             tracing::warn!(endpoint = received.endpoint, reason, quarantine_id = %event.event_id, url = %url, "request quarantined");
             Ok(())
         }
-        Ok(Err(err)) => Err(unavailable(received.endpoint, err.to_string())),
-        Err(_) => Err(unavailable(received.endpoint, "broker did not acknowledge in time".to_owned())),
+        Err(reason) => Err(unavailable(received.endpoint, reason)),
     }
 }
 

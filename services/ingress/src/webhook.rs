@@ -50,14 +50,12 @@ pub(crate) async fn inbound(
         return span.in_scope(|| reject(ENDPOINT, "unknown_sender", problem));
     }
 
-    let publish = || async {
-        tokio::time::timeout(state.publish_timeout, state.producer.publish(&INBOUND, &event))
-            .await
-            .map_err(|_| "broker did not acknowledge in time".to_owned())?
-            .map(|_| ())
-            .map_err(|err| err.to_string())
-    };
-    match state.inbound_dedupe.publish_once(&event.event_id, publish).instrument(span.clone()).await {
+    match state
+        .inbound_dedupe
+        .publish_once(&event.event_id, || state.publish(&INBOUND, &event))
+        .instrument(span.clone())
+        .await
+    {
         Ok(outcome) => {
             let label = if outcome == Outcome::Published { "published" } else { "duplicate" };
             metrics::counter!("wa_ingress_accepted_total", "endpoint" => ENDPOINT, "outcome" => label).increment(1);
@@ -93,11 +91,8 @@ pub(crate) async fn status(
         status = %event.message_status,
         request_id = event.request_id.as_deref().unwrap_or(""),
     );
-    let published =
-        tokio::time::timeout(state.publish_timeout, state.producer.publish(&DELIVERY, &event).instrument(span.clone()))
-            .await;
-    match published {
-        Ok(Ok(_)) => {
+    match state.publish(&DELIVERY, &event).instrument(span.clone()).await {
+        Ok(()) => {
             let status = if status::KNOWN_STATUSES.contains(&event.message_status.as_str()) {
                 event.message_status.clone()
             } else {
@@ -109,7 +104,6 @@ pub(crate) async fn status(
             span.in_scope(|| tracing::info!("status callback accepted"));
             StatusCode::NO_CONTENT.into_response()
         }
-        Ok(Err(err)) => span.in_scope(|| unavailable(ENDPOINT, err.to_string())),
-        Err(_) => span.in_scope(|| unavailable(ENDPOINT, "broker did not acknowledge in time".to_owned())),
+        Err(reason) => span.in_scope(|| unavailable(ENDPOINT, reason)),
     }
 }
