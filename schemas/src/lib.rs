@@ -172,7 +172,7 @@ pub fn registry() -> &'static HashMap<u64, &'static SchemaInfo> {
 }
 
 /// Every event schema, in a fixed order.
-pub fn all_schemas() -> [&'static SchemaInfo; 9] {
+pub fn all_schemas() -> [&'static SchemaInfo; 11] {
     [
         InboundMessageReceived::schema_info(),
         DeliveryStatusReceived::schema_info(),
@@ -183,6 +183,8 @@ pub fn all_schemas() -> [&'static SchemaInfo; 9] {
         OutboundRejected::schema_info(),
         OutboundDispatched::schema_info(),
         TemplateEvent::schema_info(),
+        SessionState::schema_info(),
+        SessionEvent::schema_info(),
     ]
 }
 
@@ -568,3 +570,53 @@ pub struct OutboundDispatched {
     pub attempts: i32,
 }
 event!(OutboundDispatched, "outbound_dispatched.avsc", "wachannel.outbound.dispatched.v1");
+
+/// A conversation's whole session state (topic `wa.sessions.v1`, compacted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    /// UUIDv5 of the conversation and this state.
+    pub event_id: String,
+    /// The latest moment this state reflects, Unix millis.
+    pub occurred_at: i64,
+    /// The conversation (the record key).
+    pub conversation_id: String,
+    /// When the customer last wrote.
+    pub last_customer_message_at: Option<i64>,
+    /// When the 24-hour window closes.
+    pub window_expires_at: Option<i64>,
+    /// When the 72-hour free entry point closes.
+    pub entry_point_expires_at: Option<i64>,
+    /// The customer opted out of marketing messages.
+    pub opted_out: bool,
+    /// The latest opt-out.
+    pub opted_out_at: Option<i64>,
+    /// The latest opt-in.
+    pub opted_in_at: Option<i64>,
+    /// Which notice of the current window was published: none, expiring or closed.
+    pub notified: String,
+}
+event!(SessionState, "session_state.avsc", "wachannel.session.state.v1");
+
+/// A change in a conversation's session (topic `wa.session.events.v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    /// UUIDv5 of the conversation, the type and the cause.
+    pub event_id: String,
+    /// When it happened, Unix millis.
+    pub occurred_at: i64,
+    /// The conversation (the record key).
+    pub conversation_id: String,
+    /// window_opened, window_extended, window_expiring, window_closed, entry_point_opened,
+    /// opted_out or opted_in.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When the 24-hour window closes, after this event.
+    pub window_expires_at: Option<i64>,
+    /// When the 72-hour free entry point closes, after this event.
+    pub entry_point_expires_at: Option<i64>,
+    /// The inbound or dispatch event that caused it.
+    pub cause_event_id: Option<String>,
+    /// For consent changes: the keyword or the Twilio error.
+    pub reason: Option<String>,
+}
+event!(SessionEvent, "session_event.avsc", "wachannel.session.event.v1");

@@ -5,7 +5,7 @@ use serde_json::Value as Json;
 use wa_schemas::{
     all_schemas, history_schemas, split_single_object, CodecError, DeliveryStatusReceived, Event,
     InboundMessageReceived, OutboundAuthorized, OutboundDispatched, OutboundRejected, OutboundRequested,
-    OutboundWindowChecked, QuarantinedRequest, SchemaInfo, TemplateEvent,
+    OutboundWindowChecked, QuarantinedRequest, SchemaInfo, SessionEvent, SessionState, TemplateEvent,
 };
 
 struct Fixture {
@@ -138,6 +138,16 @@ fn outbound_dispatched_matches_fastavro() {
 #[test]
 fn template_event_matches_fastavro() {
     check_against_fastavro::<TemplateEvent>("template_event.avsc");
+}
+
+#[test]
+fn session_state_matches_fastavro() {
+    check_against_fastavro::<SessionState>("session_state.avsc");
+}
+
+#[test]
+fn session_event_matches_fastavro() {
+    check_against_fastavro::<SessionEvent>("session_event.avsc");
 }
 
 #[test]

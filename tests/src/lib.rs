@@ -108,6 +108,13 @@ fn template_approval_config(kafka: &KafkaConfig, sim_url: &str) -> template_appr
     }
 }
 
+/// session-window's configuration in tests: the defaults, with timers looked at every 100 ms.
+pub fn session_window_config(kafka: &KafkaConfig) -> session_window::Config {
+    let mut config = session_window::Config::new(loopback(), kafka.clone());
+    config.timer_interval = Duration::from_millis(100);
+    config
+}
+
 /// ingress's configuration in tests: one served sender, a CRM token, a small body limit.
 pub fn ingress_config(kafka: &KafkaConfig) -> ingress::Config {
     let mut config = ingress::Config::new(loopback(), kafka.clone(), AUTH_TOKEN);
@@ -170,14 +177,7 @@ impl Channel {
         service_urls.insert(ingress::SERVICE, ingress_url.clone());
         tasks.push(spawn(ingress, &shutdown));
 
-        let session = session_window::bind(session_window::Config {
-            http_addr: loopback(),
-            kafka: kafka.clone(),
-            safety_margin: Duration::from_secs(60),
-            catch_up_timeout: Duration::from_secs(10),
-        })
-        .await
-        .expect("session-window binds");
+        let session = session_window::bind(session_window_config(&kafka)).await.expect("session-window binds");
         service_urls.insert(session_window::SERVICE, format!("http://{}", session.local_addr()));
         tasks.push(spawn(session, &shutdown));
 

@@ -62,6 +62,20 @@ pub const OUTBOUND_DISPATCHED: TopicSpec = TopicSpec {
     configs: RETAIN_7_DAYS,
     doc: "send outcomes (OutboundDispatched)",
 };
+/// Session state snapshots (session-window's changelog, read back on partition assignment).
+pub const SESSIONS: TopicSpec = TopicSpec {
+    name: "wa.sessions.v1",
+    partitions: MESSAGE_PARTITIONS,
+    configs: &[("cleanup.policy", "compact")],
+    doc: "each conversation's whole session state (SessionState), compacted: the latest record per conversation is its state; co-partitioned with the message topics",
+};
+/// Session lifecycle (session-window → CRM, analytics).
+pub const SESSION_EVENTS: TopicSpec = TopicSpec {
+    name: "wa.session.events.v1",
+    partitions: MESSAGE_PARTITIONS,
+    configs: RETAIN_7_DAYS,
+    doc: "window opened, extended, expiring and closed, free entry points, opt-out and opt-in (SessionEvent)",
+};
 /// Template lifecycle events (template-approval's own event store).
 pub const TEMPLATES: TopicSpec = TopicSpec {
     name: "wa.templates.v1",
@@ -100,7 +114,70 @@ pub const ALL: &[TopicSpec] = &[
     OUTBOUND_REJECTED,
     OUTBOUND_DISPATCHED,
     DELIVERY,
+    SESSIONS,
+    SESSION_EVENTS,
     TEMPLATES,
     QUARANTINE,
     DEAD_LETTER,
 ];
+
+/// The partition Java's default partitioner (and librdkafka's `murmur2_random`, which every
+/// producer of the channel uses) picks for `key` among `partitions`: murmur2 of the key, sign
+/// bit cleared, modulo the count. The session-window service uses it to tell which instance
+/// owns a conversation.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    let positive = murmur2(key) & 0x7fff_ffff;
+    (positive % partitions.max(1) as u32) as i32
+}
+
+/// Kafka's murmur2 hash (seed 0x9747b28c), as in the Java client's `Utils.murmur2`.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values from the Java client's `UtilsTest.testMurmur2`.
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        let cases: [(&str, i32); 6] = [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            ("abc", 479_470_107),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(murmur2(key.as_bytes()) as i32, expected, "{key}");
+        }
+    }
+}

@@ -1,26 +1,34 @@
-//! Session-window: the 24-hour customer-service window.
+//! Session-window: the 24-hour customer-service window, the 72-hour free entry point and
+//! opt-out, as a partitioned, restorable projection of message events.
 //!
-//! Projects `wa.inbound.v1` into per-conversation windows and answers every
-//! `wa.outbound.requested.v1` record with a verdict on `wa.outbound.checked.v1`.
+//! Reads `wa.inbound.v1`, `wa.outbound.dispatched.v1` and `wa.outbound.requested.v1` in one
+//! consumer group; answers every request with a verdict on `wa.outbound.checked.v1`; keeps each
+//! conversation's state on the compacted `wa.sessions.v1` and announces window changes on
+//! `wa.session.events.v1`. `session-window rebuild` recomputes the state from the message topics.
 
-mod projection;
-pub mod window;
+mod events;
+mod projector;
+pub mod rebuild;
+pub mod session;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
 use tokio::net::TcpListener;
 use uuid::Uuid;
-use wa_platform::config::{self, EnvVar, KafkaConfig};
-use wa_platform::kafka::{ConsumerSettings, EventProducer, HandleError, Handler, Record};
-use wa_platform::service::{Bound, Prepared, Service};
-use wa_platform::topics::{OUTBOUND_CHECKED, OUTBOUND_REQUESTED};
+use wa_platform::config::{self, ConfigError, EnvVar, KafkaConfig};
+use wa_platform::http::{Health, Problem};
+use wa_platform::service::{Bound, Service};
 use wa_platform::CancellationToken;
-use wa_schemas::{Event, OutboundRequested, OutboundWindowChecked};
 
-use crate::projection::Projection;
+use crate::projector::{Projector, Shared};
+use crate::session::{Content, Keywords};
 
 /// The service name.
 pub const SERVICE: &str = "session-window";
@@ -30,10 +38,30 @@ const SAFETY_MARGIN_MS: EnvVar = EnvVar {
     default: Some("60000"),
     doc: "free-form sends are refused this long before the window closes, so they do not reach Twilio after it",
 };
-const CATCH_UP_TIMEOUT_MS: EnvVar = EnvVar {
-    name: "SESSION_CATCH_UP_TIMEOUT_MS",
-    default: Some("10000"),
-    doc: "how long a verdict waits for the projection to read the latest inbound messages before retrying",
+const EXPIRING_LEAD_MS: EnvVar = EnvVar {
+    name: "SESSION_EXPIRING_LEAD_MS",
+    default: Some("3600000"),
+    doc: "how long before a window closes the window_expiring event is published (agents can still reply)",
+};
+const OPT_OUT_KEYWORDS: EnvVar = EnvVar {
+    name: "SESSION_OPT_OUT_KEYWORDS",
+    default: Some(session::DEFAULT_OPT_OUT),
+    doc: "comma-separated words that opt a customer out when they are a message's whole text (any case, punctuation ignored)",
+};
+const OPT_IN_KEYWORDS: EnvVar = EnvVar {
+    name: "SESSION_OPT_IN_KEYWORDS",
+    default: Some(session::DEFAULT_OPT_IN),
+    doc: "comma-separated words that opt a customer back in",
+};
+const COMMIT_INTERVAL_MS: EnvVar = EnvVar {
+    name: "SESSION_COMMIT_INTERVAL_MS",
+    default: Some("200"),
+    doc: "how often input offsets are committed, once everything they caused is acknowledged",
+};
+const TIMER_INTERVAL_MS: EnvVar = EnvVar {
+    name: "SESSION_TIMER_INTERVAL_MS",
+    default: Some("1000"),
+    doc: "how often due window notices are looked for (their time is the deadline, not the tick)",
 };
 
 /// Session-window configuration.
@@ -45,8 +73,14 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// Refuse free-form sends this long before the window closes.
     pub safety_margin: Duration,
-    /// Bound on waiting for the projection before a verdict.
-    pub catch_up_timeout: Duration,
+    /// Publish `window_expiring` this long before the window closes.
+    pub expiring_lead: Duration,
+    /// Consent keywords.
+    pub keywords: Keywords,
+    /// How often offsets are committed.
+    pub commit_interval: Duration,
+    /// How often due notices are looked for.
+    pub timer_interval: Duration,
 }
 
 impl Config {
@@ -56,69 +90,110 @@ impl Config {
         config::WA_TOPIC_PREFIX,
         config::KAFKA_GROUP_INSTANCE_ID,
         SAFETY_MARGIN_MS,
-        CATCH_UP_TIMEOUT_MS,
+        EXPIRING_LEAD_MS,
+        OPT_OUT_KEYWORDS,
+        OPT_IN_KEYWORDS,
+        COMMIT_INTERVAL_MS,
+        TIMER_INTERVAL_MS,
     ];
     /// The default HTTP address.
     pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8081";
 
+    /// The defaults, with this address and broker.
+    pub fn new(http_addr: SocketAddr, kafka: KafkaConfig) -> Self {
+        Self {
+            http_addr,
+            kafka,
+            safety_margin: Duration::from_secs(60),
+            expiring_lead: Duration::from_secs(3600),
+            keywords: Keywords::defaults(),
+            commit_interval: Duration::from_millis(200),
+            timer_interval: Duration::from_secs(1),
+        }
+    }
+
     /// Reads the configuration from the environment.
-    pub fn from_env() -> Result<Self, config::ConfigError> {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let keywords = Keywords::new(&config::list(&OPT_OUT_KEYWORDS), &config::list(&OPT_IN_KEYWORDS)).map_err(
+            |err| ConfigError { name: OPT_IN_KEYWORDS.name, value: config::var_or(&OPT_IN_KEYWORDS), reason: err.to_string() },
+        )?;
+        let millis = |var: &EnvVar| config::parse::<u64>(var).map(Duration::from_millis);
         Ok(Self {
             http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
             kafka: KafkaConfig::from_env(),
-            safety_margin: Duration::from_millis(config::parse(&SAFETY_MARGIN_MS)?),
-            catch_up_timeout: Duration::from_millis(config::parse(&CATCH_UP_TIMEOUT_MS)?),
+            safety_margin: millis(&SAFETY_MARGIN_MS)?,
+            expiring_lead: millis(&EXPIRING_LEAD_MS)?,
+            keywords,
+            commit_interval: millis(&COMMIT_INTERVAL_MS)?.max(Duration::from_millis(10)),
+            timer_interval: millis(&TIMER_INTERVAL_MS)?.max(Duration::from_millis(10)),
         })
     }
-}
 
-/// Checks outbound requests against the projected windows.
-struct CheckWindow {
-    projection: Arc<Projection>,
-    producer: EventProducer,
-    config: Config,
-}
+    pub(crate) fn lead_millis(&self) -> i64 {
+        i64::try_from(self.expiring_lead.as_millis()).unwrap_or(i64::MAX)
+    }
 
-impl Handler for CheckWindow {
-    async fn handle(&self, record: &Record<'_>) -> Result<(), HandleError> {
-        let request = OutboundRequested::decode(record.payload)?;
-        self.projection.catch_up(self.config.catch_up_timeout).await.map_err(HandleError::Transient)?;
-        let window = self.projection.window(&request.conversation_id);
-        let now = wa_platform::now_millis();
-        let margin = i64::try_from(self.config.safety_margin.as_millis()).unwrap_or(i64::MAX);
-        // The window limits free-form content only; templates may be sent at any time (their
-        // approval is template-approval's to check).
-        let verdict =
-            if request.template.is_some() { Ok(()) } else { window::check_free_form(window.as_ref(), now, margin) };
-        metrics::counter!("wa_session_verdicts_total", "verdict" => verdict.map_or_else(|r| r.code(), |()| "allowed"))
-            .increment(1);
-        tracing::info!(request_id = %request.request_id, allowed = verdict.is_ok(), "window checked");
-        let checked = OutboundWindowChecked {
-            event_id: Uuid::new_v5(
-                &Uuid::NAMESPACE_OID,
-                format!("wachannel:checked:{}", request.event_id()).as_bytes(),
-            )
-            .to_string(),
-            occurred_at: now,
-            conversation_id: request.conversation_id,
-            request_id: request.request_id,
-            from: request.from,
-            to: request.to,
-            body: request.body,
-            media_urls: request.media_urls,
-            template: request.template,
-            allowed: verdict.is_ok(),
-            refusal_reason: verdict.err().map(|refusal| refusal.code().to_owned()),
-            window_expires_at: window.map(|w| w.expires_at),
-            opted_out: false,
-        };
-        self.producer.publish(&OUTBOUND_CHECKED, &checked).await?;
-        Ok(())
+    pub(crate) fn safety_margin_millis(&self) -> i64 {
+        i64::try_from(self.safety_margin.as_millis()).unwrap_or(i64::MAX)
     }
 }
 
 /// The session-window service.
 pub struct SessionWindow;
+
+struct QueryState {
+    shared: Arc<Shared>,
+    margin_millis: i64,
+}
+
+/// `GET /v1/conversations/{id}/session`: the conversation's state, from the instance that owns
+/// its partition; another instance answers 421 naming the partition.
+async fn session_query(
+    State(state): State<Arc<QueryState>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let conversation = Uuid::parse_str(&id)
+        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid-conversation-id", "invalid conversation id", format!("{id:?} is not a conversation id (a UUID)")))?;
+    let key = conversation.to_string();
+    let Some(partitions) = state.shared.partitions.get().copied() else {
+        return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "starting", "starting", "not connected to the broker yet"));
+    };
+    let partition = wa_platform::topics::partition_for_key(key.as_bytes(), partitions);
+    let stores = state.shared.stores.lock().expect("stores lock");
+    let Some(store) = stores.get(&partition) else {
+        let restoring = state.shared.restoring.lock().expect("restoring lock").contains(&partition);
+        let mut owned: Vec<i32> = stores.keys().copied().collect();
+        owned.sort_unstable();
+        return Err(if restoring {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "restoring", "restoring", format!("partition {partition} is being restored here; ask again shortly"))
+        } else {
+            Problem::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "not-owned",
+                "owned by another instance",
+                format!("conversation {key} is on partition {partition}, which this instance does not own (it owns {owned:?}); ask the instance that owns it"),
+            )
+        });
+    };
+    let session = store.get(&conversation).copied();
+    let now = wa_platform::now_millis();
+    let free_form = session::check(session.as_ref(), Content::FreeForm, now, state.margin_millis);
+    let snapshot = store::snapshot(&conversation, &session.unwrap_or_default());
+    Ok(Json(serde_json::json!({
+        "conversation_id": key,
+        "partition": partition,
+        "known": session.is_some(),
+        "last_customer_message_at": snapshot.last_customer_message_at,
+        "window_expires_at": snapshot.window_expires_at,
+        "entry_point_expires_at": snapshot.entry_point_expires_at,
+        "opted_out": snapshot.opted_out,
+        "opted_out_at": snapshot.opted_out_at,
+        "opted_in_at": snapshot.opted_in_at,
+        "notified": snapshot.notified,
+        "free_form_allowed": free_form.is_ok(),
+        "refusal_reason": free_form.err().map(session::Refusal::code),
+    })))
+}
 
 impl Service for SessionWindow {
     const NAME: &'static str = SERVICE;
@@ -130,21 +205,24 @@ impl Service for SessionWindow {
 
     /// Projects and checks until `shutdown`.
     async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let settings =
-            ConsumerSettings { group: "session-window".to_owned(), topics: vec![OUTBOUND_REQUESTED], service: SERVICE };
-        let kafka = config.kafka.clone();
-        let setup = move |producer, background: CancellationToken| async move {
-            let projection = Projection::start(&config.kafka).await?;
-            let projecting = {
-                let projection = projection.clone();
-                let stop = background.clone();
-                tokio::spawn(async move { projection.run(stop).await })
-            };
-            // Ready once the state holds everything published before start.
-            projection.wait_caught_up(&background).await;
-            Ok(Prepared { handler: CheckWindow { projection, producer, config }, background: vec![projecting] })
+        let health = Health::new();
+        let shared = Arc::new(Shared::default());
+        let routes = Router::new()
+            .route("/v1/conversations/{id}/session", get(session_query))
+            .with_state(Arc::new(QueryState { shared: shared.clone(), margin_millis: config.safety_margin_millis() }));
+        let stop = shutdown.clone();
+        let ready = health.clone();
+        let worker = async move {
+            let kafka = config.kafka.clone();
+            wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await?;
+            let source = format!("wachannel/{SERVICE}");
+            let producer = wa_platform::kafka::EventProducer::new(&kafka, &source, Duration::from_secs(30))?;
+            let projector = Projector::start(config, producer.clone(), ready, shared).await?;
+            let result = projector.run(stop).await;
+            producer.flush(Duration::from_secs(10));
+            result
         };
-        wa_platform::service::run_consumer_service(listener, Router::new(), kafka, settings, shutdown, setup).await
+        wa_platform::service::run_until_stopped(SERVICE, listener, routes, health, shutdown, worker).await
     }
 }
 

@@ -234,6 +234,23 @@ fn finish<C: Consumer<CommitOnRevoke>>(
     }
 }
 
+/// The span a consumed record is handled in: a child of the trace its producer put in the
+/// record's `traceparent` header, so one request is one trace across services.
+pub fn consume_span(record: &Record<'_>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "consume",
+        otel.kind = "consumer",
+        messaging.destination = record.topic,
+        messaging.partition = record.partition,
+        messaging.offset = record.offset,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(record.headers))
+    });
+    let _ = span.set_parent(parent);
+    span
+}
+
 /// Handles one record until it succeeded or was dead-lettered (true), or shutdown came first
 /// (false: the record stays unstored and is read again after a restart).
 async fn process<H: Handler>(
@@ -251,17 +268,7 @@ async fn process<H: Handler>(
         payload: message.payload().unwrap_or_default(),
         headers: message.headers(),
     };
-    let span = tracing::info_span!(
-        "consume",
-        otel.kind = "consumer",
-        messaging.destination = record.topic,
-        messaging.partition = record.partition,
-        messaging.offset = record.offset,
-    );
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(record.headers))
-    });
-    let _ = span.set_parent(parent);
+    let span = consume_span(&record);
 
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -296,8 +303,8 @@ async fn process<H: Handler>(
 }
 
 /// Publishes the record unchanged to the dead-letter topic with `dlq.*` headers naming the
-/// reason and origin. Retries until the broker acknowledges (or shutdown).
-async fn dead_letter(
+/// reason and origin. Retries until the broker acknowledges (true), or shutdown (false).
+pub async fn dead_letter(
     record: &Record<'_>,
     reason: &str,
     settings: &ConsumerSettings,

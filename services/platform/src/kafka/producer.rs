@@ -21,6 +21,20 @@ pub enum PublishError {
     Broker(#[from] rdkafka::error::KafkaError),
 }
 
+/// A record queued by [`EventProducer::enqueue`], not yet acknowledged.
+pub struct Queued(rdkafka::producer::DeliveryFuture);
+
+impl Queued {
+    /// Waits for the broker's acknowledgement; returns (partition, offset).
+    pub async fn acknowledged(self) -> Result<(i32, i64), PublishError> {
+        match self.0.await {
+            Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+            Ok(Err((err, _))) => Err(PublishError::Broker(err)),
+            Err(_) => Err(PublishError::Broker(rdkafka::error::KafkaError::Canceled)),
+        }
+    }
+}
+
 /// Publishes events, each acknowledged by all in-sync replicas before `publish` returns.
 #[derive(Clone)]
 pub struct EventProducer {
@@ -57,6 +71,49 @@ impl EventProducer {
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!("wa_events_published_total", "topic" => topic.name, "outcome" => outcome).increment(1);
         result.map_err(PublishError::from)
+    }
+
+    /// Queues `event` for `topic` without waiting for the broker: the returned [`Queued`]
+    /// resolves once it is acknowledged. `partition` overrides the key's partition (state
+    /// snapshots go to the partition of the input they were computed from). Waits for room
+    /// when the local queue is full.
+    pub async fn enqueue<E: Event>(
+        &self,
+        topic: &TopicSpec,
+        event: &E,
+        partition: Option<i32>,
+    ) -> Result<Queued, PublishError> {
+        let payload = event.encode()?;
+        let headers = super::headers::event_headers(event, &self.source);
+        let name = self.kafka.topic(topic);
+        Ok(self.enqueue_record(&name, event.key().as_bytes(), Some(&payload), headers, partition).await?)
+    }
+
+    /// Queues a record (`None` payload: a tombstone) without waiting for the broker.
+    pub async fn enqueue_record(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        headers: OwnedHeaders,
+        partition: Option<i32>,
+    ) -> Result<Queued, rdkafka::error::KafkaError> {
+        loop {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(key).headers(headers.clone());
+            if let Some(payload) = payload {
+                record = record.payload(payload);
+            }
+            if let Some(partition) = partition {
+                record = record.partition(partition);
+            }
+            match self.inner.send_result(record) {
+                Ok(delivery) => return Ok(Queued(delivery)),
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((err, _)) => return Err(err),
+            }
+        }
     }
 
     /// Publishes raw bytes (dead letters keep the original value).

@@ -1,0 +1,677 @@
+//! The live projection: one consumer in the `session-window` group reads the co-partitioned
+//! message topics, so an instance owns whole conversations (partition `p` of every topic).
+//!
+//! - On assignment, each partition's sessions are restored from `wa.sessions.v1` before any of
+//!   its records is handled; inputs resume from the committed offsets.
+//! - Every state change is queued to `wa.sessions.v1` (to the input's partition) together
+//!   with the events it causes, before the input's offset is stored. Offsets are committed
+//!   every commit interval, only after every queued record was acknowledged, and on revoke
+//!   after a flush: a restored state is never behind the committed inputs (it may be ahead;
+//!   applying a fact twice changes nothing).
+//! - An outbound request waits until partition `p` of `wa.inbound.v1` has been read up to the
+//!   high watermark the broker reported after the request arrived, so a reply sees the
+//!   customer message the agent is answering even though the two travel on different topics.
+//!   One watermark query serves every request that arrived before it was sent.
+//! - Timer notices come from the restored state, so they survive restarts and rebalances.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
+use uuid::Uuid;
+use wa_platform::config::KafkaConfig;
+use wa_platform::http::Health;
+use wa_platform::kafka::{ConsumerSettings, EventProducer, Queued, Record};
+use wa_platform::topics::{
+    partition_for_key, INBOUND, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REQUESTED, SESSIONS, SESSION_EVENTS,
+};
+use wa_platform::CancellationToken;
+use wa_schemas::{Event, InboundMessageReceived, OutboundDispatched, OutboundRequested, OutboundWindowChecked};
+
+use crate::session::{self, Content, Fact, Session};
+use crate::store::{from_snapshot, PartitionStore};
+use crate::{events, Config, SERVICE};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the projector shares with the HTTP query and the rebalance callback.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// Restored partitions this instance owns.
+    pub stores: Mutex<HashMap<i32, PartitionStore>>,
+    /// Partitions assigned but not restored yet.
+    pub restoring: Mutex<Vec<i32>>,
+    /// Partition count of the message topics, once connected.
+    pub partitions: std::sync::OnceLock<i32>,
+}
+
+enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Flushes and commits before partitions go, and tells the loop what changed.
+struct Rebalances {
+    shared: Arc<Shared>,
+    producer: EventProducer,
+    events: mpsc::UnboundedSender<RebalanceEvent>,
+}
+
+fn partition_numbers(list: &TopicPartitionList) -> Vec<i32> {
+    let mut partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    partitions
+}
+
+impl ClientContext for Rebalances {}
+
+impl ConsumerContext for Rebalances {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let partitions = partition_numbers(list);
+            tracing::info!(?partitions, "partitions revoked; flushing and committing");
+            // Every effect of the records handled so far was queued before their offsets were
+            // stored: once the queue is acknowledged, the stored offsets may be committed.
+            self.producer.flush(Duration::from_secs(30));
+            if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %err, "commit on revoke found nothing to commit");
+            }
+            let mut stores = self.shared.stores.lock().expect("stores lock");
+            for partition in &partitions {
+                stores.remove(partition);
+            }
+            let _ = self.events.send(RebalanceEvent::Revoked(partitions));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let partitions = partition_numbers(list);
+            tracing::info!(?partitions, "partitions assigned");
+            self.shared.restoring.lock().expect("restoring lock").clone_from(&partitions);
+            let _ = self.events.send(RebalanceEvent::Assigned(partitions));
+        }
+    }
+}
+
+/// An outbound request waiting for the inbound partition to catch up.
+struct Pending {
+    seq: u64,
+    /// `None` for a record that was dead-lettered: only its offset is stored, in turn.
+    request: Option<OutboundRequested>,
+    offset: i64,
+    span: tracing::Span,
+}
+
+/// Per owned partition: how far the inbound topic was applied and the requests waiting on it.
+#[derive(Default)]
+struct Owned {
+    applied_inbound: i64,
+    pending: VecDeque<Pending>,
+    /// The latest answered watermark query: (sequence number when it was sent, high watermark).
+    confirmed: Option<(u64, i64)>,
+    querying: bool,
+}
+
+struct Topics {
+    inbound: String,
+    requested: String,
+    dispatched: String,
+    sessions: String,
+}
+
+/// The live projection loop.
+pub(crate) struct Projector {
+    config: Config,
+    consumer: StreamConsumer<Rebalances>,
+    restorer: StreamConsumer,
+    metadata: Arc<BaseConsumer>,
+    shared: Arc<Shared>,
+    producer: EventProducer,
+    health: Arc<Health>,
+    topics: Topics,
+    settings: ConsumerSettings,
+    owned: HashMap<i32, Owned>,
+    unacked: Vec<Queued>,
+    /// Offsets were stored since the last commit.
+    offsets_stored: bool,
+    /// Counts received records: orders requests against watermark queries.
+    seq: u64,
+    rebalances: mpsc::UnboundedReceiver<RebalanceEvent>,
+    answers: mpsc::UnboundedReceiver<(i32, u64, Result<i64, String>)>,
+    answers_tx: mpsc::UnboundedSender<(i32, u64, Result<i64, String>)>,
+}
+
+/// The consumer group of the live projection.
+pub(crate) const GROUP: &str = "session-window";
+
+/// Looks up how many partitions `topic` has.
+pub(crate) async fn partition_count(kafka: &KafkaConfig, spec: &wa_platform::topics::TopicSpec) -> anyhow::Result<i32> {
+    let client: BaseConsumer = wa_platform::kafka::client_config(kafka, SERVICE).create()?;
+    let topic = kafka.topic(spec);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<i32> {
+        let meta = client.fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
+        let count = meta.topics().first().map_or(0, |t| t.partitions().len());
+        anyhow::ensure!(count > 0, "topic {topic} does not exist");
+        Ok(i32::try_from(count)?)
+    })
+    .await?
+}
+
+impl Projector {
+    /// Connects and subscribes.
+    pub(crate) async fn start(
+        config: Config,
+        producer: EventProducer,
+        health: Arc<Health>,
+        shared: Arc<Shared>,
+    ) -> anyhow::Result<Self> {
+        let kafka = &config.kafka;
+        let partitions = partition_count(kafka, &INBOUND).await?;
+        let _ = shared.partitions.set(partitions);
+        let (events, rebalances) = mpsc::unbounded_channel();
+        let context = Rebalances { shared: shared.clone(), producer: producer.clone(), events };
+        let mut client = wa_platform::kafka::client_config(kafka, SERVICE);
+        let session_timeout_ms = match &kafka.group_instance_id {
+            Some(instance) => {
+                client.set("group.instance.id", instance);
+                "120000"
+            }
+            None => "10000",
+        };
+        let consumer: StreamConsumer<Rebalances> = client
+            .set("group.id", kafka.group(GROUP))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // Range assignment gives one member the same partition number of every topic.
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", session_timeout_ms)
+            .set("heartbeat.interval.ms", "1000")
+            .create_with_context(context)?;
+        let topics = Topics {
+            inbound: kafka.topic(&INBOUND),
+            requested: kafka.topic(&OUTBOUND_REQUESTED),
+            dispatched: kafka.topic(&OUTBOUND_DISPATCHED),
+            sessions: kafka.topic(&SESSIONS),
+        };
+        consumer.subscribe(&[&topics.inbound, &topics.requested, &topics.dispatched])?;
+        let restorer: StreamConsumer = wa_platform::kafka::client_config(kafka, "session-window-restore")
+            .set("group.id", kafka.group("session-window-restore"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create()?;
+        let metadata: Arc<BaseConsumer> =
+            Arc::new(wa_platform::kafka::client_config(kafka, "session-window-watermarks").create()?);
+        let (answers_tx, answers) = mpsc::unbounded_channel();
+        let settings = ConsumerSettings {
+            group: GROUP.to_owned(),
+            topics: vec![INBOUND, OUTBOUND_REQUESTED, OUTBOUND_DISPATCHED],
+            service: SERVICE,
+        };
+        tracing::info!(group = %kafka.group(GROUP), partitions, "session projection started");
+        let projector = Self {
+            config,
+            consumer,
+            restorer,
+            metadata,
+            shared,
+            producer,
+            health,
+            topics,
+            settings,
+            owned: HashMap::new(),
+            unacked: Vec::new(),
+            offsets_stored: false,
+            seq: 0,
+            rebalances,
+            answers,
+            answers_tx,
+        };
+        Ok(projector)
+    }
+
+    /// Projects until `shutdown`, then commits what is durable.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut commit = tokio::time::interval(self.config.commit_interval);
+        let mut timers = tokio::time::interval(self.config.timer_interval);
+        commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(event) = self.rebalances.recv() => self.rebalanced(event, &shutdown).await?,
+                Some((partition, seq, answer)) = self.answers.recv() => self.answered(partition, seq, answer).await?,
+                _ = commit.tick() => self.commit().await?,
+                _ = timers.tick() => self.fire_timers().await?,
+                received = self.consumer.recv() => match received {
+                    Ok(message) => {
+                        let message = message.detach();
+                        self.handle(message, &shutdown).await?;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            }
+        }
+        self.commit().await?;
+        if let Err(err) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %err, "final commit found nothing to commit");
+        }
+        tracing::info!("session projection stopped");
+        Ok(())
+    }
+
+    async fn rebalanced(&mut self, event: RebalanceEvent, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        match event {
+            RebalanceEvent::Revoked(partitions) => {
+                for partition in partitions {
+                    self.owned.remove(&partition);
+                }
+            }
+            RebalanceEvent::Assigned(partitions) => {
+                for partition in partitions {
+                    if !self.owned.contains_key(&partition) {
+                        self.restore(partition, shutdown).await?;
+                    }
+                }
+                // Ready once the first assignment is restored (an instance beyond the
+                // partition count is ready with none).
+                self.health.set_ready(true);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads partition `partition` of `wa.sessions.v1` from its beginning to its end into a
+    /// fresh store, and learns where the inbound partition resumes.
+    async fn restore(&mut self, partition: i32, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let metadata = self.metadata.clone();
+        let sessions = self.topics.sessions.clone();
+        let inbound = self.topics.inbound.clone();
+        let (low, high, inbound_low) = tokio::task::spawn_blocking(move || -> anyhow::Result<(i64, i64, i64)> {
+            let (low, high) = metadata.fetch_watermarks(&sessions, partition, METADATA_TIMEOUT)?;
+            let (inbound_low, _) = metadata.fetch_watermarks(&inbound, partition, METADATA_TIMEOUT)?;
+            Ok((low, high, inbound_low))
+        })
+        .await??;
+        let mut store = PartitionStore::new(self.config.lead_millis());
+        let mut read = 0u64;
+        if high > low {
+            let mut assignment = TopicPartitionList::new();
+            assignment.add_partition_offset(&self.topics.sessions, partition, Offset::Offset(low))?;
+            self.restorer.assign(&assignment)?;
+            loop {
+                let message = tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    message = self.restorer.recv() => message,
+                };
+                let message = match message {
+                    Ok(message) => message,
+                    Err(err) => {
+                        tracing::warn!(error = %err, partition, "restore read failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                read += 1;
+                match message.payload() {
+                    None | Some([]) => {
+                        if let Some(id) = message.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| Uuid::parse_str(k).ok()) {
+                            store.remove(&id);
+                        }
+                    }
+                    Some(payload) => match wa_schemas::SessionState::decode(payload).ok().as_ref().and_then(from_snapshot) {
+                        Some((id, session)) => store.restore(id, session),
+                        None => tracing::error!(partition, offset = message.offset(), "unreadable session snapshot skipped"),
+                    },
+                }
+                if message.offset() + 1 >= high {
+                    break;
+                }
+            }
+            self.restorer.unassign()?;
+        }
+        let applied_inbound = self.committed_inbound(partition).await?.unwrap_or(inbound_low);
+        tracing::info!(
+            partition,
+            conversations = store.len(),
+            records = read,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "partition restored"
+        );
+        metrics::counter!("wa_session_restores_total").increment(1);
+        self.shared.stores.lock().expect("stores lock").insert(partition, store);
+        self.shared.restoring.lock().expect("restoring lock").retain(|p| *p != partition);
+        self.owned.insert(partition, Owned { applied_inbound, ..Owned::default() });
+        self.publish_gauge();
+        Ok(())
+    }
+
+    async fn committed_inbound(&self, partition: i32) -> anyhow::Result<Option<i64>> {
+        let mut query = TopicPartitionList::new();
+        query.add_partition(&self.topics.inbound, partition);
+        let committed = self.consumer.committed_offsets(query, METADATA_TIMEOUT)?;
+        Ok(committed.find_partition(&self.topics.inbound, partition).and_then(|e| match e.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        }))
+    }
+
+    fn publish_gauge(&self) {
+        let stores = self.shared.stores.lock().expect("stores lock");
+        metrics::gauge!("wa_session_conversations").set(stores.values().map(PartitionStore::len).sum::<usize>() as f64);
+        metrics::gauge!("wa_session_partitions_owned").set(stores.len() as f64);
+    }
+
+    async fn handle(&mut self, message: OwnedMessage, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        self.seq += 1;
+        let partition = message.partition();
+        if !self.owned.contains_key(&partition) {
+            // Records can arrive before the assignment event is seen: restore first.
+            self.restore(partition, shutdown).await?;
+        }
+        let record = Record {
+            topic: message.topic(),
+            partition,
+            offset: message.offset(),
+            key: message.key(),
+            payload: message.payload().unwrap_or_default(),
+            headers: message.headers(),
+        };
+        let span = wa_platform::kafka::consume_span(&record);
+        let outcome = if record.topic == self.topics.inbound {
+            self.on_inbound(&record).instrument(span.clone()).await
+        } else if record.topic == self.topics.dispatched {
+            self.on_dispatched(&record).instrument(span.clone()).await
+        } else {
+            self.on_request(&record, span.clone()).await
+        };
+        let label = match &outcome {
+            Ok(()) => "ok",
+            Err(_) => "dead_lettered",
+        };
+        metrics::counter!("wa_records_consumed_total", "service" => SERVICE, "topic" => record.topic.to_owned(), "outcome" => label).increment(1);
+        if let Err(reason) = outcome {
+            if !wa_platform::kafka::dead_letter(&record, &reason, &self.settings, &self.producer, shutdown)
+                .instrument(span.clone())
+                .await
+            {
+                return Ok(());
+            }
+            if record.topic == self.topics.requested {
+                // Its offset is stored after the requests before it are decided.
+                if let Some(owned) = self.owned.get_mut(&partition) {
+                    owned.pending.push_back(Pending { seq: self.seq, request: None, offset: record.offset, span });
+                }
+                self.release(partition).await?;
+            } else {
+                self.store_offset(record.topic, partition, record.offset);
+            }
+        }
+        if record.topic == self.topics.inbound {
+            if let Some(owned) = self.owned.get_mut(&partition) {
+                owned.applied_inbound = owned.applied_inbound.max(record.offset + 1);
+            }
+            self.release(partition).await?;
+        }
+        Ok(())
+    }
+
+    fn store_offset(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.offsets_stored = true;
+        if let Err(err) = self.consumer.store_offset(topic, partition, offset) {
+            tracing::warn!(error = %err, partition, offset, "offset not stored");
+        }
+    }
+
+    fn conversation_of(&self, conversation_id: &str, partition: i32) -> Result<Uuid, String> {
+        let id = Uuid::parse_str(conversation_id).map_err(|_| format!("conversation_id {conversation_id:?} is not a UUID"))?;
+        let partitions = self.shared.partitions.get().copied().unwrap_or(1);
+        let expected = partition_for_key(conversation_id.as_bytes(), partitions);
+        if expected != partition {
+            return Err(format!(
+                "conversation {conversation_id} belongs on partition {expected}, found on {partition}: produce message records keyed by conversation id with Kafka's default (murmur2) partitioner"
+            ));
+        }
+        Ok(id)
+    }
+
+    /// Applies a customer message and queues its events and snapshot.
+    async fn on_inbound(&mut self, record: &Record<'_>) -> Result<(), String> {
+        let event = InboundMessageReceived::decode(record.payload).map_err(|e| format!("undecodable value: {e}"))?;
+        let conversation = self.conversation_of(&event.conversation_id, record.partition)?;
+        let consent = self.config.keywords.classify(&event.body);
+        let fact = Fact::CustomerMessage {
+            at: event.occurred_at,
+            referral: event.referral.is_some(),
+            consent: consent.as_ref().map(|(c, _)| *c),
+        };
+        let now = wa_platform::now_millis();
+        let (change, session) = {
+            let mut stores = self.shared.stores.lock().expect("stores lock");
+            let store = stores.get_mut(&record.partition).ok_or("partition not owned")?;
+            let (change, session) = store.apply(conversation, fact);
+            (change, session)
+        };
+        // A message whose window had closed before it was read (history replayed on a first
+        // start) changes state but announces no window.
+        let historic = session.window_expires_at().is_some_and(|e| e <= now) && change.window.is_some();
+        let reason = consent.map(|(_, keyword)| keyword);
+        let events = events::for_change(&conversation, &change, &session, event.occurred_at, &event.event_id, reason.as_deref(), historic);
+        for event in &events {
+            self.queue(&SESSION_EVENTS, event, None).await.map_err(|e| e.to_string())?;
+        }
+        if historic {
+            let mut stores = self.shared.stores.lock().expect("stores lock");
+            if let Some(store) = stores.get_mut(&record.partition) {
+                store.settle(now);
+            }
+        }
+        self.snapshot_dirty(record.partition).await.map_err(|e| e.to_string())?;
+        self.store_offset(record.topic, record.partition, record.offset);
+        Ok(())
+    }
+
+    /// A send refused because the customer blocked or unsubscribed opts the customer out.
+    async fn on_dispatched(&mut self, record: &Record<'_>) -> Result<(), String> {
+        let event = OutboundDispatched::decode(record.payload).map_err(|e| format!("undecodable value: {e}"))?;
+        let refused = event.outcome == "failed" && matches!(event.error_code, Some(21610 | 63014));
+        if refused {
+            let conversation = self.conversation_of(&event.conversation_id, record.partition)?;
+            let (change, session) = {
+                let mut stores = self.shared.stores.lock().expect("stores lock");
+                let store = stores.get_mut(&record.partition).ok_or("partition not owned")?;
+                store.apply(conversation, Fact::SendRefusedByCustomer { at: event.occurred_at })
+            };
+            let reason = format!("twilio_error_{}", event.error_code.unwrap_or_default());
+            let events = events::for_change(&conversation, &change, &session, event.occurred_at, &event.event_id, Some(&reason), false);
+            for event in &events {
+                self.queue(&SESSION_EVENTS, event, None).await.map_err(|e| e.to_string())?;
+            }
+            self.snapshot_dirty(record.partition).await.map_err(|e| e.to_string())?;
+        }
+        self.store_offset(record.topic, record.partition, record.offset);
+        Ok(())
+    }
+
+    /// Queues the request behind the inbound barrier of its partition.
+    async fn on_request(&mut self, record: &Record<'_>, span: tracing::Span) -> Result<(), String> {
+        let request = OutboundRequested::decode(record.payload).map_err(|e| format!("undecodable value: {e}"))?;
+        self.conversation_of(&request.conversation_id, record.partition)?;
+        let owned = self.owned.get_mut(&record.partition).ok_or("partition not owned")?;
+        owned.pending.push_back(Pending { seq: self.seq, request: Some(request), offset: record.offset, span });
+        metrics::gauge!("wa_session_verdicts_waiting").increment(1.0);
+        self.release(record.partition).await.map_err(|e| e.to_string())
+    }
+
+    async fn answered(
+        &mut self,
+        partition: i32,
+        seq: u64,
+        answer: Result<i64, String>,
+    ) -> anyhow::Result<()> {
+        let Some(owned) = self.owned.get_mut(&partition) else { return Ok(()) };
+        owned.querying = false;
+        match answer {
+            Ok(high) => owned.confirmed = Some((seq, high)),
+            Err(reason) => {
+                tracing::warn!(partition, reason = %reason, "inbound watermark query failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        self.release(partition).await
+    }
+
+    /// Decides every waiting request whose barrier is passed; asks for a new watermark when
+    /// the first one still waits for a newer one.
+    async fn release(&mut self, partition: i32) -> anyhow::Result<()> {
+        loop {
+            let Some(owned) = self.owned.get_mut(&partition) else { return Ok(()) };
+            let Some(front) = owned.pending.front() else { return Ok(()) };
+            match owned.confirmed {
+                Some((seq, high)) if front.seq <= seq => {
+                    if owned.applied_inbound < high {
+                        return Ok(());
+                    }
+                }
+                _ => {
+                    if !owned.querying {
+                        owned.querying = true;
+                        let metadata = self.metadata.clone();
+                        let topic = self.topics.inbound.clone();
+                        let answers = self.answers_tx.clone();
+                        let seq = self.seq;
+                        tokio::task::spawn_blocking(move || {
+                            let answer = metadata
+                                .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+                                .map(|(_, high)| high)
+                                .map_err(|e| e.to_string());
+                            let _ = answers.send((partition, seq, answer));
+                        });
+                    }
+                    return Ok(());
+                }
+            }
+            let pending = owned.pending.pop_front().expect("a front");
+            let span = pending.span.clone();
+            match pending.request {
+                Some(request) => {
+                    metrics::gauge!("wa_session_verdicts_waiting").decrement(1.0);
+                    self.decide(partition, request).instrument(span).await?;
+                }
+                None => {}
+            }
+            let topic = self.topics.requested.clone();
+            self.store_offset(&topic, partition, pending.offset);
+        }
+    }
+
+    /// Publishes the verdict on a request.
+    async fn decide(&mut self, partition: i32, request: OutboundRequested) -> anyhow::Result<()> {
+        let conversation = Uuid::parse_str(&request.conversation_id)?;
+        let session: Option<Session> = self
+            .shared
+            .stores
+            .lock()
+            .expect("stores lock")
+            .get(&partition)
+            .and_then(|store| store.get(&conversation).copied());
+        let now = wa_platform::now_millis();
+        let content = if request.template.is_some() { Content::Template } else { Content::FreeForm };
+        let verdict = session::check(session.as_ref(), content, now, self.config.safety_margin_millis());
+        let code = verdict.map_or_else(|r| r.code(), |()| "allowed");
+        metrics::counter!("wa_session_verdicts_total", "verdict" => code).increment(1);
+        tracing::info!(request_id = %request.request_id, verdict = code, "window checked");
+        let checked = OutboundWindowChecked {
+            event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("wachannel:checked:{}", request.event_id()).as_bytes())
+                .to_string(),
+            occurred_at: now,
+            conversation_id: request.conversation_id,
+            request_id: request.request_id,
+            from: request.from,
+            to: request.to,
+            body: request.body,
+            media_urls: request.media_urls,
+            template: request.template,
+            allowed: verdict.is_ok(),
+            refusal_reason: verdict.err().map(|refusal| refusal.code().to_owned()),
+            window_expires_at: session.as_ref().and_then(Session::window_expires_at),
+            opted_out: session.as_ref().is_some_and(Session::opted_out),
+        };
+        self.queue(&OUTBOUND_CHECKED, &checked, None).await?;
+        Ok(())
+    }
+
+    /// Publishes the notices due now, with their snapshots.
+    async fn fire_timers(&mut self) -> anyhow::Result<()> {
+        let now = wa_platform::now_millis();
+        let lead = self.config.lead_millis();
+        let due: Vec<(i32, Vec<(Uuid, session::Notice, Session)>)> = {
+            let mut stores = self.shared.stores.lock().expect("stores lock");
+            stores.iter_mut().map(|(p, store)| (*p, store.take_due(now))).filter(|(_, d)| !d.is_empty()).collect()
+        };
+        for (partition, notices) in due {
+            let span = tracing::info_span!("window timer", partition, notices = notices.len());
+            async {
+                for (conversation, notice, session) in &notices {
+                    let event = events::notice(conversation, *notice, session, lead);
+                    self.queue(&SESSION_EVENTS, &event, None).await?;
+                }
+                self.snapshot_dirty(partition).await
+            }
+            .instrument(span)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn snapshot_dirty(&mut self, partition: i32) -> anyhow::Result<()> {
+        let snapshots = {
+            let mut stores = self.shared.stores.lock().expect("stores lock");
+            stores.get_mut(&partition).map(PartitionStore::take_dirty).unwrap_or_default()
+        };
+        for state in &snapshots {
+            self.queue(&SESSIONS, state, Some(partition)).await?;
+        }
+        Ok(())
+    }
+
+    async fn queue<E: Event>(
+        &mut self,
+        topic: &wa_platform::topics::TopicSpec,
+        event: &E,
+        partition: Option<i32>,
+    ) -> Result<(), wa_platform::kafka::PublishError> {
+        let queued = self.producer.enqueue(topic, event, partition).await?;
+        self.unacked.push(queued);
+        Ok(())
+    }
+
+    /// Waits for every queued record, then commits the stored offsets. A record the broker
+    /// refused stops the service: its inputs' offsets were never committed, so a restart
+    /// handles them again.
+    async fn commit(&mut self) -> anyhow::Result<()> {
+        if self.unacked.is_empty() && !self.offsets_stored {
+            return Ok(());
+        }
+        self.offsets_stored = false;
+        for queued in std::mem::take(&mut self.unacked) {
+            queued.acknowledged().await.map_err(|err| anyhow::anyhow!("a projected record was not acknowledged: {err}"))?;
+        }
+        if let Err(err) = self.consumer.commit_consumer_state(CommitMode::Async) {
+            tracing::debug!(error = %err, "commit found nothing to commit");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,577 @@
+//! A conversation's session: pure rules, no IO, no clock (time is passed in).
+//!
+//! The state folds message facts with `max` only (the latest customer message, the latest
+//! click-to-WhatsApp referral, the latest opt-out and opt-in), so applying a fact twice changes
+//! nothing and facts applied in any order give the same state. The one field that depends on
+//! the clock is which notice of the current window was published; it resets whenever the
+//! window moves.
+
+/// How long a customer message keeps the customer-service window open.
+pub const WINDOW_MILLIS: i64 = 24 * 60 * 60 * 1000;
+/// How long a click-to-WhatsApp referral keeps the free entry point open.
+pub const ENTRY_POINT_MILLIS: i64 = 72 * 60 * 60 * 1000;
+
+/// "Never" in the compact state (every real time is later).
+const NEVER: i64 = i64::MIN;
+
+/// Which notice of the current window has been published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Notified {
+    /// Nothing yet.
+    #[default]
+    None,
+    /// The window is about to close.
+    Expiring,
+    /// The window has closed.
+    Closed,
+}
+
+impl Notified {
+    /// The name carried by `wa.sessions.v1`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Expiring => "expiring",
+            Self::Closed => "closed",
+        }
+    }
+
+    /// Parses [`Notified::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "none" => Some(Self::None),
+            "expiring" => Some(Self::Expiring),
+            "closed" => Some(Self::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// A conversation's session. 40 bytes: a million conversations fit in well under 300 MB with
+/// their keys and the map's overhead (docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    last_customer_message_at: i64,
+    last_referral_at: i64,
+    opted_out_at: i64,
+    opted_in_at: i64,
+    notified: Notified,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self { last_customer_message_at: NEVER, last_referral_at: NEVER, opted_out_at: NEVER, opted_in_at: NEVER, notified: Notified::None }
+    }
+}
+
+fn known(at: i64) -> Option<i64> {
+    (at != NEVER).then_some(at)
+}
+
+/// Opting out or back in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consent {
+    /// The customer no longer wants marketing messages.
+    OptOut,
+    /// The customer wants them again.
+    OptIn,
+}
+
+/// Something that happened in a conversation, as far as the session is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fact {
+    /// The customer wrote at `at`; `referral` when the message came from a click-to-WhatsApp
+    /// ad; `consent` when its text is an opt-out or opt-in keyword.
+    CustomerMessage {
+        /// When Twilio received it.
+        at: i64,
+        /// It carried click-to-WhatsApp referral data.
+        referral: bool,
+        /// Its text was a consent keyword.
+        consent: Option<Consent>,
+    },
+    /// A send failed because the customer blocked or unsubscribed (Twilio 21610 or 63014).
+    SendRefusedByCustomer {
+        /// When the failure was reported.
+        at: i64,
+    },
+}
+
+/// What a fact changed, for the events that report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Change {
+    /// The window moved: opened (it was closed or never open when the message came) or
+    /// extended.
+    pub window: Option<WindowChange>,
+    /// A new free entry point opened or was extended.
+    pub entry_point: bool,
+    /// Opted out or in (only when the effective consent flipped).
+    pub consent: Option<Consent>,
+}
+
+/// How the window moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowChange {
+    /// Closed (or never open) before the message, open after it.
+    Opened,
+    /// Open before the message, open longer after it.
+    Extended,
+}
+
+impl Change {
+    /// Whether anything changed.
+    pub fn any(&self) -> bool {
+        self.window.is_some() || self.entry_point || self.consent.is_some()
+    }
+}
+
+impl Session {
+    /// Rebuilds a session from its published state.
+    pub fn from_parts(
+        last_customer_message_at: Option<i64>,
+        last_referral_at: Option<i64>,
+        opted_out_at: Option<i64>,
+        opted_in_at: Option<i64>,
+        notified: Notified,
+    ) -> Self {
+        Self {
+            last_customer_message_at: last_customer_message_at.unwrap_or(NEVER),
+            last_referral_at: last_referral_at.unwrap_or(NEVER),
+            opted_out_at: opted_out_at.unwrap_or(NEVER),
+            opted_in_at: opted_in_at.unwrap_or(NEVER),
+            notified,
+        }
+    }
+
+    /// When the customer last wrote.
+    pub fn last_customer_message_at(&self) -> Option<i64> {
+        known(self.last_customer_message_at)
+    }
+
+    /// When the 24-hour window closes: 24 hours after the customer's most recent message.
+    pub fn window_expires_at(&self) -> Option<i64> {
+        self.last_customer_message_at().map(|at| at.saturating_add(WINDOW_MILLIS))
+    }
+
+    /// When the 72-hour free entry point closes, if a click-to-WhatsApp ad ever opened one.
+    pub fn entry_point_expires_at(&self) -> Option<i64> {
+        known(self.last_referral_at).map(|at| at.saturating_add(ENTRY_POINT_MILLIS))
+    }
+
+    /// The latest opt-out.
+    pub fn opted_out_at(&self) -> Option<i64> {
+        known(self.opted_out_at)
+    }
+
+    /// The latest opt-in.
+    pub fn opted_in_at(&self) -> Option<i64> {
+        known(self.opted_in_at)
+    }
+
+    /// Opted out when the latest opt-out is at least as recent as the latest opt-in (a tie
+    /// counts as out: the safer reading).
+    pub fn opted_out(&self) -> bool {
+        self.opted_out_at != NEVER && self.opted_out_at >= self.opted_in_at
+    }
+
+    /// Which notice of the current window was published.
+    pub fn notified(&self) -> Notified {
+        self.notified
+    }
+
+    /// The latest moment the state reflects.
+    pub fn latest_at(&self) -> i64 {
+        let notice = match self.notified {
+            Notified::None => NEVER,
+            Notified::Expiring | Notified::Closed => self.window_expires_at().unwrap_or(NEVER),
+        };
+        [self.last_customer_message_at, self.last_referral_at, self.opted_out_at, self.opted_in_at, notice]
+            .into_iter()
+            .max()
+            .unwrap_or(NEVER)
+    }
+
+    /// Applies `fact`. Idempotent and order-independent: the result depends only on the set of
+    /// facts applied.
+    pub fn apply(&mut self, fact: Fact) -> Change {
+        let mut change = Change::default();
+        let opted_out_before = self.opted_out();
+        match fact {
+            Fact::CustomerMessage { at, referral, consent } => {
+                if at > self.last_customer_message_at {
+                    let open_before = self.window_expires_at().is_some_and(|expires| expires > at);
+                    change.window = Some(if open_before { WindowChange::Extended } else { WindowChange::Opened });
+                    self.last_customer_message_at = at;
+                    self.notified = Notified::None;
+                }
+                if referral && at > self.last_referral_at {
+                    self.last_referral_at = at;
+                    change.entry_point = true;
+                }
+                match consent {
+                    Some(Consent::OptOut) => self.opted_out_at = self.opted_out_at.max(at),
+                    Some(Consent::OptIn) => self.opted_in_at = self.opted_in_at.max(at),
+                    None => {}
+                }
+            }
+            Fact::SendRefusedByCustomer { at } => self.opted_out_at = self.opted_out_at.max(at),
+        }
+        match (opted_out_before, self.opted_out()) {
+            (false, true) => change.consent = Some(Consent::OptOut),
+            (true, false) => change.consent = Some(Consent::OptIn),
+            _ => {}
+        }
+        change
+    }
+
+    /// The next moment a notice falls due (`lead` before the window closes, then when it
+    /// closes), if any is still to be published.
+    pub fn next_notice_at(&self, lead_millis: i64) -> Option<i64> {
+        let expires = self.window_expires_at()?;
+        match self.notified {
+            Notified::None => Some(expires.saturating_sub(lead_millis).max(self.last_customer_message_at)),
+            Notified::Expiring => Some(expires),
+            Notified::Closed => None,
+        }
+    }
+
+    /// The notice due at `now`, and records it as published. A window that is already closed
+    /// gets only its closed notice: an expiring notice after the fact helps nobody.
+    pub fn take_due_notice(&mut self, now: i64, lead_millis: i64) -> Option<Notice> {
+        let expires = self.window_expires_at()?;
+        let due = self.next_notice_at(lead_millis)?;
+        if now < due {
+            return None;
+        }
+        let notice = if now >= expires { Notice::Closed } else { Notice::Expiring };
+        self.notified = match notice {
+            Notice::Closed => Notified::Closed,
+            Notice::Expiring => Notified::Expiring,
+        };
+        Some(notice)
+    }
+
+    /// Marks the notices due by `now` as published without publishing them: what a rebuild
+    /// does, so it does not announce windows that closed long ago.
+    pub fn settle_notices(&mut self, now: i64, lead_millis: i64) {
+        while self.take_due_notice(now, lead_millis).is_some() {}
+    }
+}
+
+/// A timer notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// The window closes within the lead.
+    Expiring,
+    /// The window has closed.
+    Closed,
+}
+
+/// Why a free-form message may not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The customer never wrote to this sender.
+    NoWindow,
+    /// The customer's last message is more than 24 hours old (less the safety margin).
+    WindowClosed,
+}
+
+impl Refusal {
+    /// The machine-readable reason carried by events.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NoWindow => "no_window",
+            Self::WindowClosed => "window_closed",
+        }
+    }
+}
+
+/// What is being sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// Free-form text or media: needs an open window.
+    FreeForm,
+    /// An approved template: allowed by the window at any time (template-approval checks the
+    /// template, and refuses marketing templates to opted-out customers).
+    Template,
+}
+
+/// Whether `content` may be sent at `now`: templates always; free-form only while
+/// `now < window_expires_at - safety_margin`, so a message does not reach Twilio just after the
+/// window closed.
+pub fn check(session: Option<&Session>, content: Content, now: i64, safety_margin_millis: i64) -> Result<(), Refusal> {
+    if content == Content::Template {
+        return Ok(());
+    }
+    match session.and_then(Session::window_expires_at) {
+        None => Err(Refusal::NoWindow),
+        Some(expires) if now < expires.saturating_sub(safety_margin_millis) => Ok(()),
+        Some(_) => Err(Refusal::WindowClosed),
+    }
+}
+
+/// Consent keywords: a customer message whose whole text is one of them opts out or back in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keywords {
+    opt_out: Vec<String>,
+    opt_in: Vec<String>,
+}
+
+/// Opt-out keywords by default: Twilio's standard English set, and the common words in Spanish,
+/// Portuguese, French, German, Italian and Dutch.
+pub const DEFAULT_OPT_OUT: &str = "stop,stopall,unsubscribe,cancel,end,quit,optout,opt out,opt-out,revoke,\
+baja,darme de baja,cancelar,parar,sair,descadastrar,arret,arrêt,désabonner,desabonner,stopp,abmelden,austragen,\
+disiscriviti,annulla iscrizione,afmelden,uitschrijven";
+/// Opt-in keywords by default, in the same languages.
+pub const DEFAULT_OPT_IN: &str =
+    "start,unstop,subscribe,yes,alta,suscribir,inscrever,voltar,démarrer,demarrer,anmelden,iscriviti,aanmelden";
+
+/// Keyword lists that contradict each other.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("keyword {0:?} is both an opt-out and an opt-in keyword")]
+pub struct ConflictingKeyword(pub String);
+
+impl Keywords {
+    /// Builds the lists (compared case-insensitively, surrounding spaces and punctuation
+    /// ignored). A word in both lists is refused.
+    pub fn new<S: AsRef<str>>(opt_out: &[S], opt_in: &[S]) -> Result<Self, ConflictingKeyword> {
+        let clean = |words: &[S]| -> Vec<String> {
+            let mut words: Vec<String> =
+                words.iter().map(|w| normalize(w.as_ref())).filter(|w| !w.is_empty()).collect();
+            words.sort();
+            words.dedup();
+            words
+        };
+        let keywords = Self { opt_out: clean(opt_out), opt_in: clean(opt_in) };
+        if let Some(word) = keywords.opt_out.iter().find(|w| keywords.opt_in.binary_search(w).is_ok()) {
+            return Err(ConflictingKeyword(word.clone()));
+        }
+        Ok(keywords)
+    }
+
+    /// The defaults, [`DEFAULT_OPT_OUT`] and [`DEFAULT_OPT_IN`].
+    pub fn defaults() -> Self {
+        let split = |list: &str| list.split(',').map(str::to_owned).collect::<Vec<_>>();
+        Self::new(&split(DEFAULT_OPT_OUT), &split(DEFAULT_OPT_IN)).expect("the default lists do not overlap")
+    }
+
+    /// What a message's text means for consent, with the keyword it matched.
+    pub fn classify(&self, body: &str) -> Option<(Consent, String)> {
+        // Keywords are short: skip normalizing long texts.
+        if body.len() > 64 {
+            return None;
+        }
+        let text = normalize(body);
+        if self.opt_out.binary_search(&text).is_ok() {
+            Some((Consent::OptOut, text))
+        } else if self.opt_in.binary_search(&text).is_ok() {
+            Some((Consent::OptIn, text))
+        } else {
+            None
+        }
+    }
+}
+
+/// Lowercase, surrounding whitespace and punctuation removed, inner whitespace collapsed.
+fn normalize(text: &str) -> String {
+    let trimmed = text.trim_matches(|c: char| c.is_whitespace() || matches!(c, '.' | '!' | '?' | '¡' | '¿' | ',' | ';' | '"' | '\''));
+    trimmed.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const HOUR: i64 = 60 * 60 * 1000;
+
+    fn message(at: i64) -> Fact {
+        Fact::CustomerMessage { at, referral: false, consent: None }
+    }
+
+    fn fold(facts: &[Fact]) -> Session {
+        let mut session = Session::default();
+        for fact in facts {
+            session.apply(*fact);
+        }
+        session
+    }
+
+    fn any_fact() -> impl Strategy<Value = Fact> {
+        let at = 1i64..10_000 * HOUR;
+        let consent = prop_oneof![Just(None), Just(Some(Consent::OptOut)), Just(Some(Consent::OptIn))];
+        prop_oneof![
+            4 => (at.clone(), any::<bool>(), consent)
+                .prop_map(|(at, referral, consent)| Fact::CustomerMessage { at, referral, consent }),
+            1 => at.prop_map(|at| Fact::SendRefusedByCustomer { at }),
+        ]
+    }
+
+    #[test]
+    fn a_message_opens_24_hours_and_a_later_one_extends() {
+        let mut session = Session::default();
+        let change = session.apply(message(HOUR));
+        assert_eq!(change.window, Some(WindowChange::Opened));
+        assert_eq!(session.window_expires_at(), Some(25 * HOUR));
+        let change = session.apply(message(10 * HOUR));
+        assert_eq!(change.window, Some(WindowChange::Extended));
+        assert_eq!(session.window_expires_at(), Some(34 * HOUR));
+        // A message after the window closed opens a new one.
+        assert_eq!(session.apply(message(40 * HOUR)).window, Some(WindowChange::Opened));
+        // An older message read late changes nothing.
+        assert!(!session.apply(message(20 * HOUR)).any());
+        assert_eq!(session.window_expires_at(), Some(64 * HOUR));
+    }
+
+    #[test]
+    fn free_form_needs_an_open_window_with_margin_and_templates_never_do() {
+        let mut session = Session::default();
+        session.apply(message(HOUR));
+        let expires = 25 * HOUR;
+        assert_eq!(check(None, Content::FreeForm, 0, 0), Err(Refusal::NoWindow));
+        assert_eq!(check(Some(&session), Content::FreeForm, expires - 61_000, 60_000), Ok(()));
+        assert_eq!(check(Some(&session), Content::FreeForm, expires - 60_000, 60_000), Err(Refusal::WindowClosed));
+        assert_eq!(check(Some(&session), Content::FreeForm, expires, 0), Err(Refusal::WindowClosed));
+        assert_eq!(check(None, Content::Template, 0, 0), Ok(()));
+        assert_eq!(check(Some(&session), Content::Template, 100 * HOUR, 0), Ok(()));
+    }
+
+    #[test]
+    fn a_referral_opens_a_72_hour_entry_point_but_free_form_keeps_the_24_hour_rule() {
+        let mut session = Session::default();
+        let change = session.apply(Fact::CustomerMessage { at: HOUR, referral: true, consent: None });
+        assert!(change.entry_point);
+        assert_eq!(session.entry_point_expires_at(), Some(73 * HOUR));
+        assert_eq!(check(Some(&session), Content::FreeForm, 30 * HOUR, 0), Err(Refusal::WindowClosed));
+        session.apply(message(2 * HOUR));
+        assert_eq!(session.entry_point_expires_at(), Some(73 * HOUR), "only referrals move the entry point");
+    }
+
+    #[test]
+    fn keywords_and_refused_sends_opt_out_and_start_opts_back_in() {
+        let keywords = Keywords::defaults();
+        assert_eq!(keywords.classify("  Stop! ").map(|(c, _)| c), Some(Consent::OptOut));
+        assert_eq!(keywords.classify("BAJA").map(|(c, _)| c), Some(Consent::OptOut));
+        assert_eq!(keywords.classify("Arrêt").map(|(c, _)| c), Some(Consent::OptOut));
+        assert_eq!(keywords.classify("opt   out").map(|(c, _)| c), Some(Consent::OptOut));
+        assert_eq!(keywords.classify("start").map(|(c, _)| c), Some(Consent::OptIn));
+        assert_eq!(keywords.classify("please stop sending me these"), None);
+        assert_eq!(keywords.classify("stopping by later"), None);
+
+        let mut session = Session::default();
+        let out = Fact::CustomerMessage { at: HOUR, referral: false, consent: Some(Consent::OptOut) };
+        assert_eq!(session.apply(out).consent, Some(Consent::OptOut));
+        assert!(session.opted_out());
+        assert!(!session.apply(out).any(), "the same opt-out twice changes nothing");
+        let back = Fact::CustomerMessage { at: 2 * HOUR, referral: false, consent: Some(Consent::OptIn) };
+        assert_eq!(session.apply(back).consent, Some(Consent::OptIn));
+        assert!(!session.opted_out());
+        assert_eq!(session.apply(Fact::SendRefusedByCustomer { at: 3 * HOUR }).consent, Some(Consent::OptOut));
+        assert!(session.opted_out());
+    }
+
+    #[test]
+    fn overlapping_keyword_lists_are_refused() {
+        assert_eq!(Keywords::new(&["stop", "no"], &["NO "]), Err(ConflictingKeyword("no".to_owned())));
+    }
+
+    #[test]
+    fn notices_fall_due_at_the_lead_then_at_expiry() {
+        let lead = HOUR;
+        let mut session = Session::default();
+        session.apply(message(0));
+        assert_eq!(session.next_notice_at(lead), Some(23 * HOUR));
+        assert_eq!(session.take_due_notice(23 * HOUR - 1, lead), None);
+        assert_eq!(session.take_due_notice(23 * HOUR, lead), Some(Notice::Expiring));
+        assert_eq!(session.take_due_notice(23 * HOUR + 5, lead), None, "published once");
+        assert_eq!(session.next_notice_at(lead), Some(24 * HOUR));
+        assert_eq!(session.take_due_notice(24 * HOUR, lead), Some(Notice::Closed));
+        assert_eq!(session.next_notice_at(lead), None);
+        // A new message resets the notices for the new window.
+        session.apply(message(30 * HOUR));
+        assert_eq!(session.notified(), Notified::None);
+        assert_eq!(session.next_notice_at(lead), Some(53 * HOUR));
+    }
+
+    #[test]
+    fn a_window_found_closed_gets_only_its_closed_notice() {
+        let mut session = Session::default();
+        session.apply(message(0));
+        assert_eq!(session.take_due_notice(30 * HOUR, HOUR), Some(Notice::Closed));
+        assert_eq!(session.take_due_notice(31 * HOUR, HOUR), None);
+    }
+
+    proptest! {
+        #[test]
+        fn duplicates_and_order_do_not_change_the_state(mut facts in prop::collection::vec(any_fact(), 1..30), seed in any::<u64>()) {
+            let expected = fold(&facts);
+            let mut doubled = facts.clone();
+            doubled.extend(facts.iter().copied());
+            prop_assert_eq!(fold(&doubled), expected);
+            let len = facts.len();
+            facts.rotate_left((seed as usize) % len);
+            facts.reverse();
+            prop_assert_eq!(fold(&facts), expected);
+        }
+
+        #[test]
+        fn the_window_is_24_hours_from_the_latest_customer_message(facts in prop::collection::vec(any_fact(), 1..30)) {
+            let session = fold(&facts);
+            let latest = facts.iter().filter_map(|f| match f { Fact::CustomerMessage { at, .. } => Some(*at), _ => None }).max();
+            prop_assert_eq!(session.window_expires_at(), latest.map(|at| at + WINDOW_MILLIS));
+            let latest_referral = facts.iter().filter_map(|f| match f { Fact::CustomerMessage { at, referral: true, .. } => Some(*at), _ => None }).max();
+            prop_assert_eq!(session.entry_point_expires_at(), latest_referral.map(|at| at + ENTRY_POINT_MILLIS));
+        }
+
+        #[test]
+        fn opted_out_follows_the_latest_consent_fact(facts in prop::collection::vec(any_fact(), 1..30)) {
+            let session = fold(&facts);
+            let latest_out = facts.iter().filter_map(|f| match f {
+                Fact::SendRefusedByCustomer { at } | Fact::CustomerMessage { at, consent: Some(Consent::OptOut), .. } => Some(*at),
+                _ => None,
+            }).max();
+            let latest_in = facts.iter().filter_map(|f| match f {
+                Fact::CustomerMessage { at, consent: Some(Consent::OptIn), .. } => Some(*at),
+                _ => None,
+            }).max();
+            prop_assert_eq!(session.opted_out(), latest_out.is_some_and(|out| latest_in.is_none_or(|i| out >= i)));
+        }
+
+        #[test]
+        fn free_form_allowed_exactly_before_expiry_less_margin(at in 0i64..1_000 * HOUR, offset in -48 * HOUR..48 * HOUR, margin in 0i64..HOUR) {
+            let mut session = Session::default();
+            session.apply(message(at));
+            let now = at + offset;
+            prop_assert_eq!(check(Some(&session), Content::FreeForm, now, margin).is_ok(), now < at + WINDOW_MILLIS - margin);
+            prop_assert!(check(Some(&session), Content::Template, now, margin).is_ok());
+        }
+
+        #[test]
+        fn each_notice_is_published_once_and_never_early(at in 0i64..1_000 * HOUR, lead in 0i64..3 * HOUR, steps in prop::collection::vec(0i64..4 * HOUR, 1..40)) {
+            let mut session = Session::default();
+            session.apply(message(at));
+            let expires = at + WINDOW_MILLIS;
+            let mut now = at;
+            let mut published = Vec::new();
+            for step in steps {
+                now += step;
+                if let Some(notice) = session.take_due_notice(now, lead) {
+                    published.push((notice, now));
+                }
+            }
+            now += WINDOW_MILLIS;
+            if let Some(notice) = session.take_due_notice(now, lead) {
+                published.push((notice, now));
+            }
+            prop_assert!(published.len() <= 2);
+            prop_assert_eq!(published.last().map(|(n, _)| *n), Some(Notice::Closed));
+            for (notice, when) in &published {
+                match notice {
+                    Notice::Expiring => prop_assert!(*when >= expires - lead && *when < expires),
+                    Notice::Closed => prop_assert!(*when >= expires),
+                }
+            }
+        }
+    }
+}
