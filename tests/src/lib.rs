@@ -488,6 +488,41 @@ impl Channel {
         .decode()
     }
 
+    /// Publishes `events` with one producer, all queued at once, and waits for the broker.
+    pub async fn publish_all<E: Event>(&self, spec: &TopicSpec, events: &[E]) {
+        let producer = wa_platform::kafka::EventProducer::new(&self.kafka, "e2e-tests", Duration::from_secs(30))
+            .expect("producer");
+        let mut queued = Vec::with_capacity(events.len());
+        for event in events {
+            queued.push(producer.enqueue(spec, event, None).await.expect("queued"));
+        }
+        for record in queued {
+            record.acknowledged().await.expect("the broker acknowledges");
+        }
+    }
+
+    /// Waits until `count` distinct events (by event id) on `spec` match `matches`, and returns
+    /// them.
+    pub async fn await_all<E: Event>(&self, spec: &TopicSpec, count: usize, matches: impl Fn(&E) -> bool) -> Vec<E> {
+        let topic = self.topic(spec);
+        let consumer = assign_from_beginning(&self.kafka, &topic).await;
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        let mut found: HashMap<String, E> = HashMap::new();
+        while found.len() < count {
+            let message = tokio::time::timeout_at(deadline, consumer.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{} of {count} matching events on {topic} within {EVENT_TIMEOUT:?}", found.len())
+                })
+                .expect("consume");
+            let event: E = raw(&message).decode();
+            if matches(&event) {
+                found.insert(event.event_id().to_owned(), event);
+            }
+        }
+        found.into_values().collect()
+    }
+
     /// Every record on a topic up to its end as of now.
     pub async fn read_to_end(&self, spec: &TopicSpec) -> Vec<RawRecord> {
         let topic = self.topic(spec);
@@ -570,4 +605,64 @@ async fn assign_from_beginning(kafka: &KafkaConfig, topic: &str) -> StreamConsum
     }
     consumer.assign(&assignment).expect("assign");
     consumer
+}
+
+/// A customer address no other test uses.
+pub fn unique_customer() -> String {
+    format!("whatsapp:+1{:010}", uuid::Uuid::new_v4().as_u128() % 10_000_000_000)
+}
+
+/// A customer's message to [`BUSINESS`] at `at`, as ingress would publish it.
+pub fn customer_message(customer: &str, at: i64, body: &str) -> wa_schemas::InboundMessageReceived {
+    wa_schemas::InboundMessageReceived {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_at: at,
+        conversation_id: wa_schemas::conversation_id(BUSINESS, customer),
+        message_sid: format!("SM{}", uuid::Uuid::new_v4().simple()),
+        account_sid: ACCOUNT_SID.to_owned(),
+        messaging_service_sid: None,
+        from: customer.to_owned(),
+        to: BUSINESS.to_owned(),
+        body: body.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// An agent's request to `customer`: free-form `body`, or a template.
+pub fn outbound_request(
+    request_id: &str,
+    customer: &str,
+    body: Option<&str>,
+    template: Option<wa_schemas::TemplateRequest>,
+) -> wa_schemas::OutboundRequested {
+    wa_schemas::OutboundRequested {
+        event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, request_id.as_bytes()).to_string(),
+        occurred_at: wa_platform::now_millis(),
+        conversation_id: wa_schemas::conversation_id(BUSINESS, customer),
+        request_id: request_id.to_owned(),
+        from: BUSINESS.to_owned(),
+        to: customer.to_owned(),
+        body: body.map(str::to_owned),
+        media_urls: Vec::new(),
+        template,
+    }
+}
+
+/// A send to `customer` that Twilio refused with `error_code`, as dispatch would publish it.
+pub fn refused_send(customer: &str, at: i64, error_code: i32) -> wa_schemas::OutboundDispatched {
+    wa_schemas::OutboundDispatched {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_at: at,
+        conversation_id: wa_schemas::conversation_id(BUSINESS, customer),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        from: BUSINESS.to_owned(),
+        to: customer.to_owned(),
+        outcome: "failed".to_owned(),
+        message_sid: None,
+        twilio_status: None,
+        error_code: Some(error_code),
+        error_message: Some("refused".to_owned()),
+        failure_reason: Some("unsubscribed".to_owned()),
+        attempts: 1,
+    }
 }

@@ -10,7 +10,9 @@ mod producer;
 use rdkafka::ClientConfig;
 
 pub use admin::{ensure_topics, wait_for_broker};
-pub use consumer::{consume_span, dead_letter, run_consumer, ConsumerSettings, HandleError, Handler, Record, MAX_IN_FLIGHT};
+pub use consumer::{
+    consume_span, dead_letter, run_consumer, ConsumerSettings, HandleError, Handler, Record, MAX_IN_FLIGHT,
+};
 pub use follower::TopicFollower;
 pub use headers::{
     header_str, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID, CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE, TRACEPARENT,

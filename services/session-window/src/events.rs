@@ -16,8 +16,11 @@ fn event(
     reason: Option<&str>,
 ) -> SessionEvent {
     SessionEvent {
-        event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("wachannel:session:{conversation}:{kind}:{cause}").as_bytes())
-            .to_string(),
+        event_id: Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("wachannel:session:{conversation}:{kind}:{cause}").as_bytes(),
+        )
+        .to_string(),
         occurred_at,
         conversation_id: conversation.to_string(),
         kind: kind.to_owned(),

@@ -114,9 +114,14 @@ impl Config {
 
     /// Reads the configuration from the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let keywords = Keywords::new(&config::list(&OPT_OUT_KEYWORDS), &config::list(&OPT_IN_KEYWORDS)).map_err(
-            |err| ConfigError { name: OPT_IN_KEYWORDS.name, value: config::var_or(&OPT_IN_KEYWORDS), reason: err.to_string() },
-        )?;
+        let keywords =
+            Keywords::new(&config::list(&OPT_OUT_KEYWORDS), &config::list(&OPT_IN_KEYWORDS)).map_err(|err| {
+                ConfigError {
+                    name: OPT_IN_KEYWORDS.name,
+                    value: config::var_or(&OPT_IN_KEYWORDS),
+                    reason: err.to_string(),
+                }
+            })?;
         let millis = |var: &EnvVar| config::parse::<u64>(var).map(Duration::from_millis);
         Ok(Self {
             http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
@@ -152,11 +157,22 @@ async fn session_query(
     State(state): State<Arc<QueryState>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, Problem> {
-    let conversation = Uuid::parse_str(&id)
-        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid-conversation-id", "invalid conversation id", format!("{id:?} is not a conversation id (a UUID)")))?;
+    let conversation = Uuid::parse_str(&id).map_err(|_| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-conversation-id",
+            "invalid conversation id",
+            format!("{id:?} is not a conversation id (a UUID)"),
+        )
+    })?;
     let key = conversation.to_string();
     let Some(partitions) = state.shared.partitions.get().copied() else {
-        return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "starting", "starting", "not connected to the broker yet"));
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "starting",
+            "not connected to the broker yet",
+        ));
     };
     let partition = wa_platform::topics::partition_for_key(key.as_bytes(), partitions);
     let stores = state.shared.stores.lock().expect("stores lock");
@@ -165,7 +181,12 @@ async fn session_query(
         let mut owned: Vec<i32> = stores.keys().copied().collect();
         owned.sort_unstable();
         return Err(if restoring {
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "restoring", "restoring", format!("partition {partition} is being restored here; ask again shortly"))
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "restoring",
+                "restoring",
+                format!("partition {partition} is being restored here; ask again shortly"),
+            )
         } else {
             Problem::new(
                 StatusCode::MISDIRECTED_REQUEST,

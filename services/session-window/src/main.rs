@@ -55,9 +55,9 @@ fn parse_time(value: &str) -> anyhow::Result<i64> {
     if let Ok(millis) = value.parse::<i64>() {
         return Ok(millis);
     }
-    chrono::DateTime::parse_from_rfc3339(value)
-        .map(|time| time.timestamp_millis())
-        .map_err(|err| anyhow::anyhow!("--since {value:?} is neither RFC 3339 (2026-11-20T00:00:00Z) nor Unix millis: {err}"))
+    chrono::DateTime::parse_from_rfc3339(value).map(|time| time.timestamp_millis()).map_err(|err| {
+        anyhow::anyhow!("--since {value:?} is neither RFC 3339 (2026-11-20T00:00:00Z) nor Unix millis: {err}")
+    })
 }
 
 /// A progress line: a bar on a terminal, a line every two seconds otherwise.

@@ -327,14 +327,24 @@ impl Projector {
                 read += 1;
                 match message.payload() {
                     None | Some([]) => {
-                        if let Some(id) = message.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| Uuid::parse_str(k).ok()) {
+                        if let Some(id) = message
+                            .key()
+                            .and_then(|k| std::str::from_utf8(k).ok())
+                            .and_then(|k| Uuid::parse_str(k).ok())
+                        {
                             store.remove(&id);
                         }
                     }
-                    Some(payload) => match wa_schemas::SessionState::decode(payload).ok().as_ref().and_then(from_snapshot) {
-                        Some((id, session)) => store.restore(id, session),
-                        None => tracing::error!(partition, offset = message.offset(), "unreadable session snapshot skipped"),
-                    },
+                    Some(payload) => {
+                        match wa_schemas::SessionState::decode(payload).ok().as_ref().and_then(from_snapshot) {
+                            Some((id, session)) => store.restore(id, session),
+                            None => tracing::error!(
+                                partition,
+                                offset = message.offset(),
+                                "unreadable session snapshot skipped"
+                            ),
+                        }
+                    }
                 }
                 if message.offset() + 1 >= high {
                     break;
@@ -436,7 +446,8 @@ impl Projector {
     }
 
     fn conversation_of(&self, conversation_id: &str, partition: i32) -> Result<Uuid, String> {
-        let id = Uuid::parse_str(conversation_id).map_err(|_| format!("conversation_id {conversation_id:?} is not a UUID"))?;
+        let id = Uuid::parse_str(conversation_id)
+            .map_err(|_| format!("conversation_id {conversation_id:?} is not a UUID"))?;
         let partitions = self.shared.partitions.get().copied().unwrap_or(1);
         let expected = partition_for_key(conversation_id.as_bytes(), partitions);
         if expected != partition {
@@ -468,7 +479,15 @@ impl Projector {
         // start) changes state but announces no window.
         let historic = session.window_expires_at().is_some_and(|e| e <= now) && change.window.is_some();
         let reason = consent.map(|(_, keyword)| keyword);
-        let events = events::for_change(&conversation, &change, &session, event.occurred_at, &event.event_id, reason.as_deref(), historic);
+        let events = events::for_change(
+            &conversation,
+            &change,
+            &session,
+            event.occurred_at,
+            &event.event_id,
+            reason.as_deref(),
+            historic,
+        );
         for event in &events {
             self.queue(&SESSION_EVENTS, event, None).await.map_err(|e| e.to_string())?;
         }
@@ -495,7 +514,15 @@ impl Projector {
                 store.apply(conversation, Fact::SendRefusedByCustomer { at: event.occurred_at })
             };
             let reason = format!("twilio_error_{}", event.error_code.unwrap_or_default());
-            let events = events::for_change(&conversation, &change, &session, event.occurred_at, &event.event_id, Some(&reason), false);
+            let events = events::for_change(
+                &conversation,
+                &change,
+                &session,
+                event.occurred_at,
+                &event.event_id,
+                Some(&reason),
+                false,
+            );
             for event in &events {
                 self.queue(&SESSION_EVENTS, event, None).await.map_err(|e| e.to_string())?;
             }
@@ -515,12 +542,7 @@ impl Projector {
         self.release(record.partition).await.map_err(|e| e.to_string())
     }
 
-    async fn answered(
-        &mut self,
-        partition: i32,
-        seq: u64,
-        answer: Result<i64, String>,
-    ) -> anyhow::Result<()> {
+    async fn answered(&mut self, partition: i32, seq: u64, answer: Result<i64, String>) -> anyhow::Result<()> {
         let Some(owned) = self.owned.get_mut(&partition) else { return Ok(()) };
         owned.querying = false;
         match answer {
@@ -594,8 +616,11 @@ impl Projector {
         metrics::counter!("wa_session_verdicts_total", "verdict" => code).increment(1);
         tracing::info!(request_id = %request.request_id, verdict = code, "window checked");
         let checked = OutboundWindowChecked {
-            event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("wachannel:checked:{}", request.event_id()).as_bytes())
-                .to_string(),
+            event_id: Uuid::new_v5(
+                &Uuid::NAMESPACE_OID,
+                format!("wachannel:checked:{}", request.event_id()).as_bytes(),
+            )
+            .to_string(),
             occurred_at: now,
             conversation_id: request.conversation_id,
             request_id: request.request_id,
@@ -667,7 +692,10 @@ impl Projector {
         }
         self.offsets_stored = false;
         for queued in std::mem::take(&mut self.unacked) {
-            queued.acknowledged().await.map_err(|err| anyhow::anyhow!("a projected record was not acknowledged: {err}"))?;
+            queued
+                .acknowledged()
+                .await
+                .map_err(|err| anyhow::anyhow!("a projected record was not acknowledged: {err}"))?;
         }
         if let Err(err) = self.consumer.commit_consumer_state(CommitMode::Async) {
             tracing::debug!(error = %err, "commit found nothing to commit");

@@ -212,7 +212,10 @@ pub async fn rebuild(
                 match fact_of(message.topic(), payload, &inbound, &keywords) {
                     Ok(Some((conversation, fact))) => match Uuid::parse_str(&conversation) {
                         Ok(id) => {
-                            stores.entry(message.partition()).or_insert_with(|| PartitionStore::new(lead_millis)).apply(id, fact);
+                            stores
+                                .entry(message.partition())
+                                .or_insert_with(|| PartitionStore::new(lead_millis))
+                                .apply(id, fact);
                         }
                         Err(_) => undecodable += 1,
                     },

@@ -60,7 +60,13 @@ pub struct Session {
 
 impl Default for Session {
     fn default() -> Self {
-        Self { last_customer_message_at: NEVER, last_referral_at: NEVER, opted_out_at: NEVER, opted_in_at: NEVER, notified: Notified::None }
+        Self {
+            last_customer_message_at: NEVER,
+            last_referral_at: NEVER,
+            opted_out_at: NEVER,
+            opted_in_at: NEVER,
+            notified: Notified::None,
+        }
     }
 }
 
@@ -374,7 +380,8 @@ impl Keywords {
 
 /// Lowercase, surrounding whitespace and punctuation removed, inner whitespace collapsed.
 fn normalize(text: &str) -> String {
-    let trimmed = text.trim_matches(|c: char| c.is_whitespace() || matches!(c, '.' | '!' | '?' | '¡' | '¿' | ',' | ';' | '"' | '\''));
+    let trimmed = text
+        .trim_matches(|c: char| c.is_whitespace() || matches!(c, '.' | '!' | '?' | '¡' | '¿' | ',' | ';' | '"' | '\''));
     trimmed.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
 }
 

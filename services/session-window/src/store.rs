@@ -223,7 +223,10 @@ mod tests {
     fn snapshots_round_trip_and_only_changes_are_marked() {
         let mut store = PartitionStore::new(HOUR);
         let a = Uuid::from_u128(7);
-        store.apply(a, Fact::CustomerMessage { at: HOUR, referral: true, consent: Some(crate::session::Consent::OptOut) });
+        store.apply(
+            a,
+            Fact::CustomerMessage { at: HOUR, referral: true, consent: Some(crate::session::Consent::OptOut) },
+        );
         let snapshots = store.take_dirty();
         assert_eq!(snapshots.len(), 1);
         assert_eq!(from_snapshot(&snapshots[0]), Some((a, *store.get(&a).unwrap())));

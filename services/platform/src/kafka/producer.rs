@@ -108,7 +108,10 @@ impl EventProducer {
             }
             match self.inner.send_result(record) {
                 Ok(delivery) => return Ok(Queued(delivery)),
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    _,
+                )) => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((err, _)) => return Err(err),

@@ -1,0 +1,235 @@
+//! Session-window end to end: consent, timer notices, the query endpoint, and a rebuild that
+//! gives the state the live projection computed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use e2e_tests::{customer_message, outbound_request, refused_send, unique_customer, Channel, RawRecord, BUSINESS};
+use serde_json::{json, Value};
+use wa_platform::topics::{INBOUND, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REQUESTED, SESSION_EVENTS};
+use wa_schemas::{conversation_id, OutboundWindowChecked, SessionEvent, TemplateRequest};
+
+const HOUR: i64 = 3_600_000;
+
+async fn session_event(channel: &Channel, customer: &str, kind: &str) -> (SessionEvent, i64) {
+    let conversation = conversation_id(BUSINESS, customer);
+    let record = channel
+        .await_record(&SESSION_EVENTS, |r| {
+            let event: SessionEvent = r.decode();
+            event.conversation_id == conversation && event.kind == kind
+        })
+        .await;
+    (record.decode(), wa_platform::now_millis())
+}
+
+async fn verdict(channel: &Channel, request_id: &str) -> OutboundWindowChecked {
+    channel
+        .await_record(&OUTBOUND_CHECKED, |r| r.decode::<OutboundWindowChecked>().request_id == request_id)
+        .await
+        .decode()
+}
+
+async fn query(channel: &Channel, customer_or_id: &str) -> (u16, Value) {
+    let id = if customer_or_id.starts_with("whatsapp:") {
+        conversation_id(BUSINESS, customer_or_id)
+    } else {
+        customer_or_id.to_owned()
+    };
+    let response = channel.get(session_window::SERVICE, &format!("/v1/conversations/{id}/session")).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stop_and_refused_sends_opt_customers_out_and_start_opts_them_back_in() {
+    let channel = Channel::start().await;
+    let writer = unique_customer();
+    let (_, status) = channel.sim_inbound(&writer, "Hello, where is my order?").await;
+    assert_eq!(status, 200);
+    let (opened, _) = session_event(&channel, &writer, "window_opened").await;
+    let (status, state) = query(&channel, &writer).await;
+    assert_eq!(status, 200, "{state}");
+    assert_eq!(state["known"], true);
+    assert_eq!(state["free_form_allowed"], true);
+    assert_eq!(state["opted_out"], false);
+    assert_eq!(state["window_expires_at"].as_i64(), opened.window_expires_at);
+
+    // A customer texts STOP (in another case, with punctuation): opted out, window open.
+    let stopper = unique_customer();
+    channel.sim_inbound(&stopper, " Stop! ").await;
+    let (opted_out, _) = session_event(&channel, &stopper, "opted_out").await;
+    assert_eq!(opted_out.reason.as_deref(), Some("stop"));
+    channel
+        .publish(&OUTBOUND_REQUESTED, &outbound_request("stop-reply", &stopper, Some("You are unsubscribed."), None))
+        .await;
+    let checked = verdict(&channel, "stop-reply").await;
+    assert!(checked.allowed, "a reply inside the window is still allowed");
+    assert!(checked.opted_out, "later stages learn the customer opted out");
+    let (_, state) = query(&channel, &stopper).await;
+    assert_eq!(state["opted_out"], true);
+
+    // START opts back in.
+    channel.sim_inbound(&stopper, "START").await;
+    let (opted_in, _) = session_event(&channel, &stopper, "opted_in").await;
+    assert_eq!(opted_in.reason.as_deref(), Some("start"));
+    let (_, state) = query(&channel, &stopper).await;
+    assert_eq!(state["opted_out"], false);
+
+    // Twilio refuses a send with 21610 (the customer unsubscribed): opted out too.
+    channel.sim_behaviour(json!({"refuse": {writer.clone(): 21610}})).await;
+    let response =
+        channel.post_outbound(&json!({"request_id": "to-blocked", "from": BUSINESS, "to": writer, "body": "hi"})).await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(channel.dispatch_outcome("to-blocked").await.error_code, Some(21610));
+    let (refused, _) = session_event(&channel, &writer, "opted_out").await;
+    assert_eq!(refused.reason.as_deref(), Some("twilio_error_21610"));
+    let (_, state) = query(&channel, &writer).await;
+    assert_eq!(state["opted_out"], true);
+
+    // Unknown conversations and bad ids.
+    let (status, state) = query(&channel, &unique_customer()).await;
+    assert_eq!((status, &state["known"], &state["refusal_reason"]), (200, &json!(false), &json!("no_window")));
+    let (status, problem) = query(&channel, "not-a-uuid").await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("not a conversation id"));
+    channel.stop().await;
+}
+
+/// The windows close on the real clock a few seconds after the test starts: the notices carry
+/// their deadlines as their time and are published no earlier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expiring_and_closed_notices_fire_at_their_deadlines() {
+    let channel = Channel::start().await;
+    // Replayed history: a window that closed long ago is recorded without any announcement.
+    let old = unique_customer();
+    channel.publish(&INBOUND, &customer_message(&old, wa_platform::now_millis() - 30 * HOUR, "old news")).await;
+    let closing = unique_customer();
+    let expires = wa_platform::now_millis() + 4_000;
+    channel.publish(&INBOUND, &customer_message(&closing, expires - 24 * HOUR, "bye")).await;
+
+    let (opened, _) = session_event(&channel, &closing, "window_opened").await;
+    assert_eq!(opened.window_expires_at, Some(expires));
+    // The lead is an hour: the expiring notice is due at once.
+    let (expiring, _) = session_event(&channel, &closing, "window_expiring").await;
+    assert_eq!(expiring.occurred_at, expires - HOUR);
+    let (closed, seen_at) = session_event(&channel, &closing, "window_closed").await;
+    assert_eq!(closed.occurred_at, expires);
+    assert!(seen_at >= expires, "window_closed was published {} ms before the deadline", expires - seen_at);
+    let (_, state) = query(&channel, &closing).await;
+    assert_eq!(state["notified"], "closed");
+    assert_eq!(state["free_form_allowed"], false);
+
+    let old_id = conversation_id(BUSINESS, &old);
+    let (_, state) = query(&channel, &old).await;
+    assert_eq!((&state["known"], &state["notified"]), (&json!(true), &json!("closed")));
+    let announced: Vec<SessionEvent> = channel
+        .read_to_end(&SESSION_EVENTS)
+        .await
+        .iter()
+        .map(RawRecord::decode::<SessionEvent>)
+        .filter(|e| e.conversation_id == old_id)
+        .collect();
+    assert!(announced.is_empty(), "history was announced: {announced:?}");
+    channel.stop().await;
+}
+
+/// The latest snapshot per conversation, by conversation id.
+async fn live_states(channel: &Channel) -> BTreeMap<String, wa_schemas::SessionState> {
+    session_window::rebuild::read_snapshots(&channel.kafka).await.expect("snapshots readable")
+}
+
+fn rebuilt_states(rebuilt: &session_window::rebuild::Rebuilt) -> BTreeMap<String, wa_schemas::SessionState> {
+    rebuilt
+        .stores
+        .values()
+        .flat_map(|store| store.iter())
+        .map(|(id, session)| (id.to_string(), session_window::store::snapshot(id, session)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_from_scratch_gives_the_state_of_the_live_projection() {
+    let channel = Channel::start().await;
+    let now = wa_platform::now_millis();
+    let customers: Vec<String> = (0..40).map(|_| unique_customer()).collect();
+    let (mut inbound, mut refusals) = (Vec::new(), Vec::new());
+    for (i, customer) in customers.iter().enumerate() {
+        let i = i as i64;
+        // Every conversation gets a few messages, out of order, some repeated.
+        let mut messages = vec![
+            customer_message(customer, now - (i % 5) * 20 * HOUR, "hi"),
+            customer_message(customer, now - (i % 5) * 20 * HOUR - HOUR, "earlier, read later"),
+        ];
+        if i % 4 == 0 {
+            messages.push(customer_message(customer, now - 2 * HOUR, "STOP"));
+        }
+        if i % 8 == 0 {
+            messages.push(customer_message(customer, now - HOUR, "unstop"));
+        }
+        if i % 3 == 0 {
+            let mut from_ad = customer_message(customer, now - 50 * HOUR, "I saw your ad");
+            from_ad.referral =
+                Some(wa_schemas::Referral { ctwa_clid: Some(format!("clid-{i}")), ..Default::default() });
+            messages.push(from_ad);
+        }
+        messages.push(messages[0].clone());
+        inbound.extend(messages);
+        if i % 5 == 1 {
+            refusals.push(refused_send(customer, now - 3 * HOUR, 63014));
+        }
+    }
+    channel.publish_all(&INBOUND, &inbound).await;
+    channel.publish_all(&OUTBOUND_DISPATCHED, &refusals).await;
+
+    // The live projection converges on what a single replay of every event computes.
+    let options = session_window::rebuild::Options { since: None, dry_run: true };
+    let lead = Duration::from_secs(3600);
+    let keywords = session_window::session::Keywords::defaults();
+    let deadline = tokio::time::Instant::now() + e2e_tests::EVENT_TIMEOUT;
+    let expected = loop {
+        let rebuilt =
+            session_window::rebuild::rebuild(&channel.kafka, &keywords, lead, &options, |_| {}).await.unwrap();
+        let expected = rebuilt_states(&rebuilt);
+        assert_eq!(expected.len(), customers.len());
+        let live = live_states(&channel).await;
+        if live == expected {
+            break expected;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "live state never matched the rebuild:\nlive {live:#?}\nrebuilt {expected:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(expected.values().any(|s| s.opted_out) && expected.values().any(|s| !s.opted_out));
+    assert!(expected.values().any(|s| s.entry_point_expires_at.is_some()));
+
+    // A real rebuild rewrites the snapshots with the same states.
+    let options = session_window::rebuild::Options { since: None, dry_run: false };
+    let rebuilt = session_window::rebuild::rebuild(&channel.kafka, &keywords, lead, &options, |_| {}).await.unwrap();
+    assert_eq!(rebuilt.summary.snapshots as usize, customers.len());
+    assert_eq!(rebuilt.summary.conversations, customers.len());
+    assert_eq!(live_states(&channel).await, expected);
+
+    // The verdicts follow that state.
+    let template =
+        TemplateRequest { name: "order_update".into(), language: "en".into(), variables: Default::default() };
+    let requests: Vec<_> = customers
+        .iter()
+        .enumerate()
+        .map(|(i, customer)| outbound_request(&format!("rebuild-check-{i}"), customer, None, Some(template.clone())))
+        .collect();
+    channel.publish_all(&OUTBOUND_REQUESTED, &requests).await;
+    let verdicts = channel
+        .await_all::<OutboundWindowChecked>(&OUTBOUND_CHECKED, requests.len(), |v| {
+            v.request_id.starts_with("rebuild-check-")
+        })
+        .await;
+    for checked in verdicts {
+        let state = &expected[&checked.conversation_id];
+        assert!(checked.allowed, "templates pass the window");
+        assert_eq!(checked.opted_out, state.opted_out);
+        assert_eq!(checked.window_expires_at, state.window_expires_at);
+    }
+    channel.stop().await;
+}
