@@ -141,7 +141,22 @@ impl Channel {
         Self::start_with(false).await
     }
 
-    async fn start_with(in_process_dispatch: bool) -> Self {
+    /// This channel's topics on the broker, and no component: the test runs what it needs,
+    /// for example as processes ([`Channel::service_process`]).
+    pub async fn topics_only() -> Self {
+        let kafka = Self::create_topics().await;
+        Self {
+            kafka,
+            ingress_url: String::new(),
+            sim_url: String::new(),
+            service_urls: HashMap::new(),
+            http: reqwest::Client::new(),
+            shutdown: CancellationToken::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    async fn create_topics() -> KafkaConfig {
         static TELEMETRY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
         TELEMETRY.get_or_init(|| {
             let guard = wa_platform::telemetry::init_with("e2e-tests", "warn", true).expect("telemetry");
@@ -154,6 +169,11 @@ impl Channel {
         };
         wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await.expect("broker answers");
         wa_platform::kafka::ensure_topics(&kafka, topics::ALL).await.expect("topics created");
+        kafka
+    }
+
+    async fn start_with(in_process_dispatch: bool) -> Self {
+        let kafka = Self::create_topics().await;
 
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -225,29 +245,59 @@ impl Channel {
     /// this channel's topics, with `extra` environment variables. Kill it with
     /// `child.start_kill()` (SIGKILL).
     pub fn dispatch_process(&self, extra: &[(&str, String)]) -> tokio::process::Child {
-        let binary = std::env::current_exe()
+        let mut env = vec![
+            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("TWILIO_API_BASE_URL", self.sim_url.clone()),
+            ("TWILIO_ACCOUNT_SID", ACCOUNT_SID.to_owned()),
+            ("TWILIO_AUTH_TOKEN", AUTH_TOKEN.to_owned()),
+            ("DISPATCH_STATUS_CALLBACK_URL", format!("{}/twilio/status", self.ingress_url)),
+            ("RUST_LOG", std::env::var("DISPATCH_LOG").unwrap_or_else(|_| "warn".to_owned())),
+        ];
+        env.extend(extra.iter().map(|(name, value)| (*name, value.clone())));
+        self.service_process("outbound-dispatch", &env)
+    }
+
+    /// Starts a service binary (built by `cargo xtask test`) as a child process on this
+    /// channel's broker and topics, with `env` added. It is killed when dropped.
+    pub fn service_process(&self, binary: &str, env: &[(&str, String)]) -> tokio::process::Child {
+        let path = std::env::current_exe()
             .ok()
-            .and_then(|exe| Some(exe.parent()?.parent()?.join("outbound-dispatch")))
+            .and_then(|exe| Some(exe.parent()?.parent()?.join(binary)))
             .filter(|path| path.exists())
-            .expect(
-                "target/debug/outbound-dispatch is missing: run the tests with `cargo xtask test`, which builds it",
-            );
-        let mut command = tokio::process::Command::new(binary);
+            .unwrap_or_else(|| {
+                panic!("target/debug/{binary} is missing: run the tests with `cargo xtask test`, which builds it")
+            });
+        let mut command = tokio::process::Command::new(path);
         command
             .env("KAFKA_BOOTSTRAP_SERVERS", &self.kafka.bootstrap_servers)
             .env("WA_TOPIC_PREFIX", &self.kafka.topic_prefix)
-            .env("HTTP_ADDR", "127.0.0.1:0")
-            .env("TWILIO_API_BASE_URL", &self.sim_url)
-            .env("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
-            .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
-            .env("DISPATCH_STATUS_CALLBACK_URL", format!("{}/twilio/status", self.ingress_url))
-            .env("RUST_LOG", std::env::var("DISPATCH_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
-        for (name, value) in extra {
+        for (name, value) in env {
             command.env(name, value);
         }
-        command.spawn().expect("outbound-dispatch starts")
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap_or_else(|err| panic!("{binary} does not start: {err}"));
+        // Its output goes to the test's output (shown when the test fails), each line prefixed
+        // with the process id, so two instances of one service can be told apart.
+        let label = format!("{binary}[{}]", child.id().unwrap_or_default());
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let label = label.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt as _;
+                let mut lines = tokio::io::BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("{label} {line}");
+                }
+            });
+        }
+        child
     }
 
     /// Polls every component's `/readyz` until it answers 200 (each becomes ready once it is

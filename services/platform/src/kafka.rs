@@ -29,5 +29,9 @@ pub fn client_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("client.id", client_id)
         // librdkafka's own logs go through `tracing` at their level; keep them short.
         .set("log.connection.close", "false");
+    // librdkafka's own debug contexts (e.g. `cgrp,topic`), for operators chasing a broker issue.
+    if let Some(debug) = crate::config::var("KAFKA_DEBUG") {
+        config.set("debug", debug);
+    }
     config
 }

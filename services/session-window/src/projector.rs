@@ -38,6 +38,8 @@ use crate::store::{from_snapshot, PartitionStore};
 use crate::{events, Config, SERVICE};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// A deliberate group rejoin happens at most this often.
+const REJOIN_AT_MOST_EVERY: Duration = Duration::from_secs(30);
 
 /// What the projector shares with the HTTP query and the rebalance callback.
 #[derive(Default)]
@@ -141,6 +143,10 @@ pub(crate) struct Projector {
     unacked: Vec<Queued>,
     /// Offsets were stored since the last commit.
     offsets_stored: bool,
+    /// The partitions the last revoke took.
+    last_revoked: Vec<i32>,
+    /// When the group was last rejoined on purpose.
+    last_rejoin: Option<std::time::Instant>,
     /// Counts received records: orders requests against watermark queries.
     seq: u64,
     rebalances: mpsc::UnboundedReceiver<RebalanceEvent>,
@@ -204,6 +210,8 @@ impl Projector {
         consumer.subscribe(&[&topics.inbound, &topics.requested, &topics.dispatched])?;
         let restorer: StreamConsumer = wa_platform::kafka::client_config(kafka, "session-window-restore")
             .set("group.id", kafka.group("session-window-restore"))
+            // Restoring reads to a known end: do not let the broker hold fetches back.
+            .set("fetch.wait.max.ms", "10")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .create()?;
@@ -229,6 +237,8 @@ impl Projector {
             owned: HashMap::new(),
             unacked: Vec::new(),
             offsets_stored: false,
+            last_revoked: Vec::new(),
+            last_rejoin: None,
             seq: 0,
             rebalances,
             answers,
@@ -274,16 +284,32 @@ impl Projector {
     async fn rebalanced(&mut self, event: RebalanceEvent, shutdown: &CancellationToken) -> anyhow::Result<()> {
         match event {
             RebalanceEvent::Revoked(partitions) => {
-                for partition in partitions {
-                    self.owned.remove(&partition);
+                for partition in &partitions {
+                    self.owned.remove(partition);
                 }
+                self.last_revoked = partitions;
             }
             RebalanceEvent::Assigned(partitions) => {
-                for partition in partitions {
-                    if !self.owned.contains_key(&partition) {
-                        self.restore(partition, shutdown).await?;
-                    }
+                // A rebalance that hands back exactly what it took is what a broker gives when
+                // it kept a dead member's stale assignment (tansu 0.6 keeps the generation when
+                // a member times out): rejoin as a new member once, so a fresh generation is
+                // assigned and the dead member's partitions are not left unowned.
+                let stale = !partitions.is_empty() && partitions == self.last_revoked;
+                self.last_revoked.clear();
+                if stale && self.last_rejoin.is_none_or(|at| at.elapsed() > REJOIN_AT_MOST_EVERY) {
+                    tracing::info!(?partitions, "rebalance returned the same partitions; rejoining the group once");
+                    metrics::counter!("wa_session_group_rejoins_total").increment(1);
+                    self.last_rejoin = Some(std::time::Instant::now());
+                    self.consumer.unsubscribe();
+                    self.consumer.subscribe(&[
+                        &self.topics.inbound,
+                        &self.topics.requested,
+                        &self.topics.dispatched,
+                    ])?;
+                    return Ok(());
                 }
+                let missing: Vec<i32> = partitions.into_iter().filter(|p| !self.owned.contains_key(p)).collect();
+                self.restore(&missing, shutdown).await?;
                 // Ready once the first assignment is restored (an instance beyond the
                 // partition count is ready with none).
                 self.health.set_ready(true);
@@ -292,26 +318,43 @@ impl Projector {
         Ok(())
     }
 
-    /// Reads partition `partition` of `wa.sessions.v1` from its beginning to its end into a
-    /// fresh store, and learns where the inbound partition resumes.
-    async fn restore(&mut self, partition: i32, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    /// Reads the given partitions of `wa.sessions.v1` from their beginning to their end into
+    /// fresh stores, and learns where the inbound partitions resume. All at once: one fetch
+    /// serves every partition.
+    async fn restore(&mut self, partitions: &[i32], shutdown: &CancellationToken) -> anyhow::Result<()> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
         let started = std::time::Instant::now();
         let metadata = self.metadata.clone();
         let sessions = self.topics.sessions.clone();
         let inbound = self.topics.inbound.clone();
-        let (low, high, inbound_low) = tokio::task::spawn_blocking(move || -> anyhow::Result<(i64, i64, i64)> {
-            let (low, high) = metadata.fetch_watermarks(&sessions, partition, METADATA_TIMEOUT)?;
-            let (inbound_low, _) = metadata.fetch_watermarks(&inbound, partition, METADATA_TIMEOUT)?;
-            Ok((low, high, inbound_low))
+        let list = partitions.to_vec();
+        let marks = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64, i64, i64)>> {
+            list.iter()
+                .map(|&partition| {
+                    let (low, high) = metadata.fetch_watermarks(&sessions, partition, METADATA_TIMEOUT)?;
+                    let (inbound_low, _) = metadata.fetch_watermarks(&inbound, partition, METADATA_TIMEOUT)?;
+                    Ok((partition, low, high, inbound_low))
+                })
+                .collect()
         })
         .await??;
-        let mut store = PartitionStore::new(self.config.lead_millis());
+        let lead = self.config.lead_millis();
+        let mut stores: HashMap<i32, PartitionStore> =
+            partitions.iter().map(|p| (*p, PartitionStore::new(lead))).collect();
+        let mut remaining: HashMap<i32, i64> =
+            marks.iter().filter(|(_, low, high, _)| high > low).map(|(p, _, high, _)| (*p, *high)).collect();
         let mut read = 0u64;
-        if high > low {
+        if !remaining.is_empty() {
             let mut assignment = TopicPartitionList::new();
-            assignment.add_partition_offset(&self.topics.sessions, partition, Offset::Offset(low))?;
+            for (partition, low, high, _) in &marks {
+                if high > low {
+                    assignment.add_partition_offset(&self.topics.sessions, *partition, Offset::Offset(*low))?;
+                }
+            }
             self.restorer.assign(&assignment)?;
-            loop {
+            while !remaining.is_empty() {
                 let message = tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
                     message = self.restorer.recv() => message,
@@ -319,12 +362,14 @@ impl Projector {
                 let message = match message {
                     Ok(message) => message,
                     Err(err) => {
-                        tracing::warn!(error = %err, partition, "restore read failed; retrying");
+                        tracing::warn!(error = %err, "restore read failed; retrying");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     }
                 };
                 read += 1;
+                let partition = message.partition();
+                let Some(store) = stores.get_mut(&partition) else { continue };
                 match message.payload() {
                     None | Some([]) => {
                         if let Some(id) = message
@@ -346,36 +391,49 @@ impl Projector {
                         }
                     }
                 }
-                if message.offset() + 1 >= high {
-                    break;
+                if remaining.get(&partition).is_some_and(|high| message.offset() + 1 >= *high) {
+                    remaining.remove(&partition);
                 }
             }
             self.restorer.unassign()?;
         }
-        let applied_inbound = self.committed_inbound(partition).await?.unwrap_or(inbound_low);
+        let committed = self.committed_inbound(partitions)?;
+        let conversations: usize = stores.values().map(PartitionStore::len).sum();
+        for (partition, _, _, inbound_low) in marks {
+            let applied_inbound = committed.get(&partition).copied().unwrap_or(inbound_low);
+            let store = stores.remove(&partition).unwrap_or_else(|| PartitionStore::new(lead));
+            self.shared.stores.lock().expect("stores lock").insert(partition, store);
+            self.owned.insert(partition, Owned { applied_inbound, ..Owned::default() });
+        }
+        self.shared.restoring.lock().expect("restoring lock").retain(|p| !partitions.contains(p));
         tracing::info!(
-            partition,
-            conversations = store.len(),
+            ?partitions,
+            conversations,
             records = read,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "partition restored"
+            "partitions restored"
         );
-        metrics::counter!("wa_session_restores_total").increment(1);
-        self.shared.stores.lock().expect("stores lock").insert(partition, store);
-        self.shared.restoring.lock().expect("restoring lock").retain(|p| *p != partition);
-        self.owned.insert(partition, Owned { applied_inbound, ..Owned::default() });
+        metrics::counter!("wa_session_restores_total").increment(partitions.len() as u64);
+        metrics::histogram!("wa_session_restore_seconds").record(started.elapsed().as_secs_f64());
         self.publish_gauge();
         Ok(())
     }
 
-    async fn committed_inbound(&self, partition: i32) -> anyhow::Result<Option<i64>> {
+    /// The committed offsets of the inbound partitions (those never committed are absent).
+    fn committed_inbound(&self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, i64>> {
         let mut query = TopicPartitionList::new();
-        query.add_partition(&self.topics.inbound, partition);
+        for partition in partitions {
+            query.add_partition(&self.topics.inbound, *partition);
+        }
         let committed = self.consumer.committed_offsets(query, METADATA_TIMEOUT)?;
-        Ok(committed.find_partition(&self.topics.inbound, partition).and_then(|e| match e.offset() {
-            Offset::Offset(offset) => Some(offset),
-            _ => None,
-        }))
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(offset) => Some((e.partition(), offset)),
+                _ => None,
+            })
+            .collect())
     }
 
     fn publish_gauge(&self) {
@@ -389,7 +447,7 @@ impl Projector {
         let partition = message.partition();
         if !self.owned.contains_key(&partition) {
             // Records can arrive before the assignment event is seen: restore first.
-            self.restore(partition, shutdown).await?;
+            self.restore(&[partition], shutdown).await?;
         }
         let record = Record {
             topic: message.topic(),
@@ -587,12 +645,9 @@ impl Projector {
             }
             let pending = owned.pending.pop_front().expect("a front");
             let span = pending.span.clone();
-            match pending.request {
-                Some(request) => {
-                    metrics::gauge!("wa_session_verdicts_waiting").decrement(1.0);
-                    self.decide(partition, request).instrument(span).await?;
-                }
-                None => {}
+            if let Some(request) = pending.request {
+                metrics::gauge!("wa_session_verdicts_waiting").decrement(1.0);
+                self.decide(partition, request).instrument(span).await?;
             }
             let topic = self.topics.requested.clone();
             self.store_offset(&topic, partition, pending.offset);
@@ -642,7 +697,7 @@ impl Projector {
     async fn fire_timers(&mut self) -> anyhow::Result<()> {
         let now = wa_platform::now_millis();
         let lead = self.config.lead_millis();
-        let due: Vec<(i32, Vec<(Uuid, session::Notice, Session)>)> = {
+        let due: Vec<(i32, crate::store::DueNotices)> = {
             let mut stores = self.shared.stores.lock().expect("stores lock");
             stores.iter_mut().map(|(p, store)| (*p, store.take_due(now))).filter(|(_, d)| !d.is_empty()).collect()
         };

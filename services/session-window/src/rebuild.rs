@@ -182,7 +182,7 @@ fn fact_of(topic: &str, payload: &[u8], inbound: &str, keywords: &Keywords) -> R
     } else {
         let event = OutboundDispatched::decode(payload).map_err(|_| ())?;
         let refused = event.outcome == "failed" && matches!(event.error_code, Some(21610 | 63014));
-        Ok(refused.then(|| (event.conversation_id, Fact::SendRefusedByCustomer { at: event.occurred_at })))
+        Ok(refused.then_some((event.conversation_id, Fact::SendRefusedByCustomer { at: event.occurred_at })))
     }
 }
 

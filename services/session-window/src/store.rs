@@ -8,6 +8,9 @@ use wa_schemas::SessionState;
 
 use crate::session::{Change, Fact, Notice, Notified, Session};
 
+/// Notices due, each with its conversation and the session after it.
+pub type DueNotices = Vec<(Uuid, Notice, Session)>;
+
 /// One partition's sessions, which ones changed since the last snapshot, and when each next
 /// notice falls due.
 #[derive(Debug, Default)]
@@ -76,7 +79,7 @@ impl PartitionStore {
 
     /// Takes the notices due at `now`, in deadline order, and records them as published.
     /// Each comes with the session after it.
-    pub fn take_due(&mut self, now: i64) -> Vec<(Uuid, Notice, Session)> {
+    pub fn take_due(&mut self, now: i64) -> DueNotices {
         let mut due = Vec::new();
         while let Some(&(at, conversation)) = self.timers.first() {
             if at > now {
