@@ -233,3 +233,38 @@ async fn a_rebuild_from_scratch_gives_the_state_of_the_live_projection() {
     }
     channel.stop().await;
 }
+
+/// A CRM producer that partitions by another hash puts a request where session-window does not
+/// hold its conversation: the record is dead-lettered with the partition it belongs on, and the
+/// requests after it are still decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_on_the_wrong_partition_is_dead_lettered_with_where_it_belongs() {
+    let channel = Channel::start().await;
+    let customer = unique_customer();
+    let request = outbound_request("misrouted-1", &customer, Some("hi"), None);
+    let right = wa_platform::topics::partition_for_key(
+        request.conversation_id.as_bytes(),
+        wa_platform::topics::MESSAGE_PARTITIONS,
+    );
+    let wrong = (right + 1) % wa_platform::topics::MESSAGE_PARTITIONS;
+    let producer =
+        wa_platform::kafka::EventProducer::new(&channel.kafka, "e2e-tests", Duration::from_secs(10)).unwrap();
+    producer.enqueue(&OUTBOUND_REQUESTED, &request, Some(wrong)).await.unwrap().acknowledged().await.unwrap();
+    channel.publish(&OUTBOUND_REQUESTED, &outbound_request("after-misrouted", &customer, Some("hi"), None)).await;
+
+    let dead = channel
+        .await_record(&wa_platform::topics::DEAD_LETTER, |r| {
+            r.headers.get("dlq.service").map(String::as_str) == Some("session-window")
+        })
+        .await;
+    let reason = &dead.headers["dlq.reason"];
+    assert!(reason.contains(&format!("belongs on partition {right}, found on {wrong}")), "{reason}");
+    assert_eq!(dead.payload, request_payload(&request));
+    assert_eq!(verdict(&channel, "after-misrouted").await.refusal_reason.as_deref(), Some("no_window"));
+    channel.stop().await;
+}
+
+fn request_payload(request: &wa_schemas::OutboundRequested) -> Vec<u8> {
+    use wa_schemas::Event as _;
+    request.encode().unwrap()
+}

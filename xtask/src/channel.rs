@@ -403,7 +403,11 @@ pub(crate) async fn bench(name: Option<&str>) -> anyhow::Result<ExitCode> {
             let storage = var("BENCH_STORAGE").unwrap_or_else(|| "memory://tansu/".to_owned());
             return bench_through_broker("bench_dispatch", &storage).await;
         }
-        _ => anyhow::bail!("name a benchmark: templates, ingress or dispatch"),
+        Some("sessions") => {
+            let storage = var("BENCH_STORAGE").unwrap_or_else(|| "memory://tansu/".to_owned());
+            return bench_through_broker("bench_sessions", &storage).await;
+        }
+        _ => anyhow::bail!("name a benchmark: templates, ingress, dispatch or sessions"),
     }
     eprintln!("xtask: in-process decision rate");
     let status = cargo()

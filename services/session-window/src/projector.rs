@@ -80,9 +80,13 @@ impl ConsumerContext for Rebalances {
             tracing::info!(?partitions, "partitions revoked; flushing and committing");
             // Every effect of the records handled so far was queued before their offsets were
             // stored: once the queue is acknowledged, the stored offsets may be committed.
-            self.producer.flush(Duration::from_secs(30));
-            if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::debug!(error = %err, "commit on revoke found nothing to commit");
+            if self.producer.flush_all(Duration::from_secs(30)) {
+                if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    tracing::debug!(error = %err, "commit on revoke found nothing to commit");
+                }
+            } else {
+                // Not committing: the next owner handles these records again (idempotent).
+                tracing::error!("queued records not acknowledged on revoke; offsets left uncommitted");
             }
             let mut stores = self.shared.stores.lock().expect("stores lock");
             for partition in &partitions {
@@ -285,7 +289,10 @@ impl Projector {
         match event {
             RebalanceEvent::Revoked(partitions) => {
                 for partition in &partitions {
-                    self.owned.remove(partition);
+                    if let Some(owned) = self.owned.remove(partition) {
+                        let waiting = owned.pending.iter().filter(|p| p.request.is_some()).count();
+                        metrics::gauge!("wa_session_verdicts_waiting").decrement(waiting as f64);
+                    }
                 }
                 self.last_revoked = partitions;
             }
@@ -309,13 +316,31 @@ impl Projector {
                     return Ok(());
                 }
                 let missing: Vec<i32> = partitions.into_iter().filter(|p| !self.owned.contains_key(p)).collect();
-                self.restore(&missing, shutdown).await?;
+                self.restore_until_done(&missing, shutdown).await;
                 // Ready once the first assignment is restored (an instance beyond the
                 // partition count is ready with none).
                 self.health.set_ready(true);
             }
         }
         Ok(())
+    }
+
+    /// Restores, retrying with backoff while the broker fails, until done or `shutdown`.
+    async fn restore_until_done(&mut self, partitions: &[i32], shutdown: &CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.restore(partitions, shutdown).await {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(?partitions, error = %format!("{err:#}"), retry_in = ?backoff, "restore failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
     }
 
     /// Reads the given partitions of `wa.sessions.v1` from their beginning to their end into
@@ -447,7 +472,11 @@ impl Projector {
         let partition = message.partition();
         if !self.owned.contains_key(&partition) {
             // Records can arrive before the assignment event is seen: restore first.
-            self.restore(&[partition], shutdown).await?;
+            self.restore_until_done(&[partition], shutdown).await;
+            if !self.owned.contains_key(&partition) {
+                // Stopping: the record is read again after a restart.
+                return Ok(());
+            }
         }
         let record = Record {
             topic: message.topic(),
@@ -482,10 +511,12 @@ impl Projector {
                 if let Some(owned) = self.owned.get_mut(&partition) {
                     owned.pending.push_back(Pending { seq: self.seq, request: None, offset: record.offset, span });
                 }
-                self.release(partition).await?;
             } else {
                 self.store_offset(record.topic, partition, record.offset);
             }
+        }
+        if record.topic == self.topics.requested {
+            self.release(partition).await?;
         }
         if record.topic == self.topics.inbound {
             if let Some(owned) = self.owned.get_mut(&partition) {
@@ -552,7 +583,7 @@ impl Projector {
         if historic {
             let mut stores = self.shared.stores.lock().expect("stores lock");
             if let Some(store) = stores.get_mut(&record.partition) {
-                store.settle(now);
+                store.settle_conversation(&conversation, now);
             }
         }
         self.snapshot_dirty(record.partition).await.map_err(|e| e.to_string())?;
@@ -597,7 +628,7 @@ impl Projector {
         let owned = self.owned.get_mut(&record.partition).ok_or("partition not owned")?;
         owned.pending.push_back(Pending { seq: self.seq, request: Some(request), offset: record.offset, span });
         metrics::gauge!("wa_session_verdicts_waiting").increment(1.0);
-        self.release(record.partition).await.map_err(|e| e.to_string())
+        Ok(())
     }
 
     async fn answered(&mut self, partition: i32, seq: u64, answer: Result<i64, String>) -> anyhow::Result<()> {

@@ -102,6 +102,18 @@ impl PartitionStore {
         due
     }
 
+    /// Marks one conversation's notices due at `now` as published without returning them.
+    pub fn settle_conversation(&mut self, conversation: &Uuid, now: i64) {
+        let Some(session) = self.sessions.get_mut(conversation) else { return };
+        let before = *session;
+        session.settle_notices(now, self.lead_millis);
+        let after = *session;
+        if after != before {
+            self.dirty.insert(*conversation);
+            self.reschedule(*conversation, Some(&before), &after);
+        }
+    }
+
     /// When the earliest pending notice falls due.
     pub fn next_due(&self) -> Option<i64> {
         self.timers.first().map(|(at, _)| *at)

@@ -152,6 +152,18 @@ impl EventProducer {
         self.kafka.topic(topic)
     }
 
+    /// Waits for every queued record to be acknowledged, up to `timeout`; false when some
+    /// were not.
+    pub fn flush_all(&self, timeout: Duration) -> bool {
+        match self.inner.flush(timeout) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!(error = %err, "producer flush failed");
+                false
+            }
+        }
+    }
+
     /// Waits for every queued record to be acknowledged, up to `timeout`.
     pub fn flush(&self, timeout: Duration) {
         if let Err(err) = self.inner.flush(timeout) {
