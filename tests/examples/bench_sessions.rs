@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use wa_platform::config::KafkaConfig;
 use wa_platform::kafka::EventProducer;
 use wa_platform::topics::{self, INBOUND};
-use wa_schemas::{conversation_id, InboundMessageReceived};
+use wa_schemas::{conversation_id, Event as _, InboundMessageReceived};
 
 /// As in the service binaries.
 #[global_allocator]
@@ -100,6 +100,24 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(stores);
 
+    // The fold's own cost, without a broker: decode and apply encoded messages in memory.
+    let sample: Vec<Vec<u8>> = (0..200_000u64).map(|i| message(i, now).encode()).collect::<Result<_, _>>()?;
+    let mut store = session_window::store::PartitionStore::new(3_600_000);
+    let fold_started = Instant::now();
+    for payload in &sample {
+        let event = InboundMessageReceived::decode(payload)?;
+        let consent = keywords.classify(&event.body).map(|(c, _)| c);
+        let fact = session_window::session::Fact::CustomerMessage {
+            at: event.occurred_at,
+            referral: event.referral.is_some(),
+            consent,
+        };
+        store.apply(uuid::Uuid::parse_str(&event.conversation_id)?, fact);
+    }
+    let fold_rate = sample.len() as f64 / fold_started.elapsed().as_secs_f64();
+    println!("fold alone (decode + apply, one core, no broker): {fold_rate:.0} events/s");
+    drop((sample, store));
+
     let started = Instant::now();
     let producer = EventProducer::new(&kafka, "bench-sessions", Duration::from_secs(120))?;
     let mut queued = Vec::with_capacity(100_000);
@@ -182,5 +200,73 @@ async fn main() -> anyhow::Result<()> {
         read_started.elapsed().as_secs_f64(),
         states.len() as f64 / read_started.elapsed().as_secs_f64()
     );
+    verdict_rate().await?;
+    Ok(())
+}
+
+/// The live service: `BENCH_VERDICTS` requests (default 50,000) over 10,000 conversations whose
+/// customers wrote, published at once; the time until every verdict is on
+/// `wa.outbound.checked.v1`.
+async fn verdict_rate() -> anyhow::Result<()> {
+    let requests: u64 = std::env::var("BENCH_VERDICTS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let kafka = KafkaConfig::new(
+        e2e_tests::bootstrap_servers(),
+        format!("benchv{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+    );
+    wa_platform::kafka::ensure_topics(&kafka, topics::ALL).await?;
+    let now = wa_platform::now_millis();
+    let producer = EventProducer::new(&kafka, "bench-sessions", Duration::from_secs(120))?;
+    let conversations = 10_000u64;
+    let mut queued = Vec::new();
+    for i in 0..conversations {
+        queued.push(producer.enqueue(&INBOUND, &message(i, now), None).await?);
+    }
+    for record in queued.drain(..) {
+        record.acknowledged().await?;
+    }
+    let stop = wa_platform::CancellationToken::new();
+    let service = session_window::bind(session_window::Config::new("127.0.0.1:0".parse()?, kafka.clone())).await?;
+    let url = format!("http://{}", service.local_addr());
+    let running = tokio::spawn(service.run(stop.clone()));
+    let http = reqwest::Client::new();
+    while !http.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let checked_topic = kafka.topic(&topics::OUTBOUND_CHECKED);
+    let reader = e2e_tests::follow_from_beginning(&kafka, &checked_topic).await;
+    let started = Instant::now();
+    for i in 0..requests {
+        let customer = format!("whatsapp:+1555{:07}", i % conversations);
+        let request = wa_schemas::OutboundRequested {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            occurred_at: wa_platform::now_millis(),
+            conversation_id: conversation_id(BUSINESS, &customer),
+            request_id: format!("bench-{i}"),
+            from: BUSINESS.to_owned(),
+            to: customer,
+            body: Some("It ships today!".to_owned()),
+            media_urls: Vec::new(),
+            template: None,
+        };
+        queued.push(producer.enqueue(&topics::OUTBOUND_REQUESTED, &request, None).await?);
+    }
+    for record in queued.drain(..) {
+        record.acknowledged().await?;
+    }
+    let published = started.elapsed();
+    let mut seen = 0u64;
+    while seen < requests {
+        tokio::time::timeout(Duration::from_secs(60), reader.recv()).await??;
+        seen += 1;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "live verdicts: {requests} requests published in {:.1} s; all {seen} verdicts out after {:.1} s = {:.0} verdicts/s",
+        published.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        requests as f64 / elapsed.as_secs_f64()
+    );
+    stop.cancel();
+    running.await??;
     Ok(())
 }
