@@ -2,15 +2,10 @@
 //! permanent ones failed once with their reason, 429 storms absorbed, a redelivered
 //! authorization never sent twice, and an unanswered send held in doubt until its callback.
 
-use e2e_tests::{Channel, BUSINESS};
+use e2e_tests::{unique_customer, Channel, BUSINESS};
 use serde_json::{json, Value};
 use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_DISPATCHED};
 use wa_schemas::{conversation_id, OutboundAuthorized, OutboundDispatched};
-
-fn unique_customer() -> String {
-    let n = uuid::Uuid::new_v4().as_u128() % 10_000_000_000;
-    format!("whatsapp:+1{n:010}")
-}
 
 /// A customer who wrote a moment ago, so free-form replies are allowed.
 async fn customer_who_wrote(channel: &Channel) -> String {

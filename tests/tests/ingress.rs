@@ -4,18 +4,13 @@
 
 use std::collections::HashMap;
 
-use e2e_tests::{Channel, ACCOUNT_SID, API_TOKEN, AUTH_TOKEN, BUSINESS};
+use e2e_tests::{unique_customer, Channel, ACCOUNT_SID, API_TOKEN, AUTH_TOKEN, BUSINESS};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use wa_platform::topics::{DELIVERY, INBOUND, OUTBOUND_REQUESTED, QUARANTINE};
 use wa_platform::CancellationToken;
 use wa_schemas::{DeliveryStatusReceived, InboundMessageReceived, Location, Media, QuarantinedRequest, Referral};
 use wa_twilio::signature;
-
-fn unique_customer() -> String {
-    let n = uuid::Uuid::new_v4().as_u128() % 10_000_000_000;
-    format!("whatsapp:+1{n:010}")
-}
 
 fn unique_sid() -> String {
     format!("SM{}", uuid::Uuid::new_v4().simple())

@@ -4,16 +4,11 @@
 
 use std::collections::HashMap;
 
-use e2e_tests::{Channel, ACCOUNT_SID, AUTH_TOKEN, BUSINESS};
+use e2e_tests::{unique_customer, Channel, ACCOUNT_SID, AUTH_TOKEN, BUSINESS};
 use serde_json::{json, Value};
 use wa_platform::topics::{DELIVERY, INBOUND, OUTBOUND_DISPATCHED};
 use wa_platform::CancellationToken;
 use wa_schemas::{DeliveryStatusReceived, InboundMessageReceived, OutboundDispatched};
-
-fn unique_customer() -> String {
-    let n = uuid::Uuid::new_v4().as_u128() % 10_000_000_000;
-    format!("whatsapp:+1{n:010}")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn simulated_customers_and_signed_callbacks_reach_the_topics_through_ingress() {

@@ -2,15 +2,11 @@
 //! Content API, sent by Content SID outside the window, refused once paused, chosen along the
 //! language fallback chain, and rebuilt after a restart.
 
-use e2e_tests::{Channel, BUSINESS};
+use e2e_tests::{unique_customer, Channel, BUSINESS};
 use reqwest::Method;
 use serde_json::{json, Value};
 use wa_platform::topics::{INBOUND, OUTBOUND_REJECTED, TEMPLATES};
 use wa_schemas::{conversation_id, InboundMessageReceived, OutboundDispatched, OutboundRejected, TemplateEvent};
-
-fn unique_customer() -> String {
-    format!("whatsapp:+1{:010}", uuid::Uuid::new_v4().as_u128() % 10_000_000_000)
-}
 
 fn unique_sid(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())

@@ -1,7 +1,7 @@
 //! The walking skeleton, end to end against the real broker: Twilio webhook in, agent reply
 //! out, refusals, retries, dead letters and traces.
 
-use e2e_tests::{Channel, BUSINESS};
+use e2e_tests::{unique_customer, Channel, BUSINESS};
 use wa_platform::topics::{
     DEAD_LETTER, INBOUND, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REJECTED,
     OUTBOUND_REQUESTED,
@@ -10,11 +10,6 @@ use wa_schemas::{
     conversation_id, InboundMessageReceived, OutboundDispatched, OutboundRejected, OutboundRequested,
     OutboundWindowChecked,
 };
-
-fn unique_customer() -> String {
-    let n = uuid::Uuid::new_v4().as_u128() % 10_000_000_000;
-    format!("whatsapp:+1{n:010}")
-}
 
 fn unique_sid() -> String {
     format!("SM{}", uuid::Uuid::new_v4().simple())
