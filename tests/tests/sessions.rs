@@ -268,3 +268,55 @@ fn request_payload(request: &wa_schemas::OutboundRequested) -> Vec<u8> {
     use wa_schemas::Event as _;
     request.encode().unwrap()
 }
+
+/// The operator's command: a progress line and a summary; `--since` replays only what was
+/// written from that time on; a bad time is refused with the formats it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rebuild_command_reports_progress_and_replays_from_a_time() {
+    let channel = Channel::topics_only().await;
+    let now = wa_platform::now_millis();
+    let before: Vec<String> = (0..5).map(|_| unique_customer()).collect();
+    let after: Vec<String> = (0..3).map(|_| unique_customer()).collect();
+    let messages: Vec<_> = before.iter().map(|c| customer_message(c, now - HOUR, "hi")).collect();
+    channel.publish_all(&INBOUND, &messages).await;
+    tokio::time::sleep(Duration::from_millis(50)).await; // record timestamps are milliseconds
+    let since = wa_platform::now_millis();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let messages: Vec<_> = after.iter().map(|c| customer_message(c, now, "hello")).collect();
+    channel.publish_all(&INBOUND, &messages).await;
+
+    let binary = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("session-window");
+    let run = |args: Vec<String>| {
+        let output = std::process::Command::new(&binary)
+            .args(args)
+            .env("KAFKA_BOOTSTRAP_SERVERS", &channel.kafka.bootstrap_servers)
+            .env("WA_TOPIC_PREFIX", &channel.kafka.topic_prefix)
+            .output()
+            .expect("session-window runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    let (ok, stdout, stderr) = run(vec!["rebuild".into()]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stderr.contains("100.0%") && stderr.contains("events/s") && stderr.contains("lag 0"), "{stderr}");
+    assert!(stdout.contains("rebuilt 8 conversations (8 with an open window, 0 opted out) from 8 events"), "{stdout}");
+    assert!(stdout.contains("wrote 8 snapshots and 0 tombstones"), "{stdout}");
+    assert_eq!(session_window::rebuild::read_snapshots(&channel.kafka).await.unwrap().len(), 8);
+
+    // From a time: the earlier customers are forgotten, and their snapshots removed.
+    let (ok, stdout, stderr) = run(vec!["rebuild".into(), "--since".into(), since.to_string()]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("rebuilt 3 conversations"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("wrote 3 snapshots and 5 tombstones"), "{stdout}");
+    let states = session_window::rebuild::read_snapshots(&channel.kafka).await.unwrap();
+    let expected: std::collections::BTreeSet<String> = after.iter().map(|c| conversation_id(BUSINESS, c)).collect();
+    assert_eq!(states.keys().cloned().collect::<std::collections::BTreeSet<_>>(), expected);
+
+    let (ok, _, stderr) = run(vec!["rebuild".into(), "--since".into(), "yesterday".into()]);
+    assert!(!ok);
+    assert!(stderr.contains("neither RFC 3339") && stderr.contains("Unix millis"), "{stderr}");
+}

@@ -88,7 +88,8 @@ pub struct Rebuilt {
 }
 
 /// Reads `topics` from `since` (or their beginning) to the ends they had when it started,
-/// handing every record to `on_record` and reporting progress about four times a second.
+/// handing every record written at or after `since` to `on_record` and reporting progress
+/// about four times a second.
 /// Blocking: run it on a blocking thread.
 pub fn replay(
     kafka: &KafkaConfig,
@@ -124,6 +125,7 @@ pub fn replay(
                 query.add_partition_offset(&topic, partition, Offset::Offset(since))?;
             }
             let found = consumer.offsets_for_times(query, METADATA_TIMEOUT)?;
+            tracing::debug!(topic = %topic, found = ?found.elements().iter().map(|e| (e.partition(), e.offset())).collect::<Vec<_>>(), "offsets for times");
             for (partition, low, high) in &mut starts {
                 *low = match found.find_partition(&topic, *partition).map(|e| e.offset()) {
                     Some(Offset::Offset(offset)) => offset.clamp(*low, *high),
@@ -151,7 +153,13 @@ pub fn replay(
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 progress.events += 1;
-                on_record(&message);
+                // The broker's time index only gives a place to start (tansu answers the
+                // beginning): records written before `since` are skipped here.
+                let before_since =
+                    since.is_some_and(|since| message.timestamp().to_millis().is_some_and(|at| at < since));
+                if !before_since {
+                    on_record(&message);
+                }
                 let key = (message.topic().to_owned(), message.partition());
                 if ends.get(&key).is_some_and(|end| message.offset() + 1 >= *end) {
                     ends.remove(&key);
