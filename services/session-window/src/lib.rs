@@ -7,6 +7,7 @@
 //! `wa.session.events.v1`. `session-window rebuild` recomputes the state from the message topics.
 
 mod events;
+mod facts;
 mod projector;
 pub mod rebuild;
 pub mod session;

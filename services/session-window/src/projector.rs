@@ -31,11 +31,11 @@ use wa_platform::topics::{
     partition_for_key, INBOUND, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REQUESTED, SESSIONS, SESSION_EVENTS,
 };
 use wa_platform::CancellationToken;
-use wa_schemas::{Event, InboundMessageReceived, OutboundDispatched, OutboundRequested, OutboundWindowChecked};
+use wa_schemas::{Event, OutboundRequested, OutboundWindowChecked};
 
-use crate::session::{self, Content, Fact, Session};
+use crate::session::{self, Content, Session};
 use crate::store::{from_snapshot, PartitionStore};
-use crate::{events, Config, SERVICE};
+use crate::{events, facts, Config, SERVICE};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// A deliberate group rejoin happens at most this often.
@@ -487,12 +487,10 @@ impl Projector {
             headers: message.headers(),
         };
         let span = wa_platform::kafka::consume_span(&record);
-        let outcome = if record.topic == self.topics.inbound {
-            self.on_inbound(&record).instrument(span.clone()).await
-        } else if record.topic == self.topics.dispatched {
-            self.on_dispatched(&record).instrument(span.clone()).await
-        } else {
+        let outcome = if record.topic == self.topics.requested {
             self.on_request(&record, span.clone()).await
+        } else {
+            self.on_fact(&record).instrument(span.clone()).await
         };
         let label = match &outcome {
             Ok(()) => "ok",
@@ -515,13 +513,13 @@ impl Projector {
                 self.store_offset(record.topic, partition, record.offset);
             }
         }
-        if record.topic == self.topics.requested {
-            self.release(partition).await?;
-        }
+        // A new request, or inbound progress, may let waiting requests through.
         if record.topic == self.topics.inbound {
             if let Some(owned) = self.owned.get_mut(&partition) {
                 owned.applied_inbound = owned.applied_inbound.max(record.offset + 1);
             }
+        }
+        if record.topic != self.topics.dispatched {
             self.release(partition).await?;
         }
         Ok(())
@@ -547,73 +545,40 @@ impl Projector {
         Ok(id)
     }
 
-    /// Applies a customer message and queues its events and snapshot.
-    async fn on_inbound(&mut self, record: &Record<'_>) -> Result<(), String> {
-        let event = InboundMessageReceived::decode(record.payload).map_err(|e| format!("undecodable value: {e}"))?;
-        let conversation = self.conversation_of(&event.conversation_id, record.partition)?;
-        let consent = self.config.keywords.classify(&event.body);
-        let fact = Fact::CustomerMessage {
-            at: event.occurred_at,
-            referral: event.referral.is_some(),
-            consent: consent.as_ref().map(|(c, _)| *c),
-        };
-        let now = wa_platform::now_millis();
-        let (change, session) = {
-            let mut stores = self.shared.stores.lock().expect("stores lock");
-            let store = stores.get_mut(&record.partition).ok_or("partition not owned")?;
-            let (change, session) = store.apply(conversation, fact);
-            (change, session)
-        };
-        // A message whose window had closed before it was read (history replayed on a first
-        // start) changes state but announces no window.
-        let historic = session.window_expires_at().is_some_and(|e| e <= now) && change.window.is_some();
-        let reason = consent.map(|(_, keyword)| keyword);
-        let events = events::for_change(
-            &conversation,
-            &change,
-            &session,
-            event.occurred_at,
-            &event.event_id,
-            reason.as_deref(),
-            historic,
-        );
-        for event in &events {
-            self.queue(&SESSION_EVENTS, event, None).await.map_err(|e| e.to_string())?;
-        }
-        if historic {
-            let mut stores = self.shared.stores.lock().expect("stores lock");
-            if let Some(store) = stores.get_mut(&record.partition) {
-                store.settle_conversation(&conversation, now);
-            }
-        }
-        self.snapshot_dirty(record.partition).await.map_err(|e| e.to_string())?;
-        self.store_offset(record.topic, record.partition, record.offset);
-        Ok(())
-    }
-
-    /// A send refused because the customer blocked or unsubscribed opts the customer out.
-    async fn on_dispatched(&mut self, record: &Record<'_>) -> Result<(), String> {
-        let event = OutboundDispatched::decode(record.payload).map_err(|e| format!("undecodable value: {e}"))?;
-        let refused = event.outcome == "failed" && matches!(event.error_code, Some(21610 | 63014));
-        if refused {
-            let conversation = self.conversation_of(&event.conversation_id, record.partition)?;
+    /// Applies the fact a customer message or a dispatch outcome carries, and queues its events
+    /// and snapshot.
+    async fn on_fact(&mut self, record: &Record<'_>) -> Result<(), String> {
+        let inbound = record.topic == self.topics.inbound;
+        let read = facts::read(inbound, record.payload, &self.config.keywords)
+            .map_err(|e| format!("undecodable value: {e}"))?;
+        if let Some(read) = read {
+            let conversation = self.conversation_of(&read.conversation_id, record.partition)?;
+            let now = wa_platform::now_millis();
             let (change, session) = {
                 let mut stores = self.shared.stores.lock().expect("stores lock");
                 let store = stores.get_mut(&record.partition).ok_or("partition not owned")?;
-                store.apply(conversation, Fact::SendRefusedByCustomer { at: event.occurred_at })
+                store.apply(conversation, read.fact)
             };
-            let reason = format!("twilio_error_{}", event.error_code.unwrap_or_default());
+            // A message whose window had closed before it was read (history replayed on a
+            // first start) changes state but announces no window.
+            let historic = change.window.is_some() && session.window_expires_at().is_some_and(|e| e <= now);
             let events = events::for_change(
                 &conversation,
                 &change,
                 &session,
-                event.occurred_at,
-                &event.event_id,
-                Some(&reason),
-                false,
+                read.at,
+                &read.event_id,
+                read.reason.as_deref(),
+                historic,
             );
             for event in &events {
                 self.queue(&SESSION_EVENTS, event, None).await.map_err(|e| e.to_string())?;
+            }
+            if historic {
+                let mut stores = self.shared.stores.lock().expect("stores lock");
+                if let Some(store) = stores.get_mut(&record.partition) {
+                    store.settle_conversation(&conversation, now);
+                }
             }
             self.snapshot_dirty(record.partition).await.map_err(|e| e.to_string())?;
         }

@@ -16,9 +16,9 @@ use uuid::Uuid;
 use wa_platform::config::KafkaConfig;
 use wa_platform::kafka::{EventProducer, Queued};
 use wa_platform::topics::{TopicSpec, INBOUND, OUTBOUND_DISPATCHED, SESSIONS};
-use wa_schemas::{Event, InboundMessageReceived, OutboundDispatched};
+use wa_schemas::Event as _;
 
-use crate::session::{Fact, Keywords};
+use crate::session::Keywords;
 use crate::store::PartitionStore;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -179,21 +179,6 @@ pub fn replay(
     Ok(progress)
 }
 
-/// The fact a message record carries, by its topic; `Ok(None)` for records that change no
-/// session (dispatch outcomes other than a customer's refusal).
-fn fact_of(topic: &str, payload: &[u8], inbound: &str, keywords: &Keywords) -> Result<Option<(String, Fact)>, ()> {
-    if topic == inbound {
-        let event = InboundMessageReceived::decode(payload).map_err(|_| ())?;
-        let consent = keywords.classify(&event.body).map(|(c, _)| c);
-        let fact = Fact::CustomerMessage { at: event.occurred_at, referral: event.referral.is_some(), consent };
-        Ok(Some((event.conversation_id, fact)))
-    } else {
-        let event = OutboundDispatched::decode(payload).map_err(|_| ())?;
-        let refused = event.outcome == "failed" && matches!(event.error_code, Some(21610 | 63014));
-        Ok(refused.then_some((event.conversation_id, Fact::SendRefusedByCustomer { at: event.occurred_at })))
-    }
-}
-
 /// Replays the message topics into fresh state and, unless `dry_run`, rewrites the snapshots.
 pub async fn rebuild(
     kafka: &KafkaConfig,
@@ -217,18 +202,18 @@ pub async fn rebuild(
             since,
             |message| {
                 let payload = message.payload().unwrap_or_default();
-                match fact_of(message.topic(), payload, &inbound, &keywords) {
-                    Ok(Some((conversation, fact))) => match Uuid::parse_str(&conversation) {
+                match crate::facts::read(message.topic() == inbound, payload, &keywords) {
+                    Ok(Some(read)) => match Uuid::parse_str(&read.conversation_id) {
                         Ok(id) => {
                             stores
                                 .entry(message.partition())
                                 .or_insert_with(|| PartitionStore::new(lead_millis))
-                                .apply(id, fact);
+                                .apply(id, read.fact);
                         }
                         Err(_) => undecodable += 1,
                     },
                     Ok(None) => {}
-                    Err(()) => undecodable += 1,
+                    Err(_) => undecodable += 1,
                 }
             },
             on_progress,
