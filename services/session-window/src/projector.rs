@@ -741,6 +741,7 @@ impl Projector {
         if self.unacked.is_empty() && !self.offsets_stored {
             return Ok(());
         }
+        self.publish_gauge();
         self.offsets_stored = false;
         for queued in std::mem::take(&mut self.unacked) {
             queued
