@@ -172,7 +172,7 @@ pub fn registry() -> &'static HashMap<u64, &'static SchemaInfo> {
 }
 
 /// Every event schema, in a fixed order.
-pub fn all_schemas() -> [&'static SchemaInfo; 11] {
+pub fn all_schemas() -> [&'static SchemaInfo; 12] {
     [
         InboundMessageReceived::schema_info(),
         DeliveryStatusReceived::schema_info(),
@@ -185,6 +185,7 @@ pub fn all_schemas() -> [&'static SchemaInfo; 11] {
         TemplateEvent::schema_info(),
         SessionState::schema_info(),
         SessionEvent::schema_info(),
+        PartitionOwner::schema_info(),
     ]
 }
 
@@ -620,3 +621,19 @@ pub struct SessionEvent {
     pub reason: Option<String>,
 }
 event!(SessionEvent, "session_event.avsc", "wachannel.session.event.v1");
+
+/// Which session-window instance owns a partition (topic `wa.session.owners.v1`, compacted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOwner {
+    /// Unique id of this event.
+    pub event_id: String,
+    /// When the instance took the partition, Unix millis.
+    pub occurred_at: i64,
+    /// The partition number as text (the record key).
+    pub partition_key: String,
+    /// The partition of the message topics.
+    pub partition: i32,
+    /// The owning instance's HTTP base URL.
+    pub owner_url: String,
+}
+event!(PartitionOwner, "partition_owner.avsc", "wachannel.session.owner.v1", partition_key);

@@ -5,7 +5,7 @@ use serde_json::Value as Json;
 use wa_schemas::{
     all_schemas, history_schemas, split_single_object, CodecError, DeliveryStatusReceived, Event,
     InboundMessageReceived, OutboundAuthorized, OutboundDispatched, OutboundRejected, OutboundRequested,
-    OutboundWindowChecked, QuarantinedRequest, SchemaInfo, SessionEvent, SessionState, TemplateEvent,
+    OutboundWindowChecked, PartitionOwner, QuarantinedRequest, SchemaInfo, SessionEvent, SessionState, TemplateEvent,
 };
 
 struct Fixture {
@@ -143,6 +143,11 @@ fn template_event_matches_fastavro() {
 #[test]
 fn session_state_matches_fastavro() {
     check_against_fastavro::<SessionState>("session_state.avsc");
+}
+
+#[test]
+fn partition_owner_matches_fastavro() {
+    check_against_fastavro::<PartitionOwner>("partition_owner.avsc");
 }
 
 #[test]

@@ -111,6 +111,25 @@ async fn a_killed_instance_hands_its_conversations_to_the_survivor_with_correct_
     assert_eq!(probes.len(), MESSAGE_PARTITIONS as usize, "every partition has a probe");
     let split = wait_for_split(&http, &[&first, &second], &probes, 1).await;
     let killed_partitions: Vec<i32> = split.iter().filter(|(_, s)| s[0] == 200).map(|(p, _)| *p).collect();
+    // Each instance points at the other for the conversations it does not own.
+    for (partition, statuses) in &split {
+        let (asked, owner) = if statuses[0] == 200 { (&second, &first) } else { (&first, &second) };
+        let conversation = &probes[partition];
+        let expected = format!("{}/v1/conversations/{conversation}/session", owner.url);
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let response =
+                http.get(format!("{}/v1/conversations/{conversation}/session", asked.url)).send().await.unwrap();
+            assert_eq!(response.status(), 421);
+            let problem: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(problem["partition"], *partition);
+            if problem["owner"] == expected.as_str() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{problem} never named {expected}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     // Requests for every conversation, interleaved with new customers writing; the second
     // instance is killed after a third of them.

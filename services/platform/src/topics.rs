@@ -76,6 +76,13 @@ pub const SESSION_EVENTS: TopicSpec = TopicSpec {
     configs: RETAIN_7_DAYS,
     doc: "window opened, extended, expiring and closed, free entry points, opt-out and opt-in (SessionEvent)",
 };
+/// Which session-window instance owns which partition (for the session query's redirects).
+pub const SESSION_OWNERS: TopicSpec = TopicSpec {
+    name: "wa.session.owners.v1",
+    partitions: 1,
+    configs: &[("cleanup.policy", "compact")],
+    doc: "the session-window instance that took each partition of the message topics, keyed by partition number (PartitionOwner)",
+};
 /// Template lifecycle events (template-approval's own event store).
 pub const TEMPLATES: TopicSpec = TopicSpec {
     name: "wa.templates.v1",
@@ -116,6 +123,7 @@ pub const ALL: &[TopicSpec] = &[
     DELIVERY,
     SESSIONS,
     SESSION_EVENTS,
+    SESSION_OWNERS,
     TEMPLATES,
     QUARANTINE,
     DEAD_LETTER,

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
@@ -59,6 +60,11 @@ const COMMIT_INTERVAL_MS: EnvVar = EnvVar {
     default: Some("200"),
     doc: "how often input offsets are committed, once everything they caused is acknowledged",
 };
+const ADVERTISED_URL: EnvVar = EnvVar {
+    name: "SESSION_ADVERTISED_URL",
+    default: None,
+    doc: "this instance's HTTP base URL as clients reach it (default: http:// and the bound address); an instance that does not own a conversation points there",
+};
 const TIMER_INTERVAL_MS: EnvVar = EnvVar {
     name: "SESSION_TIMER_INTERVAL_MS",
     default: Some("1000"),
@@ -82,6 +88,8 @@ pub struct Config {
     pub commit_interval: Duration,
     /// How often due notices are looked for.
     pub timer_interval: Duration,
+    /// This instance's HTTP base URL for others; `None`: `http://` and the bound address.
+    pub advertised_url: Option<String>,
 }
 
 impl Config {
@@ -96,6 +104,7 @@ impl Config {
         OPT_IN_KEYWORDS,
         COMMIT_INTERVAL_MS,
         TIMER_INTERVAL_MS,
+        ADVERTISED_URL,
     ];
     /// The default HTTP address.
     pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8081";
@@ -110,6 +119,7 @@ impl Config {
             keywords: Keywords::defaults(),
             commit_interval: Duration::from_millis(200),
             timer_interval: Duration::from_secs(1),
+            advertised_url: None,
         }
     }
 
@@ -132,6 +142,7 @@ impl Config {
             keywords,
             commit_interval: millis(&COMMIT_INTERVAL_MS)?.max(Duration::from_millis(10)),
             timer_interval: millis(&TIMER_INTERVAL_MS)?.max(Duration::from_millis(10)),
+            advertised_url: config::var(ADVERTISED_URL.name).map(|url| url.trim_end_matches('/').to_owned()),
         })
     }
 
@@ -150,52 +161,56 @@ pub struct SessionWindow;
 struct QueryState {
     shared: Arc<Shared>,
     margin_millis: i64,
+    own_url: String,
 }
 
 /// `GET /v1/conversations/{id}/session`: the conversation's state, from the instance that owns
-/// its partition; another instance answers 421 naming the partition.
+/// its partition; another instance answers 421 with the partition and, once known, the owner's
+/// URL for the same query.
 async fn session_query(
     State(state): State<Arc<QueryState>>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<serde_json::Value>, Response> {
     let conversation = Uuid::parse_str(&id).map_err(|_| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-conversation-id",
-            "invalid conversation id",
-            format!("{id:?} is not a conversation id (a UUID)"),
-        )
+        let detail = format!("{id:?} is not a conversation id (a UUID)");
+        Problem::new(StatusCode::BAD_REQUEST, "invalid-conversation-id", "invalid conversation id", detail)
+            .into_response()
     })?;
     let key = conversation.to_string();
     let Some(partitions) = state.shared.partitions.get().copied() else {
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "starting",
-            "starting",
-            "not connected to the broker yet",
-        ));
+        let detail = "not connected to the broker yet";
+        return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "starting", "starting", detail).into_response());
     };
     let partition = wa_platform::topics::partition_for_key(key.as_bytes(), partitions);
     let stores = state.shared.stores.lock().expect("stores lock");
     let Some(store) = stores.get(&partition) else {
-        let restoring = state.shared.restoring.lock().expect("restoring lock").contains(&partition);
-        let mut owned: Vec<i32> = stores.keys().copied().collect();
-        owned.sort_unstable();
-        return Err(if restoring {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "restoring",
-                "restoring",
-                format!("partition {partition} is being restored here; ask again shortly"),
-            )
-        } else {
-            Problem::new(
-                StatusCode::MISDIRECTED_REQUEST,
-                "not-owned",
-                "owned by another instance",
-                format!("conversation {key} is on partition {partition}, which this instance does not own (it owns {owned:?}); ask the instance that owns it"),
-            )
+        if state.shared.restoring.lock().expect("restoring lock").contains(&partition) {
+            let detail = format!("partition {partition} is being restored here; ask again shortly");
+            return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "restoring", "restoring", detail).into_response());
+        }
+        let owner = state
+            .shared
+            .owners
+            .lock()
+            .expect("owners lock")
+            .get(&partition)
+            .filter(|url| **url != state.own_url)
+            .cloned();
+        let detail = match &owner {
+            Some(url) => format!("conversation {key} is on partition {partition}, served by {url}"),
+            None => format!("conversation {key} is on partition {partition}, which this instance does not own"),
+        };
+        // RFC 9457 with two extension members, so a client can follow the owner.
+        let body = serde_json::json!({
+            "type": "https://wachannel.dev/problems/not-owned",
+            "title": "owned by another instance",
+            "status": 421,
+            "detail": detail,
+            "partition": partition,
+            "owner": owner.map(|url| format!("{url}/v1/conversations/{key}/session")),
         });
+        let content_type = [(axum::http::header::CONTENT_TYPE, "application/problem+json")];
+        return Err((StatusCode::MISDIRECTED_REQUEST, content_type, body.to_string()).into_response());
     };
     let session = store.get(&conversation).copied();
     let now = wa_platform::now_millis();
@@ -226,12 +241,14 @@ impl Service for SessionWindow {
     }
 
     /// Projects and checks until `shutdown`.
-    async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run(listener: TcpListener, mut config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
         let health = Health::new();
         let shared = Arc::new(Shared::default());
-        let routes = Router::new()
-            .route("/v1/conversations/{id}/session", get(session_query))
-            .with_state(Arc::new(QueryState { shared: shared.clone(), margin_millis: config.safety_margin_millis() }));
+        let bound = listener.local_addr()?;
+        let own_url = config.advertised_url.get_or_insert_with(|| format!("http://{bound}")).clone();
+        let query = QueryState { shared: shared.clone(), margin_millis: config.safety_margin_millis(), own_url };
+        let routes =
+            Router::new().route("/v1/conversations/{id}/session", get(session_query)).with_state(Arc::new(query));
         let stop = shutdown.clone();
         let ready = health.clone();
         let worker = async move {
@@ -239,9 +256,13 @@ impl Service for SessionWindow {
             wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await?;
             let source = format!("wachannel/{SERVICE}");
             let producer = wa_platform::kafka::EventProducer::new(&kafka, &source, Duration::from_secs(30))?;
+            let owners_stop = stop.child_token();
+            let owners = projector::follow_owners(&kafka, shared.clone(), owners_stop.clone()).await?;
             let projector = Projector::start(config, producer.clone(), ready, shared).await?;
             let result = projector.run(stop).await;
             producer.flush(Duration::from_secs(10));
+            owners_stop.cancel();
+            owners.await??;
             result
         };
         wa_platform::service::run_until_stopped(SERVICE, listener, routes, health, shutdown, worker).await

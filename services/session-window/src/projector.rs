@@ -29,6 +29,7 @@ use wa_platform::http::Health;
 use wa_platform::kafka::{ConsumerSettings, EventProducer, Queued, Record};
 use wa_platform::topics::{
     partition_for_key, INBOUND, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REQUESTED, SESSIONS, SESSION_EVENTS,
+    SESSION_OWNERS,
 };
 use wa_platform::CancellationToken;
 use wa_schemas::{Event, OutboundRequested, OutboundWindowChecked};
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     pub stores: Mutex<HashMap<i32, PartitionStore>>,
     /// Partitions assigned but not restored yet.
     pub restoring: Mutex<Vec<i32>>,
+    /// The instance each partition's owner last announced (its HTTP base URL).
+    pub owners: Mutex<HashMap<i32, String>>,
     /// Partition count of the message topics, once connected.
     pub partitions: std::sync::OnceLock<i32>,
 }
@@ -160,6 +163,24 @@ pub(crate) struct Projector {
 
 /// The consumer group of the live projection.
 pub(crate) const GROUP: &str = "session-window";
+
+/// Follows `wa.session.owners.v1` into `shared.owners` until `stop`.
+pub(crate) async fn follow_owners(
+    kafka: &KafkaConfig,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let follower = wa_platform::kafka::TopicFollower::start(kafka, &SESSION_OWNERS, "session-window-owners").await?;
+    Ok(tokio::spawn(async move {
+        follower
+            .run(stop, |message| {
+                if let Ok(owner) = wa_schemas::PartitionOwner::decode(message.payload().unwrap_or_default()) {
+                    shared.owners.lock().expect("owners lock").insert(owner.partition, owner.owner_url);
+                }
+            })
+            .await
+    }))
+}
 
 /// Looks up how many partitions `topic` has.
 pub(crate) async fn partition_count(kafka: &KafkaConfig, spec: &wa_platform::topics::TopicSpec) -> anyhow::Result<i32> {
@@ -431,6 +452,7 @@ impl Projector {
             self.owned.insert(partition, Owned { applied_inbound, ..Owned::default() });
         }
         self.shared.restoring.lock().expect("restoring lock").retain(|p| !partitions.contains(p));
+        self.announce_ownership(partitions).await?;
         tracing::info!(
             ?partitions,
             conversations,
@@ -441,6 +463,24 @@ impl Projector {
         metrics::counter!("wa_session_restores_total").increment(partitions.len() as u64);
         metrics::histogram!("wa_session_restore_seconds").record(started.elapsed().as_secs_f64());
         self.publish_gauge();
+        Ok(())
+    }
+
+    /// Tells the other instances (through `wa.session.owners.v1`) that these partitions are
+    /// served here now.
+    async fn announce_ownership(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
+        let url = self.config.advertised_url.clone().unwrap_or_default();
+        let now = wa_platform::now_millis();
+        for &partition in partitions {
+            let owner = wa_schemas::PartitionOwner {
+                event_id: Uuid::new_v4().to_string(),
+                occurred_at: now,
+                partition_key: partition.to_string(),
+                partition,
+                owner_url: url.clone(),
+            };
+            self.queue(&SESSION_OWNERS, &owner, None).await?;
+        }
         Ok(())
     }
 
