@@ -18,7 +18,7 @@ use wa_schemas::{conversation_id, Event as _, InboundMessageReceived};
 #[global_allocator]
 static ALLOCATOR: wa_platform::Allocator = wa_platform::Allocator;
 
-const BUSINESS: &str = "whatsapp:+14155238886";
+use e2e_tests::BUSINESS;
 
 /// Resident set size of this process, in bytes.
 fn resident_bytes() -> u64 {
@@ -237,17 +237,7 @@ async fn verdict_rate() -> anyhow::Result<()> {
     let started = Instant::now();
     for i in 0..requests {
         let customer = format!("whatsapp:+1555{:07}", i % conversations);
-        let request = wa_schemas::OutboundRequested {
-            event_id: uuid::Uuid::new_v4().to_string(),
-            occurred_at: wa_platform::now_millis(),
-            conversation_id: conversation_id(BUSINESS, &customer),
-            request_id: format!("bench-{i}"),
-            from: BUSINESS.to_owned(),
-            to: customer,
-            body: Some("It ships today!".to_owned()),
-            media_urls: Vec::new(),
-            template: None,
-        };
+        let request = e2e_tests::outbound_request(&format!("bench-{i}"), &customer, Some("It ships today!"), None);
         queued.push(producer.enqueue(&topics::OUTBOUND_REQUESTED, &request, None).await?);
     }
     for record in queued.drain(..) {

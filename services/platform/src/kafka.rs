@@ -13,7 +13,7 @@ pub use admin::{ensure_topics, wait_for_broker};
 pub use consumer::{
     consume_span, dead_letter, run_consumer, ConsumerSettings, HandleError, Handler, Record, MAX_IN_FLIGHT,
 };
-pub use follower::TopicFollower;
+pub use follower::{partition_ranges, TopicFollower};
 pub use headers::{
     header_str, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID, CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE, TRACEPARENT,
 };
@@ -33,5 +33,28 @@ pub fn client_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
     if let Some(debug) = crate::config::var("KAFKA_DEBUG") {
         config.set("debug", debug);
     }
+    config
+}
+
+/// Settings of a consumer-group member that stores its own offsets: `group` (prefixed),
+/// reading from the earliest offset when none is committed, and static membership when
+/// `KAFKA_GROUP_INSTANCE_ID` is set. A static member keeps its partitions while it restarts,
+/// and the broker waits 120 s before giving them away; a dynamic member is replaced after 10 s
+/// of silence (decision 26).
+pub fn group_member_config(kafka: &KafkaConfig, group: &str, client_id: &str) -> ClientConfig {
+    let mut config = client_config(kafka, client_id);
+    let session_timeout_ms = match &kafka.group_instance_id {
+        Some(instance) => {
+            config.set("group.instance.id", instance);
+            "120000"
+        }
+        None => "10000",
+    };
+    config
+        .set("group.id", kafka.group(group))
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", session_timeout_ms)
+        .set("heartbeat.interval.ms", "1000");
     config
 }

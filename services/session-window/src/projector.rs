@@ -208,23 +208,11 @@ impl Projector {
         let _ = shared.partitions.set(partitions);
         let (events, rebalances) = mpsc::unbounded_channel();
         let context = Rebalances { shared: shared.clone(), producer: producer.clone(), events };
-        let mut client = wa_platform::kafka::client_config(kafka, SERVICE);
-        let session_timeout_ms = match &kafka.group_instance_id {
-            Some(instance) => {
-                client.set("group.instance.id", instance);
-                "120000"
-            }
-            None => "10000",
-        };
-        let consumer: StreamConsumer<Rebalances> = client
-            .set("group.id", kafka.group(GROUP))
+        let consumer: StreamConsumer<Rebalances> = wa_platform::kafka::group_member_config(kafka, GROUP, SERVICE)
+            // Offsets are committed by the loop, after the records they caused are acknowledged.
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
             // Range assignment gives one member the same partition number of every topic.
             .set("partition.assignment.strategy", "range")
-            .set("session.timeout.ms", session_timeout_ms)
-            .set("heartbeat.interval.ms", "1000")
             .create_with_context(context)?;
         let topics = Topics {
             inbound: kafka.topic(&INBOUND),
@@ -528,7 +516,7 @@ impl Projector {
         };
         let span = wa_platform::kafka::consume_span(&record);
         let outcome = if record.topic == self.topics.requested {
-            self.on_request(&record, span.clone()).await
+            self.on_request(&record, span.clone())
         } else {
             self.on_fact(&record).instrument(span.clone()).await
         };
@@ -627,7 +615,7 @@ impl Projector {
     }
 
     /// Queues the request behind the inbound barrier of its partition.
-    async fn on_request(&mut self, record: &Record<'_>, span: tracing::Span) -> Result<(), String> {
+    fn on_request(&mut self, record: &Record<'_>, span: tracing::Span) -> Result<(), String> {
         let request = OutboundRequested::decode(record.payload).map_err(|e| format!("undecodable value: {e}"))?;
         self.conversation_of(&request.conversation_id, record.partition)?;
         let owned = self.owned.get_mut(&record.partition).ok_or("partition not owned")?;

@@ -21,8 +21,6 @@ use wa_schemas::Event as _;
 use crate::session::Keywords;
 use crate::store::PartitionStore;
 
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What to rebuild.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -111,33 +109,14 @@ pub fn replay(
     let mut total = 0u64;
     for spec in topics {
         let topic = kafka.topic(spec);
-        let meta = consumer.fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
-        let partitions = meta.topics().first().map_or(0, |t| t.partitions().len()) as i32;
-        anyhow::ensure!(partitions > 0, "topic {topic} does not exist");
-        let mut starts = Vec::new();
-        for partition in 0..partitions {
-            let (low, high) = consumer.fetch_watermarks(&topic, partition, METADATA_TIMEOUT)?;
-            starts.push((partition, low, high));
-        }
-        if let Some(since) = since {
-            let mut query = TopicPartitionList::new();
-            for partition in 0..partitions {
-                query.add_partition_offset(&topic, partition, Offset::Offset(since))?;
-            }
-            let found = consumer.offsets_for_times(query, METADATA_TIMEOUT)?;
-            tracing::debug!(topic = %topic, found = ?found.elements().iter().map(|e| (e.partition(), e.offset())).collect::<Vec<_>>(), "offsets for times");
-            for (partition, low, high) in &mut starts {
-                *low = match found.find_partition(&topic, *partition).map(|e| e.offset()) {
-                    Some(Offset::Offset(offset)) => offset.clamp(*low, *high),
-                    Some(Offset::End) => *high,
-                    _ => *low,
-                };
-            }
-        }
-        for (partition, start, end) in starts {
+        // The broker's time index only gives a place to start (tansu answers the beginning):
+        // records written before `since` are skipped below.
+        for (partition, (start, end)) in
+            wa_platform::kafka::partition_ranges(&consumer, &topic, since)?.into_iter().enumerate()
+        {
             if end > start {
-                assignment.add_partition_offset(&topic, partition, Offset::Offset(start))?;
-                ends.insert((topic.clone(), partition), end);
+                assignment.add_partition_offset(&topic, partition as i32, Offset::Offset(start))?;
+                ends.insert((topic.clone(), partition as i32), end);
                 total += (end - start) as u64;
             }
         }
@@ -153,8 +132,6 @@ pub fn replay(
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 progress.events += 1;
-                // The broker's time index only gives a place to start (tansu answers the
-                // beginning): records written before `since` are skipped here.
                 let before_since =
                     since.is_some_and(|since| message.timestamp().to_millis().is_some_and(|at| at < since));
                 if !before_since {

@@ -120,24 +120,9 @@ pub async fn run_consumer<H: Handler>(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let group = kafka.group(&settings.group);
-    let mut config = super::client_config(kafka, settings.service);
-    // A static member keeps its partitions while it restarts, and the broker waits longer
-    // before it gives them away; a dynamic member is replaced after 10 s of silence.
-    let session_timeout_ms = match &kafka.group_instance_id {
-        Some(instance) => {
-            config.set("group.instance.id", instance);
-            "120000"
-        }
-        None => "10000",
-    };
-    let consumer: StreamConsumer<CommitOnRevoke> = config
-        .set("group.id", &group)
+    let consumer: StreamConsumer<CommitOnRevoke> = super::group_member_config(kafka, &settings.group, settings.service)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", session_timeout_ms)
-        .set("heartbeat.interval.ms", "1000")
         .create_with_context(CommitOnRevoke)?;
     let topics: Vec<String> = settings.topics.iter().map(|spec| kafka.topic(spec)).collect();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();

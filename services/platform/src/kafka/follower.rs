@@ -15,6 +15,49 @@ use crate::topics::TopicSpec;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where each partition of `topic` starts for a reader of the records at or after `since` (Unix
+/// millis; `None`: the beginning), and where it ends now: `(start, high watermark)` by
+/// partition. Should the broker fail to look the time up, the start is the beginning: never
+/// less than asked. Blocking.
+pub fn partition_ranges(client: &BaseConsumer, topic: &str, since: Option<i64>) -> anyhow::Result<Vec<(i64, i64)>> {
+    let meta = client.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    let partitions = meta
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| anyhow::anyhow!("topic {topic} does not exist"))?;
+    let watermarks = (0..partitions)
+        .map(|p| client.fetch_watermarks(topic, p as i32, METADATA_TIMEOUT))
+        .collect::<Result<Vec<(i64, i64)>, _>>()?;
+    let Some(since) = since else {
+        return Ok(watermarks);
+    };
+    let mut query = TopicPartitionList::new();
+    for partition in 0..partitions {
+        query.add_partition_offset(topic, partition as i32, Offset::Offset(since))?;
+    }
+    let found = match client.offsets_for_times(query, METADATA_TIMEOUT) {
+        Ok(found) => found,
+        Err(err) => {
+            tracing::warn!(topic, error = %err, "offsets for times failed; reading from the beginning");
+            return Ok(watermarks);
+        }
+    };
+    Ok(watermarks
+        .iter()
+        .enumerate()
+        .map(|(partition, (low, high))| {
+            let start = match found.find_partition(topic, partition as i32).map(|e| (e.error(), e.offset())) {
+                Some((Ok(()), Offset::Offset(offset))) => offset.clamp(*low, *high),
+                Some((Ok(()), Offset::End)) => *high,
+                _ => *low,
+            };
+            (start, *high)
+        })
+        .collect())
+}
+
 /// Reads every partition of one topic from its beginning (no consumer group, nothing
 /// committed) and tracks how far it has read.
 pub struct TopicFollower {
@@ -46,42 +89,7 @@ impl TopicFollower {
         let lookup = metadata.clone();
         let lookup_topic = topic.clone();
         let starts = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<i64>> {
-            let meta = lookup.fetch_metadata(Some(&lookup_topic), METADATA_TIMEOUT)?;
-            let partitions = meta
-                .topics()
-                .first()
-                .map(|t| t.partitions().len())
-                .filter(|n| *n > 0)
-                .ok_or_else(|| anyhow::anyhow!("topic {lookup_topic} does not exist"))?;
-            let watermarks = (0..partitions)
-                .map(|p| lookup.fetch_watermarks(&lookup_topic, p as i32, METADATA_TIMEOUT))
-                .collect::<Result<Vec<(i64, i64)>, _>>()?;
-            let lows = watermarks.iter().map(|(low, _)| *low).collect();
-            let Some(since) = since else {
-                return Ok(lows);
-            };
-            let mut query = TopicPartitionList::new();
-            for partition in 0..partitions {
-                query.add_partition_offset(&lookup_topic, partition as i32, Offset::Offset(since))?;
-            }
-            let found = match lookup.offsets_for_times(query, METADATA_TIMEOUT) {
-                Ok(found) => found,
-                Err(err) => {
-                    tracing::warn!(topic = %lookup_topic, error = %err, "offsets for times failed; reading from the beginning");
-                    return Ok(lows);
-                }
-            };
-            Ok(watermarks
-                .iter()
-                .enumerate()
-                .map(|(partition, (low, high))| {
-                    match found.find_partition(&lookup_topic, partition as i32).map(|e| (e.error(), e.offset())) {
-                        Some((Ok(()), Offset::Offset(offset))) => offset.clamp(*low, *high),
-                        Some((Ok(()), Offset::End)) => *high,
-                        _ => *low,
-                    }
-                })
-                .collect())
+            Ok(partition_ranges(&lookup, &lookup_topic, since)?.into_iter().map(|(start, _)| start).collect())
         })
         .await??;
         let consumer: StreamConsumer = super::client_config(kafka, client_id)
