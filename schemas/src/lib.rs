@@ -154,8 +154,11 @@ pub fn decode_to_json(bytes: &[u8]) -> Result<(String, serde_json::Value), Codec
 
 /// Earlier versions of the schemas (`schemas/history/`), kept so that values written before a
 /// schema changed still decode: a reader resolves them against the current version.
-pub const HISTORY: &[(&str, &str)] =
-    &[("history/inbound_message_received.1.avsc", include_str!("../history/inbound_message_received.1.avsc"))];
+pub const HISTORY: &[(&str, &str)] = &[
+    ("history/inbound_message_received.1.avsc", include_str!("../history/inbound_message_received.1.avsc")),
+    ("history/outbound_dispatched.1.avsc", include_str!("../history/outbound_dispatched.1.avsc")),
+    ("history/session_state.1.avsc", include_str!("../history/session_state.1.avsc")),
+];
 
 /// The parsed earlier versions, in the order of [`HISTORY`].
 pub fn history_schemas() -> &'static [SchemaInfo] {
@@ -172,7 +175,7 @@ pub fn registry() -> &'static HashMap<u64, &'static SchemaInfo> {
 }
 
 /// Every event schema, in a fixed order.
-pub fn all_schemas() -> [&'static SchemaInfo; 12] {
+pub fn all_schemas() -> [&'static SchemaInfo; 13] {
     [
         InboundMessageReceived::schema_info(),
         DeliveryStatusReceived::schema_info(),
@@ -186,6 +189,7 @@ pub fn all_schemas() -> [&'static SchemaInfo; 12] {
         SessionState::schema_info(),
         SessionEvent::schema_info(),
         PartitionOwner::schema_info(),
+        ConsentChanged::schema_info(),
     ]
 }
 
@@ -555,7 +559,7 @@ pub struct OutboundDispatched {
     pub from: String,
     /// Customer address.
     pub to: String,
-    /// `sent` or `failed`.
+    /// `sending`, `sent`, `failed`, `in_doubt`, `released` or `status_changed`.
     pub outcome: String,
     /// Twilio's message sid when sent.
     pub message_sid: Option<String>,
@@ -565,12 +569,27 @@ pub struct OutboundDispatched {
     pub error_code: Option<i32>,
     /// Twilio's error message when failed.
     pub error_message: Option<String>,
-    /// Why it failed: `window_closed`, `twilio_rejected` or `retries_exhausted`.
+    /// Why it failed (or was undelivered): `window_closed`, `retries_exhausted`, or the reason
+    /// of Twilio's error code (`wa_twilio::errors`); why it is in doubt: `no_answer` or
+    /// `ambiguous_answer`.
     pub failure_reason: Option<String>,
     /// HTTP attempts made.
     pub attempts: i32,
+    /// The claim: on `sending` and `released` its id, on outcomes the claim that sent.
+    pub claim_id: Option<String>,
+    /// On `sending`: the dispatch instance that claims the send.
+    pub claimed_by: Option<String>,
 }
 event!(OutboundDispatched, "outbound_dispatched.avsc", "wachannel.outbound.dispatched.v1");
+
+/// One of a customer's latest messages, as a session state remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentMessage {
+    /// The `InboundMessageReceived` event id.
+    pub event_id: String,
+    /// When ingress received it, Unix millis.
+    pub received_at: i64,
+}
 
 /// A conversation's whole session state (topic `wa.sessions.v1`, compacted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -595,6 +614,8 @@ pub struct SessionState {
     pub opted_in_at: Option<i64>,
     /// Which notice of the current window was published: none, expiring or closed.
     pub notified: String,
+    /// The customer's latest messages, latest first: a replay is recognised by its id.
+    pub recent_messages: Vec<RecentMessage>,
 }
 event!(SessionState, "session_state.avsc", "wachannel.session.state.v1");
 
@@ -637,3 +658,21 @@ pub struct PartitionOwner {
     pub owner_url: String,
 }
 event!(PartitionOwner, "partition_owner.avsc", "wachannel.session.owner.v1", partition_key);
+
+/// A customer's opt-out or opt-in (topic `wa.consent.v1`, kept forever).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentChanged {
+    /// UUIDv5 of the fact that carried it.
+    pub event_id: String,
+    /// When the customer opted out or in, Unix millis.
+    pub occurred_at: i64,
+    /// The conversation (the record key).
+    pub conversation_id: String,
+    /// `opted_out` or `opted_in`.
+    pub consent: String,
+    /// The keyword, or `twilio_error_21610` / `twilio_error_63014`.
+    pub reason: String,
+    /// The inbound message or dispatch event that carried it.
+    pub cause_event_id: String,
+}
+event!(ConsentChanged, "consent_changed.avsc", "wachannel.consent.changed.v1");

@@ -3,7 +3,7 @@
 
 use serde_json::Value as Json;
 use wa_schemas::{
-    all_schemas, history_schemas, split_single_object, CodecError, DeliveryStatusReceived, Event,
+    all_schemas, history_schemas, split_single_object, CodecError, ConsentChanged, DeliveryStatusReceived, Event,
     InboundMessageReceived, OutboundAuthorized, OutboundDispatched, OutboundRejected, OutboundRequested,
     OutboundWindowChecked, PartitionOwner, QuarantinedRequest, SchemaInfo, SessionEvent, SessionState, TemplateEvent,
 };
@@ -108,6 +108,26 @@ fn values_written_with_an_earlier_schema_version_still_decode() {
     assert_eq!(event.referral, None);
     assert_eq!(event.location, None);
     assert_eq!(event.forwarded, None);
+}
+
+/// Dispatch outcomes written before claims existed, and session states written before they
+/// remembered recent messages, still decode: the new fields are absent.
+#[test]
+fn dispatch_outcomes_and_session_states_of_the_first_versions_still_decode() {
+    let old = fixture("history/outbound_dispatched.1.avsc");
+    let event = OutboundDispatched::decode(&old.bytes).unwrap();
+    assert_eq!(event.outcome, "failed");
+    assert_eq!(event.error_code, Some(63016));
+    assert_eq!((event.claim_id, event.claimed_by), (None, None));
+    let old = fixture("history/session_state.1.avsc");
+    let state = SessionState::decode(&old.bytes).unwrap();
+    assert_eq!(state.notified, "expiring");
+    assert!(state.recent_messages.is_empty());
+}
+
+#[test]
+fn consent_changed_matches_fastavro() {
+    check_against_fastavro::<ConsentChanged>("consent_changed.avsc");
 }
 
 #[test]

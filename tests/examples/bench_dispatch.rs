@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         rates: outbound_dispatch::rate::Rates { per_sender: RATE, senders: HashMap::new(), account: 0.0 },
         instances: 1,
         messaging_service_sid: None,
+        instance_id: "bench-dispatch".to_owned(),
     })
     .await?;
     let dispatch_url = format!("http://{}", dispatch.local_addr());

@@ -80,7 +80,12 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..events {
         let event = message(i, now);
         let consent = keywords.classify(&event.body).map(|(c, _)| c);
-        let fact = session_window::session::Fact::CustomerMessage { at: event.occurred_at, referral: false, consent };
+        let fact = session_window::session::Fact::CustomerMessage {
+            id: uuid::Uuid::parse_str(&event.event_id).ok(),
+            at: event.occurred_at,
+            referral: false,
+            consent,
+        };
         let partition = topics::partition_for_key(event.conversation_id.as_bytes(), topics::MESSAGE_PARTITIONS);
         let store = &mut stores[partition as usize];
         store.apply(uuid::Uuid::parse_str(&event.conversation_id)?, fact);
@@ -108,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         let event = InboundMessageReceived::decode(payload)?;
         let consent = keywords.classify(&event.body).map(|(c, _)| c);
         let fact = session_window::session::Fact::CustomerMessage {
+            id: uuid::Uuid::parse_str(&event.event_id).ok(),
             at: event.occurred_at,
             referral: event.referral.is_some(),
             consent,

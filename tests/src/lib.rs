@@ -232,6 +232,7 @@ impl Channel {
             },
             instances: 1,
             messaging_service_sid: None,
+            instance_id: "e2e-dispatch".to_owned(),
         })
         .await
         .expect("outbound-dispatch binds");
@@ -496,7 +497,7 @@ impl Channel {
 
     /// Produces raw bytes to a topic of this channel, as a CRM producer or a faulty client would.
     pub async fn produce_raw(&self, spec: &TopicSpec, key: &str, payload: &[u8]) {
-        let producer = wa_platform::kafka::EventProducer::new(&self.kafka, "e2e-tests", Duration::from_secs(10))
+        let producer = wa_platform::kafka::EventProducer::new(&self.kafka, "e2e-tests", Duration::from_secs(120))
             .expect("producer");
         let topic = self.topic(spec);
         producer.send_raw(&topic, Some(key.as_bytes()), payload).await.expect("raw record acknowledged");
@@ -504,7 +505,7 @@ impl Channel {
 
     /// Publishes an event to a topic of this channel, as a service would.
     pub async fn publish<E: Event>(&self, spec: &TopicSpec, event: &E) {
-        let producer = wa_platform::kafka::EventProducer::new(&self.kafka, "e2e-tests", Duration::from_secs(10))
+        let producer = wa_platform::kafka::EventProducer::new(&self.kafka, "e2e-tests", Duration::from_secs(120))
             .expect("producer");
         producer.publish(spec, event).await.expect("event acknowledged");
     }
@@ -540,7 +541,7 @@ impl Channel {
 
     /// Publishes `events` with one producer, all queued at once, and waits for the broker.
     pub async fn publish_all<E: Event>(&self, spec: &TopicSpec, events: &[E]) {
-        let producer = wa_platform::kafka::EventProducer::new(&self.kafka, "e2e-tests", Duration::from_secs(30))
+        let producer = wa_platform::kafka::EventProducer::new(&self.kafka, "e2e-tests", Duration::from_secs(120))
             .expect("producer");
         let mut queued = Vec::with_capacity(events.len());
         for event in events {
@@ -714,5 +715,41 @@ pub fn refused_send(customer: &str, at: i64, error_code: i32) -> wa_schemas::Out
         error_message: Some("refused".to_owned()),
         failure_reason: Some("unsubscribed".to_owned()),
         attempts: 1,
+        claim_id: None,
+        claimed_by: None,
     }
+}
+
+/// A template send from `from` to `to` cleared for dispatch, as template-approval would publish
+/// it; `variable` fills its one variable.
+pub fn template_authorization(
+    request_id: &str,
+    from: &str,
+    to: &str,
+    variable: &str,
+) -> wa_schemas::OutboundAuthorized {
+    wa_schemas::OutboundAuthorized {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_at: wa_platform::now_millis(),
+        conversation_id: wa_schemas::conversation_id(from, to),
+        request_id: request_id.to_owned(),
+        from: from.to_owned(),
+        to: to.to_owned(),
+        body: None,
+        media_urls: vec![],
+        window_expires_at: None,
+        content_sid: Some("HX00000000000000000000000000000001".to_owned()),
+        content_variables: Some(serde_json::json!({ "1": variable }).to_string()),
+        template_name: Some("order_update".to_owned()),
+        template_language: Some("en".to_owned()),
+        preview: None,
+    }
+}
+
+/// The request id on a message the simulator received (dispatch puts it on the
+/// `StatusCallback` URL).
+pub fn sim_request_id(message: &serde_json::Value) -> Option<String> {
+    let params = message["params"].as_array()?;
+    let url = params.iter().find(|p| p[0] == "StatusCallback")?[1].as_str()?;
+    twilio_signature::query_param(url, "request_id")
 }

@@ -89,7 +89,13 @@ async fn keys_in_order_concurrently_once_and_committed_to_the_end() {
         handled: AtomicUsize::new(0),
         all_done: Notify::new(),
     };
-    let settings = ConsumerSettings { group: "consumer-test".to_owned(), topics: vec![spec], service: "consumer-test" };
+    let settings = ConsumerSettings {
+        group: "consumer-test".to_owned(),
+        topics: vec![spec],
+        service: "consumer-test",
+        assignment: Default::default(),
+        max_in_flight: wa_platform::kafka::MAX_IN_FLIGHT,
+    };
     let shutdown = CancellationToken::new();
     let consuming = wa_platform::kafka::run_consumer(&kafka, &settings, &producer, &recorder, &shutdown);
     let stopper = async {

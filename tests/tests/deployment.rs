@@ -96,3 +96,20 @@ fn the_broker_is_apache_kafka_in_kraft_mode_and_topics_come_from_the_one_declara
         assert_eq!(depends.as_str(), Some("service_completed_successfully"), "{name} waits for the topics");
     }
 }
+
+/// docs/events.md prints the error table operators and CRM developers read: every code the
+/// channel tells apart is there with its reason.
+#[test]
+fn the_documented_error_table_is_the_one_the_code_uses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/events.md");
+    let docs = std::fs::read_to_string(path).expect("docs/events.md exists");
+    for row in wa_twilio::errors::ERROR_CODES {
+        let line = format!("| {} | `{}` |", row.code, row.failure_reason);
+        assert!(docs.contains(&line), "docs/events.md lacks {line}");
+    }
+    let documented = docs
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains("` | ") && l[2..].starts_with(|c: char| c.is_ascii_digit()))
+        .count();
+    assert_eq!(documented, wa_twilio::errors::ERROR_CODES.len(), "docs/events.md lists codes the code does not");
+}

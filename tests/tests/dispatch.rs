@@ -2,10 +2,12 @@
 //! permanent ones failed once with their reason, 429 storms absorbed, a redelivered
 //! authorization never sent twice, and an unanswered send held in doubt until its callback.
 
-use e2e_tests::{unique_customer, Channel, BUSINESS};
+use std::collections::HashMap;
+
+use e2e_tests::{unique_customer, Channel, RawRecord, BUSINESS};
 use serde_json::{json, Value};
-use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_DISPATCHED};
-use wa_schemas::{conversation_id, OutboundAuthorized, OutboundDispatched};
+use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_DISPATCHED, SESSION_EVENTS};
+use wa_schemas::{conversation_id, OutboundAuthorized, OutboundDispatched, SessionEvent};
 
 /// A customer who wrote a moment ago, so free-form replies are allowed.
 async fn customer_who_wrote(channel: &Channel) -> String {
@@ -131,14 +133,20 @@ async fn a_redelivered_authorization_is_not_sent_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unanswered_send_is_in_doubt_until_its_status_callback_resolves_it() {
     let channel = Channel::start().await;
-    // Twilio takes the message but the answer is lost; its first callback comes 5 s later.
-    // Dispatch must not send it again, publishes it in doubt after 2 s (the harness's
-    // setting), and resolves it when the callback names the request.
-    channel.sim_behaviour(json!({"faults": {"messages": {"drop_rate": 1.0}}, "callback_delay_ms": 5000})).await;
+    // Twilio takes the message but the answer is lost, and its Messages list cannot be read
+    // (so the lookup cannot settle it); its first callback comes 5 s later. Dispatch must not
+    // send it again, publishes it in doubt, and resolves it when the callback names the request.
+    channel
+        .sim_behaviour(json!({
+            "faults": {"messages": {"drop_rate": 1.0}, "messages_list": {"error_rate": 1.0, "error_status": 503}},
+            "callback_delay_ms": 5000
+        }))
+        .await;
     let customer = customer_who_wrote(&channel).await;
     reply(&channel, "doubt-1", &customer).await;
     let in_doubt = channel.dispatch_outcome("doubt-1").await;
     assert_eq!(in_doubt.outcome, "in_doubt", "{in_doubt:?}");
+    assert_eq!(in_doubt.failure_reason.as_deref(), Some("no_answer"));
     assert_eq!(in_doubt.message_sid, None);
     let resolved: OutboundDispatched = channel
         .await_record(&OUTBOUND_DISPATCHED, |r| {
@@ -188,5 +196,129 @@ async fn each_sender_is_paced_at_its_rate_and_never_throttled() {
     let span = (times[times.len() - 1] - times[0]).to_std().unwrap();
     let floor = std::time::Duration::from_secs_f64((times.len() - 1) as f64 / e2e_tests::DISPATCH_RATE_PER_SENDER);
     assert!(span >= floor.mul_f64(0.95), "{} messages in {span:?}: faster than the rate allows", times.len());
+    channel.stop().await;
+}
+
+/// Twilio creates a fifth of the messages and then answers 500. None is sent again: each is
+/// looked up in Twilio's Messages list and published `sent` with the sid Twilio gave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_created_behind_a_server_error_are_found_and_never_sent_twice() {
+    let channel = Channel::start().await;
+    channel
+        .sim_behaviour(json!({"faults": {"messages": {"error_after_create_rate": 0.2}}, "rate_limit_per_sender": 0}))
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let customer = customer_who_wrote(&channel).await;
+        let id = format!("ambiguous-{i}");
+        reply(&channel, &id, &customer).await;
+        ids.push(id);
+    }
+    let outcomes: HashMap<String, OutboundDispatched> = channel
+        .await_all::<OutboundDispatched>(&OUTBOUND_DISPATCHED, ids.len(), |e| {
+            e.request_id.starts_with("ambiguous-") && matches!(e.outcome.as_str(), "sent" | "failed" | "in_doubt")
+        })
+        .await
+        .into_iter()
+        .map(|e| (e.request_id.clone(), e))
+        .collect();
+    for outcome in outcomes.values() {
+        assert_eq!(outcome.outcome, "sent", "{outcome:?}");
+    }
+    let messages = channel.sim_messages().await;
+    let mut per_request: HashMap<String, Vec<&Value>> = HashMap::new();
+    for message in &messages {
+        if let Some(id) = e2e_tests::sim_request_id(message) {
+            per_request.entry(id).or_default().push(message);
+        }
+    }
+    let mut affected = 0;
+    for id in &ids {
+        let sent = &per_request[id];
+        assert_eq!(sent.len(), 1, "{id} reached Twilio {} times", sent.len());
+        assert_eq!(outcomes[id].message_sid.as_deref(), sent[0]["sid"].as_str(), "{id}: the sid Twilio gave it");
+        if sent[0]["answered"] == "error_after_create" {
+            affected += 1;
+            assert!(outcomes[id]
+                .error_message
+                .as_deref()
+                .is_some_and(|m| m.contains("found in Twilio's Messages list")));
+        }
+    }
+    assert!(affected > 0, "no send was answered with a 500 after its creation");
+    println!("{affected} of {} sends were answered 500 after Twilio created them; each was found", ids.len());
+    channel.stop().await;
+}
+
+/// Every error code of the table, reported by WhatsApp in a status callback, ends the
+/// request's delivery with the code's reason; the customer's refusals (21610, 63014) opt them
+/// out as a STOP would; a 63016 is counted as a disagreement with WhatsApp's window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_reported_in_callbacks_carry_their_reasons_and_refusals_opt_out() {
+    let channel = Channel::start().await;
+    channel.sim_behaviour(json!({"rate_limit_per_sender": 0})).await;
+    let mut cases = Vec::new();
+    let mut undeliverable = serde_json::Map::new();
+    for (i, row) in wa_twilio::errors::ERROR_CODES.iter().enumerate() {
+        let customer = customer_who_wrote(&channel).await;
+        undeliverable.insert(customer.clone(), json!(row.code));
+        cases.push((format!("callback-{i}"), customer, row));
+    }
+    channel.sim_behaviour(json!({ "undeliverable": undeliverable })).await;
+    for (id, customer, _) in &cases {
+        reply(&channel, id, customer).await;
+    }
+    let undelivered: HashMap<String, OutboundDispatched> = channel
+        .await_all::<OutboundDispatched>(&OUTBOUND_DISPATCHED, cases.len(), |e| {
+            e.request_id.starts_with("callback-") && e.twilio_status.as_deref() == Some("undelivered")
+        })
+        .await
+        .into_iter()
+        .map(|e| (e.request_id.clone(), e))
+        .collect();
+    for (id, _, row) in &cases {
+        let undelivered = &undelivered[id];
+        assert_eq!(undelivered.outcome, "status_changed");
+        assert_eq!(undelivered.error_code, Some(row.code), "{id}");
+        assert_eq!(undelivered.failure_reason.as_deref(), Some(row.failure_reason), "{}", row.code);
+    }
+    for (_, customer, row) in cases.iter().filter(|(_, _, row)| row.class == wa_twilio::errors::ErrorClass::Consent) {
+        let conversation = conversation_id(BUSINESS, customer);
+        let reason = format!("twilio_error_{}", row.code);
+        let opted_out: SessionEvent = channel
+            .await_record(&SESSION_EVENTS, |r| {
+                let event: SessionEvent = r.decode();
+                event.conversation_id == conversation && event.kind == "opted_out"
+            })
+            .await
+            .decode();
+        assert_eq!(opted_out.reason.as_deref(), Some(reason.as_str()));
+        let state: Value = channel
+            .get(session_window::SERVICE, &format!("/v1/conversations/{conversation}/session"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(state["opted_out"], true, "{}: {state}", row.code);
+    }
+    // No other code opts anyone out.
+    let others: Vec<String> = cases
+        .iter()
+        .filter(|(_, _, row)| row.class != wa_twilio::errors::ErrorClass::Consent)
+        .map(|(_, customer, _)| conversation_id(BUSINESS, customer))
+        .collect();
+    let wrongly_out: Vec<SessionEvent> = channel
+        .read_to_end(&SESSION_EVENTS)
+        .await
+        .iter()
+        .map(RawRecord::decode::<SessionEvent>)
+        .filter(|e| e.kind == "opted_out" && others.contains(&e.conversation_id))
+        .collect();
+    assert!(wrongly_out.is_empty(), "{wrongly_out:?}");
+    let metrics = channel.get(outbound_dispatch::SERVICE, "/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("wa_window_disagreements_total") && !l.ends_with(" 0")),
+        "the 63016 was not counted:\n{metrics}"
+    );
     channel.stop().await;
 }

@@ -7,11 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use e2e_tests::{Channel, BUSINESS};
-use futures_util::future::join_all;
 use serde_json::{json, Value};
-use wa_platform::kafka::EventProducer;
 use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_DISPATCHED};
-use wa_schemas::{conversation_id, Event as _, OutboundAuthorized, OutboundDispatched};
+use wa_schemas::{Event as _, OutboundAuthorized, OutboundDispatched};
 
 const MESSAGES: usize = 2_000;
 const SENDERS: usize = 20;
@@ -21,33 +19,11 @@ const KILLS: u64 = 3;
 fn authorization(run: &str, i: usize) -> OutboundAuthorized {
     let from = if i % SENDERS == 0 { BUSINESS.to_owned() } else { format!("whatsapp:+1415555{:04}", i % SENDERS) };
     let to = format!("whatsapp:+1555{run}{:04}", i % CUSTOMERS);
-    OutboundAuthorized {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        occurred_at: wa_platform::now_millis(),
-        conversation_id: conversation_id(&from, &to),
-        request_id: format!("crash-{i}"),
-        from,
-        to,
-        body: None,
-        media_urls: vec![],
-        window_expires_at: None,
-        content_sid: Some("HX00000000000000000000000000000001".to_owned()),
-        content_variables: Some(format!(r#"{{"1":"{i}"}}"#)),
-        template_name: Some("order_update".to_owned()),
-        template_language: Some("en".to_owned()),
-        preview: None,
-    }
+    e2e_tests::template_authorization(&format!("crash-{i}"), &from, &to, &i.to_string())
 }
 
 async fn sim_stats(channel: &Channel) -> Value {
     channel.get(twilio_sim::SERVICE, "/sim/stats").await.json().await.unwrap()
-}
-
-/// The request id on a simulated message's StatusCallback URL.
-fn request_of(message: &Value) -> Option<String> {
-    let params = message["params"].as_array()?;
-    let url = params.iter().find(|p| p[0] == "StatusCallback")?[1].as_str()?;
-    wa_twilio::signature::query_param(url, "request_id")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -58,15 +34,8 @@ async fn sigkilled_dispatch_never_sends_twice_and_accounts_for_every_request() {
         .sim_behaviour(json!({"callback_statuses": ["sent", "failed", "undelivered"], "rate_limit_per_sender": 0}))
         .await;
     let run = format!("{:02}", fastrand::u8(..100));
-    let producer = EventProducer::new(&channel.kafka, "crash-test", Duration::from_secs(60)).unwrap();
-    for chunk in (0..MESSAGES).collect::<Vec<_>>().chunks(200) {
-        let sends = chunk.iter().map(|i| {
-            let producer = producer.clone();
-            let event = authorization(&run, *i);
-            async move { producer.publish(&OUTBOUND_AUTHORIZED, &event).await.expect("authorization published") }
-        });
-        join_all(sends).await;
-    }
+    let authorizations: Vec<OutboundAuthorized> = (0..MESSAGES).map(|i| authorization(&run, i)).collect();
+    channel.publish_all(&OUTBOUND_AUTHORIZED, &authorizations).await;
 
     // 20 senders at 3 messages/s each: about 33 s of sending, killed at a quarter, a half and
     // three quarters of the way.
@@ -96,7 +65,8 @@ async fn sigkilled_dispatch_never_sends_twice_and_accounts_for_every_request() {
     let outcomes_topic = channel.topic(&OUTBOUND_DISPATCHED);
     let follower = e2e_tests::follow_from_beginning(&channel.kafka, &outcomes_topic).await;
     let mut outcomes: HashMap<String, Vec<String>> = HashMap::new();
-    let sim_requests = |messages: &[Value]| -> Vec<String> { messages.iter().filter_map(request_of).collect() };
+    let sim_requests =
+        |messages: &[Value]| -> Vec<String> { messages.iter().filter_map(e2e_tests::sim_request_id).collect() };
     let finished = |outcomes: &HashMap<String, Vec<String>>, received: &HashSet<String>| {
         outcomes.len() == MESSAGES
             && outcomes.iter().all(|(id, seen)| {

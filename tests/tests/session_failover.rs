@@ -218,3 +218,101 @@ async fn a_killed_instance_hands_its_conversations_to_the_survivor_with_correct_
     }
     drop(second);
 }
+
+/// A session-window instance whose snapshots are not acknowledged (a fault injected into its
+/// producer) when a second instance joins must not commit the inputs that caused them: the
+/// partitions' owners after the rebalance handle those messages again, so every conversation's
+/// state lands in `wa.sessions.v1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outputs_lost_before_a_revoke_are_not_committed_and_are_redone() {
+    let channel = Channel::topics_only().await;
+    // One customer per partition.
+    let mut customers: BTreeMap<i32, String> = BTreeMap::new();
+    while customers.len() < MESSAGE_PARTITIONS as usize {
+        let customer = unique_customer();
+        let partition =
+            partition_for_key(conversation_id(e2e_tests::BUSINESS, &customer).as_bytes(), MESSAGE_PARTITIONS);
+        customers.entry(partition).or_insert(customer);
+    }
+    let faults = wa_platform::kafka::DeliveryFaults::default();
+    let mut config = e2e_tests::session_window_config(&channel.kafka);
+    // Only a revoke commits: the periodic commit would find the lost outputs first.
+    config.commit_interval = Duration::from_secs(3600);
+    config.delivery_faults = faults.clone();
+    let first = session_window::bind(config).await.unwrap();
+    let first_url = format!("http://{}", first.local_addr());
+    let stop = wa_platform::CancellationToken::new();
+    let first_task = tokio::spawn(first.run(stop.child_token()));
+    let http = reqwest::Client::new();
+    let ready = |url: String| {
+        let http = http.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+            while !http.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                assert!(tokio::time::Instant::now() < deadline, "{url} not ready");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    ready(first_url.clone()).await;
+
+    // The first instance projects every message, but none of its snapshots is taken.
+    faults.set_failing(&channel.topic(&wa_platform::topics::SESSIONS), true);
+    let now = wa_platform::now_millis();
+    let messages: Vec<InboundMessageReceived> =
+        customers.values().map(|customer| customer_message(customer, now, "hello")).collect();
+    channel.publish_all(&INBOUND, &messages).await;
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    for message in &messages {
+        loop {
+            let state: serde_json::Value = http
+                .get(format!("{first_url}/v1/conversations/{}/session", message.conversation_id))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or_default();
+            if state["known"] == true {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the first instance never projected {message:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    faults.set_failing(&channel.topic(&wa_platform::topics::SESSIONS), false);
+
+    // A second instance joins: the first gives up half of the partitions.
+    let second = session_window::bind(e2e_tests::session_window_config(&channel.kafka)).await.unwrap();
+    let second_url = format!("http://{}", second.local_addr());
+    let second_task = tokio::spawn(second.run(stop.child_token()));
+    ready(second_url).await;
+
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let states = session_window::rebuild::read_snapshots(&channel.kafka).await.unwrap();
+        let landed = messages
+            .iter()
+            .filter(|m| {
+                states.get(&m.conversation_id).is_some_and(|s| s.last_customer_message_at == Some(m.occurred_at))
+            })
+            .count();
+        if landed == messages.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{landed} of {} states landed: the lost outputs' inputs were committed",
+            messages.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = http.get(format!("{first_url}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("wa_session_uncommitted_revokes_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    stop.cancel();
+    first_task.await.unwrap().unwrap();
+    second_task.await.unwrap().unwrap();
+}

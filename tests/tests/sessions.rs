@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use e2e_tests::{customer_message, outbound_request, refused_send, unique_customer, Channel, RawRecord, BUSINESS};
 use serde_json::{json, Value};
-use wa_platform::topics::{INBOUND, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REQUESTED, SESSION_EVENTS};
-use wa_schemas::{conversation_id, OutboundWindowChecked, SessionEvent, TemplateRequest};
+use wa_platform::topics::{
+    CONSENT, INBOUND, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REQUESTED, SESSION_EVENTS,
+};
+use wa_schemas::{conversation_id, ConsentChanged, OutboundWindowChecked, SessionEvent, TemplateRequest};
 
 const HOUR: i64 = 3_600_000;
 
@@ -277,7 +279,9 @@ async fn the_rebuild_command_reports_progress_and_replays_from_a_time() {
     let now = wa_platform::now_millis();
     let before: Vec<String> = (0..5).map(|_| unique_customer()).collect();
     let after: Vec<String> = (0..3).map(|_| unique_customer()).collect();
-    let messages: Vec<_> = before.iter().map(|c| customer_message(c, now - HOUR, "hi")).collect();
+    let stopper = unique_customer();
+    let mut messages: Vec<_> = before.iter().map(|c| customer_message(c, now - HOUR, "hi")).collect();
+    messages.push(customer_message(&stopper, now - HOUR, "STOP"));
     channel.publish_all(&INBOUND, &messages).await;
     tokio::time::sleep(Duration::from_millis(50)).await; // record timestamps are milliseconds
     let since = wa_platform::now_millis();
@@ -303,20 +307,91 @@ async fn the_rebuild_command_reports_progress_and_replays_from_a_time() {
     let (ok, stdout, stderr) = run(vec!["rebuild".into()]);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(stderr.contains("100.0%") && stderr.contains("events/s") && stderr.contains("lag 0"), "{stderr}");
-    assert!(stdout.contains("rebuilt 8 conversations (8 with an open window, 0 opted out) from 8 events"), "{stdout}");
-    assert!(stdout.contains("wrote 8 snapshots and 0 tombstones"), "{stdout}");
-    assert_eq!(session_window::rebuild::read_snapshots(&channel.kafka).await.unwrap().len(), 8);
+    assert!(stdout.contains("rebuilt 9 conversations (9 with an open window, 1 opted out) from 9 events"), "{stdout}");
+    // The STOP was on the inbound topic only (no live service wrote it to wa.consent.v1): the
+    // rebuild keeps it there, where it outlives the message topics.
+    assert!(stdout.contains("wrote 9 snapshots and 0 tombstones to wa.sessions.v1; 1 consent facts added"), "{stdout}");
+    assert_eq!(session_window::rebuild::read_snapshots(&channel.kafka).await.unwrap().len(), 9);
 
-    // From a time: the earlier customers are forgotten, and their snapshots removed.
+    // From a time: the earlier customers' messages are forgotten, and their snapshots removed;
+    // the opt-out is kept.
     let (ok, stdout, stderr) = run(vec!["rebuild".into(), "--since".into(), since.to_string()]);
     assert!(ok, "{stdout}\n{stderr}");
-    assert!(stdout.contains("rebuilt 3 conversations"), "{stdout}\n{stderr}");
-    assert!(stdout.contains("wrote 3 snapshots and 5 tombstones"), "{stdout}");
+    assert!(stdout.contains("rebuilt 4 conversations (3 with an open window, 1 opted out)"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("wrote 4 snapshots and 5 tombstones"), "{stdout}");
     let states = session_window::rebuild::read_snapshots(&channel.kafka).await.unwrap();
-    let expected: std::collections::BTreeSet<String> = after.iter().map(|c| conversation_id(BUSINESS, c)).collect();
+    let mut expected: std::collections::BTreeSet<String> = after.iter().map(|c| conversation_id(BUSINESS, c)).collect();
+    expected.insert(conversation_id(BUSINESS, &stopper));
     assert_eq!(states.keys().cloned().collect::<std::collections::BTreeSet<_>>(), expected);
+    let stopped = &states[&conversation_id(BUSINESS, &stopper)];
+    assert!(stopped.opted_out, "{stopped:?}");
+    assert_eq!((stopped.opted_out_at, stopped.last_customer_message_at), (Some(now - HOUR), None));
 
     let (ok, _, stderr) = run(vec!["rebuild".into(), "--since".into(), "yesterday".into()]);
     assert!(!ok);
     assert!(stderr.contains("neither RFC 3339") && stderr.contains("Unix millis"), "{stderr}");
+}
+
+/// A customer who sent STOP and later answers an agent "Yes" or "Alta" stays opted out: only
+/// unambiguous words (START) opt back in. Each consent fact is kept on wa.consent.v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn answers_to_an_agent_never_opt_a_customer_back_in() {
+    let channel = Channel::start().await;
+    let customer = unique_customer();
+    channel.sim_inbound(&customer, "STOP").await;
+    session_event(&channel, &customer, "opted_out").await;
+    for answer in ["Yes", "Alta", "yes please"] {
+        assert_eq!(channel.sim_inbound(&customer, answer).await.1, 200);
+    }
+    // A request is decided after every message before it: the answers have been read.
+    channel.publish(&OUTBOUND_REQUESTED, &outbound_request("after-yes", &customer, Some("Great!"), None)).await;
+    let checked = verdict(&channel, "after-yes").await;
+    assert!(checked.opted_out, "an answer re-subscribed the customer");
+    assert!(checked.allowed, "replies inside the window still go");
+    assert_eq!(query(&channel, &customer).await.1["opted_out"], true);
+
+    channel.sim_inbound(&customer, "START").await;
+    session_event(&channel, &customer, "opted_in").await;
+    assert_eq!(query(&channel, &customer).await.1["opted_out"], false);
+
+    let conversation = conversation_id(BUSINESS, &customer);
+    let kept = channel.await_all::<ConsentChanged>(&CONSENT, 2, |c| c.conversation_id == conversation).await;
+    let mut kinds: Vec<(String, String)> = kept.into_iter().map(|c| (c.consent, c.reason)).collect();
+    kinds.sort();
+    assert_eq!(kinds, [("opted_in".to_owned(), "start".to_owned()), ("opted_out".to_owned(), "stop".to_owned())]);
+    channel.stop().await;
+}
+
+/// A customer message published again 25 hours later (past ingress's dedupe horizon, so with
+/// a new receive time), or replayed with its original time, does not reopen the window it
+/// opened: session-window recognises it by its event id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_replayed_after_its_window_closed_does_not_reopen_it() {
+    let channel = Channel::start().await;
+    let customer = unique_customer();
+    let now = wa_platform::now_millis();
+    let original = customer_message(&customer, now - 25 * HOUR, "where is my order?");
+    channel.publish(&INBOUND, &original).await;
+    let mut reposted = original.clone();
+    reposted.occurred_at = now;
+    channel.publish(&INBOUND, &reposted).await;
+    channel.publish(&INBOUND, &original).await;
+    channel.publish(&OUTBOUND_REQUESTED, &outbound_request("after-replay", &customer, Some("Hello again"), None)).await;
+    let checked = verdict(&channel, "after-replay").await;
+    assert!(!checked.allowed, "the replay reopened the window: {checked:?}");
+    assert_eq!(checked.refusal_reason.as_deref(), Some("window_closed"));
+    assert_eq!(checked.window_expires_at, Some(original.occurred_at + 24 * HOUR));
+    let (_, state) = query(&channel, &customer).await;
+    assert_eq!(state["last_customer_message_at"].as_i64(), Some(original.occurred_at));
+    let conversation = conversation_id(BUSINESS, &customer);
+    let announced: Vec<String> = channel
+        .read_to_end(&SESSION_EVENTS)
+        .await
+        .iter()
+        .map(RawRecord::decode::<SessionEvent>)
+        .filter(|e| e.conversation_id == conversation)
+        .map(|e| e.kind)
+        .collect();
+    assert!(!announced.iter().any(|k| k == "window_opened" || k == "window_extended"), "{announced:?}");
+    channel.stop().await;
 }

@@ -208,6 +208,10 @@ impl AppState {
     }
 }
 
+/// How long librdkafka keeps trying to deliver a record after the request that published it
+/// was answered.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The ingress service.
 pub struct Ingress;
 
@@ -223,7 +227,12 @@ impl Service for Ingress {
     /// replay has caught up.
     async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
         let bound = format!("http://{}", listener.local_addr()?);
-        let producer = EventProducer::new(&config.kafka, "wachannel/ingress", config.publish_timeout)?;
+        // Twilio gets its answer within the publish timeout, but librdkafka keeps trying longer:
+        // a delivery librdkafka gives up makes an idempotent producer bump its epoch, which
+        // tansu 0.6 cannot take (decision 37), and a record that lands after the 503 is only a
+        // duplicate of Twilio's retry, with the same event id.
+        let delivery_timeout = config.publish_timeout.max(DELIVERY_TIMEOUT);
+        let producer = EventProducer::new(&config.kafka, "wachannel/ingress", delivery_timeout)?;
         if config.api_tokens.is_empty() {
             tracing::warn!("INGRESS_API_TOKENS is unset: /v1/outbound accepts requests without a token");
         }

@@ -1,20 +1,26 @@
 //! Outbound-dispatch: sends authorized messages through Twilio's Messages API, never twice, and
 //! publishes every outcome and every forward delivery move on `wa.outbound.dispatched.v1`.
 //!
-//! - **No duplicate sends**: a ledger of request ids, projected from dispatch's own output
-//!   topic and restored at start, is checked before every send. A `sending` marker is made
-//!   durable before Twilio is called; a send whose answer never came (timeout, dropped
-//!   connection, crash) stays unconfirmed and is never repeated: its status callback resolves
-//!   it (`sent`), or after `DISPATCH_IN_DOUBT_AFTER_MS` it is published `in_doubt` for the CRM
-//!   and operators to decide.
-//! - **Retries**: throttling (429, 20429, 63018), 5xx and unreachable Twilio are retried with
-//!   exponential backoff and jitter up to a deadline; permanent errors fail at once with a reason
-//!   by error code. A free-form message whose window has closed since it was authorized fails
-//!   without calling Twilio.
+//! - **Claims**: a ledger of request ids, projected from dispatch's own output topic and
+//!   restored at start, is checked before and after the sender's pace wait. A send is then
+//!   claimed with a `sending` marker (instance and claim id) and goes to Twilio only when that
+//!   claim is the first one read back from the partition: two instances (a rebalance, a
+//!   redelivery) never both send. A revoked partition's handlers give their claims back
+//!   (`released`) unless they are already calling Twilio.
+//! - **Ambiguous answers**: only what Twilio did not create is retried (429, 503, 20429,
+//!   63018, no connection), with backoff and jitter up to a deadline. A 500/502/504 or an
+//!   answer lost after the request was written is looked up in Twilio's Messages list: found,
+//!   it is `sent` with that sid; not found, it is `in_doubt` and never sent again
+//!   automatically. A crash between the claim and the answer is settled by the status callback
+//!   (its URL names the request) or published `in_doubt` after `DISPATCH_IN_DOUBT_AFTER_MS`.
+//! - **Errors by code**: permanent errors fail at once with the reason `wa_twilio::errors`
+//!   gives their code, in Twilio's answer and in status callbacks alike. A free-form message
+//!   whose window has closed since it was authorized fails without calling Twilio.
 //! - **Delivery status**: status callbacks (`wa.delivery.v1`, from ingress) are folded into each
 //!   request's entry; each forward move (queued < sent < delivered < read; failed and
-//!   undelivered final) is published once as `status_changed`.
+//!   undelivered final, with their `failure_reason`) is published once as `status_changed`.
 
+mod dispatch;
 mod ledger;
 pub mod rate;
 pub mod twilio;
@@ -25,19 +31,18 @@ use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
-use uuid::Uuid;
 use wa_platform::config::{self, EnvVar, KafkaConfig};
 use wa_platform::kafka::TopicFollower;
-use wa_platform::kafka::{ConsumerSettings, EventProducer, HandleError, Handler, Record};
+use wa_platform::kafka::{ConsumerSettings, EventProducer};
 use wa_platform::service::{Bound, Prepared, Service};
 use wa_platform::topics::{DELIVERY, OUTBOUND_AUTHORIZED, OUTBOUND_DISPATCHED};
 use wa_platform::CancellationToken;
-use wa_schemas::{DeliveryStatusReceived, Event, OutboundAuthorized, OutboundDispatched};
+use wa_schemas::{Event, OutboundDispatched};
 
-use crate::ledger::{moves_forward, Ledger, Stage};
+use crate::dispatch::{Dispatch, Identity};
+use crate::ledger::Ledger;
 use crate::rate::{RateLimiter, Rates};
-
-use crate::twilio::{OutgoingMessage, TwilioClient, TwilioError};
+use crate::twilio::TwilioClient;
 
 /// The service name.
 pub const SERVICE: &str = "outbound-dispatch";
@@ -119,6 +124,8 @@ pub struct Config {
     pub instances: u32,
     /// A Messaging Service to send through.
     pub messaging_service_sid: Option<String>,
+    /// This instance's name on its claims: `KAFKA_GROUP_INSTANCE_ID`, or host and process id.
+    pub instance_id: String,
 }
 
 impl Config {
@@ -169,282 +176,38 @@ impl Config {
             },
             instances: config::parse(&INSTANCES)?,
             messaging_service_sid: config::var(MESSAGING_SERVICE_SID.name),
+            instance_id: instance_id(config::var(config::KAFKA_GROUP_INSTANCE_ID.name)),
         })
     }
 }
 
-/// The result of trying to send one message.
-#[derive(Debug)]
-enum Attempted {
-    Sent {
-        sid: String,
-        status: String,
-        attempts: i32,
-    },
-    Failed {
-        reason: &'static str,
-        error: Option<TwilioError>,
-        attempts: i32,
-    },
-    /// Sent, but no answer: Twilio may have created it.
-    Unconfirmed {
-        error: TwilioError,
-        attempts: i32,
-    },
-    /// Stopped between retries; nothing was sent.
-    Interrupted,
+/// The name an instance puts on its claims: its static group membership id, or its host and
+/// process id.
+pub fn instance_id(group_instance_id: Option<String>) -> String {
+    group_instance_id.unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|host| host.trim().to_owned())
+            .filter(|host| !host.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        format!("{host}-{}", std::process::id())
+    })
 }
 
-struct Dispatch {
-    producer: EventProducer,
-    twilio: TwilioClient,
-    config: Config,
-    ledger: Arc<Ledger>,
-    limiter: RateLimiter,
-    delivery_topic: String,
-    stop: CancellationToken,
+/// The partitions of `wa.outbound.authorized.v1` this instance holds: it settles the claims
+/// left on them (their requests are its to send), never another live instance's.
+struct Owned {
+    assignment: wa_platform::kafka::rebalance::Assignment,
+    topic: String,
 }
 
-/// Marks a request as being sent by this process until dropped.
-struct Working<'a> {
-    ledger: &'a Ledger,
-    request_id: &'a str,
-}
-
-impl<'a> Working<'a> {
-    fn start(ledger: &'a Ledger, request_id: &'a str) -> Self {
-        ledger.working_on(request_id, true);
-        Self { ledger, request_id }
-    }
-}
-
-impl Drop for Working<'_> {
-    fn drop(&mut self) {
-        self.ledger.working_on(self.request_id, false);
-    }
-}
-
-/// What every event about a request repeats.
-struct Identity<'a> {
-    conversation_id: &'a str,
-    request_id: &'a str,
-    from: &'a str,
-    to: &'a str,
-}
-
-impl Identity<'_> {
-    /// An event about this request; its id is derived from the request, the outcome and the
-    /// status, so the same move published twice (two instances, a redelivery) has one id.
-    fn event(&self, outcome: &str, status: Option<&str>) -> OutboundDispatched {
-        let name = format!("wachannel:dispatched:{}:{outcome}:{}", self.request_id, status.unwrap_or_default());
-        OutboundDispatched {
-            event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()).to_string(),
-            occurred_at: wa_platform::now_millis(),
-            conversation_id: self.conversation_id.to_owned(),
-            request_id: self.request_id.to_owned(),
-            from: self.from.to_owned(),
-            to: self.to.to_owned(),
-            outcome: outcome.to_owned(),
-            message_sid: None,
-            twilio_status: status.map(str::to_owned),
-            error_code: None,
-            error_message: None,
-            failure_reason: None,
-            attempts: 0,
-        }
-    }
-}
-
-impl Dispatch {
-    /// Publishes one of dispatch's events and writes it through to the ledger.
-    async fn publish(&self, event: OutboundDispatched) -> Result<(), HandleError> {
-        self.producer.publish(&OUTBOUND_DISPATCHED, &event).await?;
-        self.ledger.apply(&event);
-        Ok(())
-    }
-
-    async fn send_with_retries(&self, authorized: &OutboundAuthorized) -> Attempted {
-        let message = OutgoingMessage {
-            from: &authorized.from,
-            to: &authorized.to,
-            body: authorized.body.as_deref(),
-            media_urls: &authorized.media_urls,
-            content_sid: authorized.content_sid.as_deref(),
-            content_variables: authorized.content_variables.as_deref(),
-            messaging_service_sid: self.config.messaging_service_sid.as_deref(),
-            status_callback: self
-                .config
-                .status_callback_url
-                .as_ref()
-                .map(|base| wa_twilio::status_callback_url(base, &authorized.request_id)),
-        };
-        let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(200);
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            // The first attempt's slot was taken before the marker was written.
-            if attempts > 1 {
-                tokio::select! {
-                    () = self.stop.cancelled() => return Attempted::Interrupted,
-                    () = self.limiter.acquire(&authorized.from) => {}
-                }
-            }
-            let error = match self.twilio.send(&message).await {
-                Ok(resource) => {
-                    self.limiter.succeeded(&authorized.from);
-                    return Attempted::Sent { sid: resource.sid, status: resource.status, attempts };
-                }
-                Err(error) if error.is_in_doubt() => return Attempted::Unconfirmed { error, attempts },
-                Err(error) if !error.is_retryable() => {
-                    return Attempted::Failed { reason: error.failure_reason(), error: Some(error), attempts }
-                }
-                Err(error) => error,
-            };
-            if error.is_throttling() {
-                self.limiter.throttled(&authorized.from);
-            }
-            let wait = backoff.mul_f64(0.5 + fastrand::f64());
-            if started.elapsed() + wait > self.config.retry_deadline {
-                return Attempted::Failed { reason: "retries_exhausted", error: Some(error), attempts };
-            }
-            metrics::counter!("wa_dispatch_retries_total", "throttled" => error.is_throttling().to_string())
-                .increment(1);
-            tracing::warn!(error = %error, attempts, retry_in = ?wait, "send failed; retrying");
-            tokio::select! {
-                () = self.stop.cancelled() => return Attempted::Interrupted,
-                () = tokio::time::sleep(wait) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
-    }
-
-    /// Sends one authorized message unless the ledger knows its request.
-    async fn dispatch(&self, authorized: OutboundAuthorized) -> Result<(), HandleError> {
-        let identity = Identity {
-            conversation_id: &authorized.conversation_id,
-            request_id: &authorized.request_id,
-            from: &authorized.from,
-            to: &authorized.to,
-        };
-        if let Some(entry) = self.ledger.get(&authorized.request_id) {
-            let stage = format!("{:?}", entry.stage).to_lowercase();
-            metrics::counter!("wa_dispatch_duplicates_skipped_total").increment(1);
-            tracing::info!(request_id = %authorized.request_id, stage = %stage, "request already dispatched; not sent again");
-            return Ok(());
-        }
-        // Free-form content needs the window still open; templates do not.
-        if let (None, Some(expires_at)) = (&authorized.content_sid, authorized.window_expires_at) {
-            if wa_platform::now_millis() >= expires_at {
-                let mut failed = identity.event("failed", None);
-                failed.failure_reason = Some("window_closed".to_owned());
-                return self.outcome(failed).await;
-            }
-        }
-        // The marker is durable before Twilio is called: after a crash, the request is known
-        // to be in flight and is not sent again.
-        // While this process works on the send (retries included) it is not in doubt; the
-        // guard ends that when this function returns, after the outcome is durable.
-        let working = Working::start(&self.ledger, &authorized.request_id);
-        // Wait for the sender's pace first, so the marker is written right before the call:
-        // a crash while waiting leaves nothing in doubt.
-        tokio::select! {
-            () = self.stop.cancelled() => return Err(HandleError::Transient("stopping before the send".to_owned())),
-            () = self.limiter.acquire(&authorized.from) => {}
-        }
-        self.publish(identity.event("sending", None)).await?;
-        let event = match self.send_with_retries(&authorized).await {
-            Attempted::Sent { sid, status, attempts } => {
-                let mut sent = identity.event("sent", None);
-                sent.message_sid = Some(sid);
-                sent.twilio_status = Some(status);
-                sent.attempts = attempts;
-                sent
-            }
-            Attempted::Failed { reason, error, attempts } => {
-                let mut failed = identity.event("failed", None);
-                failed.failure_reason = Some(reason.to_owned());
-                failed.error_code = error.as_ref().and_then(TwilioError::code);
-                failed.error_message = error.map(|err| err.to_string());
-                failed.attempts = attempts;
-                failed
-            }
-            Attempted::Unconfirmed { error, attempts } => {
-                drop(working);
-                metrics::counter!("wa_dispatch_outcomes_total", "outcome" => "unconfirmed", "reason" => "no_answer")
-                    .increment(1);
-                tracing::warn!(request_id = %authorized.request_id, attempts, error = %error,
-                    "no answer from twilio; the send is unconfirmed and will not be repeated");
-                return Ok(());
-            }
-            Attempted::Interrupted => {
-                // Nothing was sent: release the marker so the redelivered record is sent.
-                self.publish(identity.event("released", None)).await?;
-                return Err(HandleError::Transient("stopping between retries".to_owned()));
-            }
-        };
-        self.outcome(event).await
-    }
-
-    async fn outcome(&self, event: OutboundDispatched) -> Result<(), HandleError> {
-        let reason = event.failure_reason.clone().unwrap_or_else(|| "none".to_owned());
-        metrics::counter!("wa_dispatch_outcomes_total", "outcome" => event.outcome.clone(), "reason" => reason.clone())
-            .increment(1);
-        tracing::info!(request_id = %event.request_id, outcome = %event.outcome, attempts = event.attempts, reason = %reason, "dispatched");
-        self.publish(event).await
-    }
-
-    /// Folds one status callback into its request: resolves an unconfirmed send, and publishes
-    /// a forward move.
-    async fn fold(&self, delivery: DeliveryStatusReceived) -> Result<(), HandleError> {
-        let request_id = delivery.request_id.clone().or_else(|| self.ledger.request_of(&delivery.message_sid));
-        let Some(request_id) = request_id else {
-            metrics::counter!("wa_dispatch_callbacks_total", "outcome" => "unknown_request").increment(1);
-            return Ok(());
-        };
-        let entry = self.ledger.get(&request_id);
-        let identity = Identity {
-            conversation_id: entry.as_ref().map_or(&delivery.conversation_id, |e| &e.conversation_id),
-            request_id: &request_id,
-            from: entry.as_ref().map_or(&delivery.from, |e| &e.from),
-            to: entry.as_ref().map_or(&delivery.to, |e| &e.to),
-        };
-        let unconfirmed = entry.as_ref().is_some_and(|e| matches!(e.stage, Stage::Sending | Stage::InDoubt));
-        // A send still under way here will publish its own outcome from Twilio's answer.
-        if unconfirmed && !self.ledger.is_working_on(&request_id) {
-            // The answer that never came: Twilio did create the message.
-            let mut sent = identity.event("sent", None);
-            sent.message_sid = Some(delivery.message_sid.clone());
-            sent.twilio_status = Some("resolved_by_callback".to_owned());
-            self.outcome(sent).await?;
-        }
-        let current = entry.as_ref().and_then(|e| e.status.clone());
-        if !moves_forward(current.as_deref(), &delivery.message_status) {
-            metrics::counter!("wa_dispatch_callbacks_total", "outcome" => "not_forward").increment(1);
-            return Ok(());
-        }
-        let mut moved = identity.event("status_changed", Some(&delivery.message_status));
-        moved.message_sid = Some(delivery.message_sid.clone());
-        moved.error_code = delivery.error_code.as_deref().and_then(|code| code.parse().ok());
-        moved.error_message = delivery.channel_status_message.clone().or(delivery.error_message.clone());
-        metrics::counter!("wa_dispatch_callbacks_total", "outcome" => "moved").increment(1);
-        self.publish(moved).await
-    }
-}
-
-impl Handler for Dispatch {
-    async fn handle(&self, record: &Record<'_>) -> Result<(), HandleError> {
-        if record.topic == self.delivery_topic {
-            return self.fold(DeliveryStatusReceived::decode(record.payload)?).await;
-        }
-        self.dispatch(OutboundAuthorized::decode(record.payload)?).await
-    }
-}
-
-/// Publishes `in_doubt` for sends unconfirmed past `after`, until `stop`.
+/// Publishes `in_doubt` for sends claimed on partitions this instance holds and unconfirmed
+/// past `after` (their claimant died, or never got an answer), until `stop`.
 async fn watch_unconfirmed(
     producer: EventProducer,
     ledger: Arc<Ledger>,
+    owned: Owned,
     after: Duration,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -455,7 +218,10 @@ async fn watch_unconfirmed(
             () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep(period) => {}
         }
-        for (request_id, entry) in ledger.unconfirmed_since(wa_platform::now_millis().saturating_sub(after_ms)) {
+        let unconfirmed = ledger.unconfirmed_since(wa_platform::now_millis().saturating_sub(after_ms));
+        for (request_id, entry) in
+            unconfirmed.into_iter().filter(|(_, e)| owned.assignment.contains(&owned.topic, e.partition))
+        {
             let identity = Identity {
                 conversation_id: &entry.conversation_id,
                 request_id: &request_id,
@@ -463,6 +229,7 @@ async fn watch_unconfirmed(
                 to: &entry.to,
             };
             let mut in_doubt = identity.event("in_doubt", None);
+            in_doubt.claim_id = entry.claim.as_ref().map(|claim| claim.id.clone());
             in_doubt.failure_reason = Some("no_answer".to_owned());
             in_doubt.error_message = Some(format!(
                 "no answer from Twilio and no status callback within {after:?}; it may or may not have been sent"
@@ -492,13 +259,17 @@ impl Service for OutboundDispatch {
     }
 
     async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let assignment = wa_platform::kafka::rebalance::Assignment::default();
         let settings = ConsumerSettings {
             group: "outbound-dispatch".to_owned(),
             topics: vec![OUTBOUND_AUTHORIZED, DELIVERY],
             service: SERVICE,
+            assignment: assignment.clone(),
+            // Most of a send is waiting (for the sender's pace, the claim's read-back, Twilio):
+            // many conversations at once keep every sender's pace filled.
+            max_in_flight: 512,
         };
         let kafka = config.kafka.clone();
-        let stop = shutdown.clone();
         let setup = move |producer: EventProducer, background: CancellationToken| async move {
             let twilio = TwilioClient::new(
                 &config.twilio_base_url,
@@ -508,9 +279,17 @@ impl Service for OutboundDispatch {
                 config.request_timeout,
             )?;
             // The ledger: replay dispatch's own output, then follow it (other instances' writes).
+            // Every claim is read back through it before a send: the broker should not hold its
+            // fetches long.
             let ledger = Arc::new(Ledger::default());
-            let follower =
-                TopicFollower::start(&config.kafka, &OUTBOUND_DISPATCHED, "outbound-dispatch-ledger").await?;
+            let follower = TopicFollower::start_with(
+                &config.kafka,
+                &OUTBOUND_DISPATCHED,
+                "outbound-dispatch-ledger",
+                None,
+                Some(LEDGER_FETCH_WAIT),
+            )
+            .await?;
             let following = {
                 let (ledger, follower, stop) = (ledger.clone(), follower.clone(), background.clone());
                 tokio::spawn(async move {
@@ -519,7 +298,7 @@ impl Service for OutboundDispatch {
                             if let Ok(event) =
                                 OutboundDispatched::decode(rdkafka::Message::payload(record).unwrap_or_default())
                             {
-                                ledger.apply(&event);
+                                ledger.apply_read(&event, rdkafka::Message::partition(record));
                             }
                         })
                         .await
@@ -530,17 +309,22 @@ impl Service for OutboundDispatch {
             let watching = tokio::spawn(watch_unconfirmed(
                 producer.clone(),
                 ledger.clone(),
+                Owned { assignment, topic: config.kafka.topic(&OUTBOUND_AUTHORIZED) },
                 config.in_doubt_after,
                 background.clone(),
             ));
             let delivery_topic = config.kafka.topic(&DELIVERY);
             let limiter = RateLimiter::new(config.rates.per_instance(config.instances));
-            let handler = Dispatch { producer, twilio, config, ledger, limiter, delivery_topic, stop };
+            let handler = Dispatch { producer, twilio, config, ledger, follower, limiter, delivery_topic };
             Ok(Prepared { handler, background: vec![following, watching] })
         };
         wa_platform::service::run_consumer_service(listener, Router::new(), kafka, settings, shutdown, setup).await
     }
 }
+
+/// How long the broker may hold a fetch of the ledger follower: a claim is read back within
+/// about this long (librdkafka's default, 500 ms, would add half a second to every send).
+const LEDGER_FETCH_WAIT: Duration = Duration::from_millis(10);
 
 /// Binds the HTTP listener (port 0 picks a free one).
 pub async fn bind(config: Config) -> anyhow::Result<Bound<OutboundDispatch>> {
@@ -550,34 +334,4 @@ pub async fn bind(config: Config) -> anyhow::Result<Bound<OutboundDispatch>> {
 /// Binds and runs until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     wa_platform::service::run::<OutboundDispatch>(config, shutdown).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retryable_errors_are_throttling_server_errors_and_no_answer() {
-        let api = |status, code| TwilioError::Api { status, code, message: String::new() };
-        assert!(api(429, Some(20429)).is_retryable());
-        assert!(api(503, None).is_retryable());
-        assert!(TwilioError::Unreachable("refused".into()).is_retryable());
-        assert!(!TwilioError::NoAnswer("reset".into()).is_retryable());
-        assert!(api(400, Some(63018)).is_retryable());
-        assert!(!api(400, Some(63016)).is_retryable());
-        assert!(!api(400, Some(21211)).is_retryable());
-        assert!(!api(401, Some(20003)).is_retryable());
-    }
-
-    #[test]
-    fn permanent_errors_are_classified_by_code() {
-        let api = |code| TwilioError::Api { status: 400, code: Some(code), message: String::new() };
-        assert_eq!(api(63016).failure_reason(), "outside_window");
-        assert_eq!(api(21211).failure_reason(), "invalid_number");
-        assert_eq!(api(63024).failure_reason(), "invalid_recipient");
-        assert_eq!(api(63014).failure_reason(), "blocked");
-        assert_eq!(api(21610).failure_reason(), "unsubscribed");
-        assert_eq!(api(63041).failure_reason(), "template_paused");
-        assert_eq!(api(12345).failure_reason(), "twilio_rejected");
-    }
 }

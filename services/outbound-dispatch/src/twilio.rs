@@ -1,8 +1,10 @@
-//! A client for Twilio's Messages API.
+//! A client for Twilio's Messages API: creating a message, and listing an account's messages
+//! to find one whose creation Twilio's answer left in doubt.
 
 use std::time::Duration;
 
 use serde::Deserialize;
+use wa_twilio::errors::{self, ErrorClass};
 
 /// What to send.
 #[derive(Debug, Clone)]
@@ -32,6 +34,42 @@ pub struct MessageResource {
     pub sid: String,
     /// `queued`, `accepted`, ...
     pub status: String,
+    /// The text Twilio sends (for a template, the content it rendered).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Sender address.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Recipient address.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// `outbound-api`, `inbound`, ...
+    #[serde(default)]
+    pub direction: Option<String>,
+    /// When Twilio created it, RFC 2822.
+    #[serde(default)]
+    pub date_created: Option<String>,
+    /// How many media it carries, as text.
+    #[serde(default)]
+    pub num_media: Option<String>,
+}
+
+impl MessageResource {
+    /// When Twilio created it, Unix millis (whole seconds: RFC 2822 has no fractions).
+    pub fn created_at(&self) -> Option<i64> {
+        let text = self.date_created.as_deref()?;
+        chrono::DateTime::parse_from_rfc2822(text).ok().map(|at| at.timestamp_millis())
+    }
+}
+
+/// A page of Twilio's Messages list.
+#[derive(Debug, Clone, Deserialize)]
+struct MessagePage {
+    #[serde(default)]
+    messages: Vec<MessageResource>,
+    /// The next page, relative to the API's base URL; `null` on the last page.
+    #[serde(default)]
+    next_page_uri: Option<String>,
 }
 
 /// Twilio's error body: `{"code": 21211, "message": "...", "more_info": "...", "status": 400}`.
@@ -41,7 +79,7 @@ struct ErrorBody {
     message: Option<String>,
 }
 
-/// Why a send failed.
+/// Why a call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TwilioError {
     /// Twilio answered with an error.
@@ -58,32 +96,52 @@ pub enum TwilioError {
     #[error("twilio unreachable: {0}")]
     Unreachable(String),
     /// The request was sent but no answer came back (timeout, connection dropped): Twilio may
-    /// have created the message, so the send is in doubt and must not be repeated blindly.
+    /// have created the message.
     #[error("no answer from twilio: {0}")]
     NoAnswer(String),
 }
 
+/// What a failed send means for the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// Twilio did not create it and asks to try later (429, 503, 20429, 63018), or the request
+    /// never left: sending again cannot deliver it twice.
+    Retry,
+    /// Twilio may have created it (500, 502, 504 and other server errors, or no answer after
+    /// the request was written): look it up, never send it blindly again.
+    Ambiguous,
+    /// Refused for good, with the channel's reason for the code.
+    Permanent(&'static str),
+}
+
 impl TwilioError {
-    /// Whether trying again may succeed without risking a second message: throttling
-    /// (429, 20429, 63018), server errors, and requests that never left.
-    pub fn is_retryable(&self) -> bool {
+    /// What the failure means for the message (codes through `wa_twilio::errors`).
+    pub fn failure(&self) -> SendFailure {
         match self {
-            Self::Unreachable(_) => true,
-            Self::NoAnswer(_) => false,
+            Self::Unreachable(_) => SendFailure::Retry,
+            Self::NoAnswer(_) => SendFailure::Ambiguous,
             Self::Api { status, code, .. } => {
-                *status == 429 || *status >= 500 || matches!(code, Some(20429) | Some(63018))
+                if let Some(code) = code {
+                    if errors::class(*code) == ErrorClass::Retryable {
+                        return SendFailure::Retry;
+                    }
+                }
+                match status {
+                    429 | 503 => SendFailure::Retry,
+                    500..=599 => SendFailure::Ambiguous,
+                    _ => SendFailure::Permanent(code.map_or(errors::UNKNOWN_REASON, errors::failure_reason)),
+                }
             }
         }
     }
 
-    /// Whether the message may have been created although no answer said so.
-    pub fn is_in_doubt(&self) -> bool {
-        matches!(self, Self::NoAnswer(_))
-    }
-
     /// Whether Twilio asked us to slow down.
     pub fn is_throttling(&self) -> bool {
-        matches!(self, Self::Api { status: 429, .. } | Self::Api { code: Some(20429 | 63018), .. })
+        match self {
+            Self::Api { status: 429, .. } => true,
+            Self::Api { code: Some(code), .. } => errors::class(*code) == ErrorClass::Retryable,
+            _ => false,
+        }
     }
 
     /// Twilio's error code, if any.
@@ -94,18 +152,11 @@ impl TwilioError {
         }
     }
 
-    /// The outcome reason of a permanent failure, by Twilio error code.
-    pub fn failure_reason(&self) -> &'static str {
-        match self.code() {
-            Some(63016) => "outside_window",
-            Some(21211 | 21614 | 21217) => "invalid_number",
-            Some(63024 | 63003) => "invalid_recipient",
-            Some(63014) => "blocked",
-            Some(21610) => "unsubscribed",
-            Some(63041) => "template_paused",
-            Some(63042 | 63040 | 63027) => "template_rejected",
-            Some(20003 | 20404 | 21603 | 21604 | 21619 | 21606) => "configuration_error",
-            _ => "twilio_rejected",
+    /// The HTTP status Twilio answered, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            Self::Unreachable(_) | Self::NoAnswer(_) => None,
         }
     }
 }
@@ -114,10 +165,14 @@ impl TwilioError {
 #[derive(Clone)]
 pub struct TwilioClient {
     http: reqwest::Client,
+    base_url: String,
     messages_url: String,
     username: String,
     password: String,
 }
+
+/// How many pages a lookup reads at most (1,000 messages each).
+const MAX_LOOKUP_PAGES: usize = 10;
 
 impl TwilioClient {
     /// A client for `base_url` (`https://api.twilio.com` in production), authenticating as
@@ -134,9 +189,11 @@ impl TwilioClient {
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("wachannel-outbound-dispatch/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let base_url = base_url.trim_end_matches('/').to_owned();
         Ok(Self {
             http,
-            messages_url: format!("{}/2010-04-01/Accounts/{account_sid}/Messages.json", base_url.trim_end_matches('/')),
+            messages_url: format!("{base_url}/2010-04-01/Accounts/{account_sid}/Messages.json"),
+            base_url,
             username: username.to_owned(),
             password: password.to_owned(),
         })
@@ -163,20 +220,43 @@ impl TwilioClient {
         if let Some(callback) = &message.status_callback {
             form.push(("StatusCallback", callback));
         }
-        let response = self
-            .http
-            .post(&self.messages_url)
-            .basic_auth(&self.username, Some(&self.password))
-            .form(&form)
-            .send()
-            .await
-            .map_err(|err| {
-                if err.is_connect() {
-                    TwilioError::Unreachable(err.to_string())
-                } else {
-                    TwilioError::NoAnswer(err.to_string())
-                }
-            })?;
+        let request = self.http.post(&self.messages_url).basic_auth(&self.username, Some(&self.password)).form(&form);
+        self.call(request).await
+    }
+
+    /// The account's messages from `from` to `to` whose `DateSent` is on or after the day of
+    /// `since` (Unix millis), newest first, as Twilio lists them: every page, up to ten.
+    pub async fn list_messages(&self, from: &str, to: &str, since: i64) -> Result<Vec<MessageResource>, TwilioError> {
+        // Twilio filters DateSent by day (GMT): ask from the start of the day of `since`.
+        let day = chrono::DateTime::from_timestamp_millis(since).unwrap_or_default().date_naive();
+        let date_sent = format!("{day}T00:00:00Z");
+        let mut request = self.http.get(&self.messages_url).query(&[
+            ("To", to),
+            ("From", from),
+            ("DateSent>", date_sent.as_str()),
+            ("PageSize", "1000"),
+        ]);
+        let mut found = Vec::new();
+        for _ in 0..MAX_LOOKUP_PAGES {
+            let page: MessagePage = self.call(request.basic_auth(&self.username, Some(&self.password))).await?;
+            found.extend(page.messages);
+            let Some(next) = page.next_page_uri.filter(|uri| !uri.is_empty()) else {
+                return Ok(found);
+            };
+            // Twilio's page URIs are relative to the API's base URL.
+            request = self.http.get(format!("{}{next}", self.base_url));
+        }
+        Ok(found)
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, TwilioError> {
+        let response = request.send().await.map_err(|err| {
+            if err.is_connect() {
+                TwilioError::Unreachable(err.to_string())
+            } else {
+                TwilioError::NoAnswer(err.to_string())
+            }
+        })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|err| TwilioError::NoAnswer(err.to_string()))?;
         if status.is_success() {
@@ -194,5 +274,53 @@ impl TwilioClient {
                 .and_then(|b| b.message)
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: Option<i32>) -> TwilioError {
+        TwilioError::Api { status, code, message: String::new() }
+    }
+
+    #[test]
+    fn only_answers_that_say_not_created_are_retried() {
+        assert_eq!(api(429, Some(20429)).failure(), SendFailure::Retry);
+        assert_eq!(api(503, Some(20503)).failure(), SendFailure::Retry);
+        assert_eq!(api(400, Some(63018)).failure(), SendFailure::Retry);
+        assert_eq!(TwilioError::Unreachable("refused".into()).failure(), SendFailure::Retry);
+        for status in [500, 502, 504] {
+            assert_eq!(api(status, Some(20500)).failure(), SendFailure::Ambiguous, "{status}");
+        }
+        assert_eq!(TwilioError::NoAnswer("reset after the request".into()).failure(), SendFailure::Ambiguous);
+    }
+
+    #[test]
+    fn permanent_errors_take_their_reason_from_the_table() {
+        assert_eq!(api(400, Some(63016)).failure(), SendFailure::Permanent("outside_window"));
+        assert_eq!(api(400, Some(21211)).failure(), SendFailure::Permanent("invalid_number"));
+        assert_eq!(api(400, Some(21610)).failure(), SendFailure::Permanent("unsubscribed"));
+        assert_eq!(api(401, Some(20003)).failure(), SendFailure::Permanent("configuration_error"));
+        assert_eq!(api(400, Some(12345)).failure(), SendFailure::Permanent("twilio_rejected"));
+        assert_eq!(api(400, None).failure(), SendFailure::Permanent("twilio_rejected"));
+        assert!(api(429, None).is_throttling() && api(400, Some(63018)).is_throttling());
+        assert!(!api(503, None).is_throttling());
+    }
+
+    #[test]
+    fn creation_times_are_read_from_rfc_2822() {
+        let message = MessageResource {
+            sid: "SM1".into(),
+            status: "queued".into(),
+            body: None,
+            from: None,
+            to: None,
+            direction: None,
+            date_created: Some("Thu, 24 Aug 2023 05:01:45 +0000".into()),
+            num_media: None,
+        };
+        assert_eq!(message.created_at(), Some(1_692_853_305_000));
     }
 }

@@ -6,18 +6,20 @@ mod consumer;
 mod follower;
 mod headers;
 mod producer;
+pub mod rebalance;
 
 use rdkafka::ClientConfig;
 
 pub use admin::{ensure_topics, wait_for_broker};
 pub use consumer::{
     consume_span, dead_letter, run_consumer, ConsumerSettings, HandleError, Handler, Record, MAX_IN_FLIGHT,
+    REVOKE_DRAIN_TIMEOUT,
 };
 pub use follower::{partition_ranges, TopicFollower};
 pub use headers::{
     header_str, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID, CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE, TRACEPARENT,
 };
-pub use producer::{EventProducer, PublishError, Queued};
+pub use producer::{DeliveryFaults, EventProducer, PublishError, Queued};
 
 use crate::config::KafkaConfig;
 

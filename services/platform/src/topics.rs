@@ -76,6 +76,13 @@ pub const SESSION_EVENTS: TopicSpec = TopicSpec {
     configs: RETAIN_7_DAYS,
     doc: "window opened, extended, expiring and closed, free entry points, opt-out and opt-in (SessionEvent)",
 };
+/// Consent facts (session-window's opt-outs and opt-ins, kept forever for the rebuild).
+pub const CONSENT: TopicSpec = TopicSpec {
+    name: "wa.consent.v1",
+    partitions: MESSAGE_PARTITIONS,
+    configs: &[("retention.ms", "-1")],
+    doc: "every opt-out and opt-in (ConsentChanged), by keyword or Twilio error; kept forever, so consent outlives the message topics' retention; co-partitioned with the message topics",
+};
 /// Which session-window instance owns which partition (for the session query's redirects).
 pub const SESSION_OWNERS: TopicSpec = TopicSpec {
     name: "wa.session.owners.v1",
@@ -124,6 +131,7 @@ pub const ALL: &[TopicSpec] = &[
     SESSIONS,
     SESSION_EVENTS,
     SESSION_OWNERS,
+    CONSENT,
     TEMPLATES,
     QUARANTINE,
     DEAD_LETTER,

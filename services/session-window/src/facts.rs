@@ -1,9 +1,10 @@
 //! Reading session facts out of message records: the one place the live projection and the
 //! rebuild share, so both fold the same facts.
 
-use wa_schemas::{CodecError, Event, InboundMessageReceived, OutboundDispatched};
+use uuid::Uuid;
+use wa_schemas::{CodecError, ConsentChanged, Event, InboundMessageReceived, OutboundDispatched};
 
-use crate::session::{Fact, Keywords};
+use crate::session::{Consent, Fact, Keywords};
 
 /// A fact with where it came from.
 pub(crate) struct ReadFact {
@@ -19,32 +20,92 @@ pub(crate) struct ReadFact {
     pub reason: Option<String>,
 }
 
-/// The fact in a record of `wa.inbound.v1` (`inbound`) or `wa.outbound.dispatched.v1`;
-/// `None` for dispatch outcomes other than a send the customer refused (21610, 63014).
-pub(crate) fn read(inbound: bool, payload: &[u8], keywords: &Keywords) -> Result<Option<ReadFact>, CodecError> {
-    if inbound {
-        let event = InboundMessageReceived::decode(payload)?;
-        let consent = keywords.classify(&event.body);
-        let fact = Fact::CustomerMessage {
-            at: event.occurred_at,
-            referral: event.referral.is_some(),
-            consent: consent.as_ref().map(|(c, _)| *c),
-        };
-        return Ok(Some(ReadFact {
-            conversation_id: event.conversation_id,
-            fact,
-            at: event.occurred_at,
-            event_id: event.event_id,
-            reason: consent.map(|(_, keyword)| keyword),
-        }));
+/// The topic a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// `wa.inbound.v1`: customer messages.
+    Inbound,
+    /// `wa.outbound.dispatched.v1`: sends the customer refused.
+    Dispatched,
+    /// `wa.consent.v1`: consent facts kept forever (read by the rebuild).
+    Consent,
+}
+
+/// The Twilio error a dispatch event reports when it says the customer refused the business's
+/// messages: a `failed` send, or a `status_changed` to `failed` or `undelivered`, with 21610
+/// or 63014 (whether the error came in Twilio's answer or in a status callback).
+pub(crate) fn refusal_code(event: &OutboundDispatched) -> Option<i32> {
+    let failed = match event.outcome.as_str() {
+        "failed" => true,
+        "status_changed" => matches!(event.twilio_status.as_deref(), Some("failed" | "undelivered")),
+        _ => false,
+    };
+    event.error_code.filter(|code| failed && wa_twilio::errors::is_consent(*code))
+}
+
+/// The fact in a record from `source`; `None` for dispatch events other than a send the
+/// customer refused.
+pub(crate) fn read(source: Source, payload: &[u8], keywords: &Keywords) -> Result<Option<ReadFact>, CodecError> {
+    match source {
+        Source::Inbound => {
+            let event = InboundMessageReceived::decode(payload)?;
+            let consent = keywords.classify(&event.body);
+            let fact = Fact::CustomerMessage {
+                id: Uuid::parse_str(&event.event_id).ok(),
+                at: event.occurred_at,
+                referral: event.referral.is_some(),
+                consent: consent.as_ref().map(|(c, _)| *c),
+            };
+            Ok(Some(ReadFact {
+                conversation_id: event.conversation_id,
+                fact,
+                at: event.occurred_at,
+                event_id: event.event_id,
+                reason: consent.map(|(_, keyword)| keyword),
+            }))
+        }
+        Source::Dispatched => {
+            let event = OutboundDispatched::decode(payload)?;
+            Ok(refusal_code(&event).map(|code| ReadFact {
+                reason: Some(format!("twilio_error_{code}")),
+                fact: Fact::SendRefusedByCustomer { at: event.occurred_at },
+                at: event.occurred_at,
+                conversation_id: event.conversation_id,
+                event_id: event.event_id,
+            }))
+        }
+        Source::Consent => {
+            let event = ConsentChanged::decode(payload)?;
+            let consent = match event.consent.as_str() {
+                "opted_out" => Consent::OptOut,
+                "opted_in" => Consent::OptIn,
+                other => return Err(CodecError::Avro(format!("unknown consent {other:?}"))),
+            };
+            Ok(Some(ReadFact {
+                fact: Fact::ConsentRecorded { at: event.occurred_at, consent },
+                at: event.occurred_at,
+                conversation_id: event.conversation_id,
+                event_id: event.cause_event_id,
+                reason: Some(event.reason),
+            }))
+        }
     }
-    let event = OutboundDispatched::decode(payload)?;
-    let refused = event.outcome == "failed" && matches!(event.error_code, Some(21610 | 63014));
-    Ok(refused.then(|| ReadFact {
-        reason: Some(format!("twilio_error_{}", event.error_code.unwrap_or_default())),
-        fact: Fact::SendRefusedByCustomer { at: event.occurred_at },
-        at: event.occurred_at,
-        conversation_id: event.conversation_id,
-        event_id: event.event_id,
-    }))
+}
+
+/// The record kept on `wa.consent.v1` for a fact that moved the latest opt-out or opt-in. Its
+/// id derives from the event that carried the fact, so a fact read twice gives one id.
+pub(crate) fn consent_record(conversation_id: &str, consent: Consent, read: &ReadFact) -> ConsentChanged {
+    let kind = match consent {
+        Consent::OptOut => "opted_out",
+        Consent::OptIn => "opted_in",
+    };
+    ConsentChanged {
+        event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("wachannel:consent:{}:{kind}", read.event_id).as_bytes())
+            .to_string(),
+        occurred_at: read.at,
+        conversation_id: conversation_id.to_owned(),
+        consent: kind.to_owned(),
+        reason: read.reason.clone().unwrap_or_default(),
+        cause_event_id: read.event_id.clone(),
+    }
 }

@@ -30,7 +30,7 @@ use wa_platform::service::{Bound, Service};
 use wa_platform::CancellationToken;
 
 use crate::projector::{Projector, Shared};
-use crate::session::{Content, Keywords};
+use crate::session::{Content, Keywords, OptOutScope};
 
 /// The service name.
 pub const SERVICE: &str = "session-window";
@@ -54,6 +54,11 @@ const OPT_IN_KEYWORDS: EnvVar = EnvVar {
     name: "SESSION_OPT_IN_KEYWORDS",
     default: Some(session::DEFAULT_OPT_IN),
     doc: "comma-separated words that opt a customer back in",
+};
+const OPT_OUT_SCOPE: EnvVar = EnvVar {
+    name: "SESSION_OPT_OUT_SCOPE",
+    default: Some("marketing"),
+    doc: "what an opt-out stops: marketing (marketing templates) or all_business_initiated (every template); replies inside the window always go",
 };
 const COMMIT_INTERVAL_MS: EnvVar = EnvVar {
     name: "SESSION_COMMIT_INTERVAL_MS",
@@ -84,12 +89,16 @@ pub struct Config {
     pub expiring_lead: Duration,
     /// Consent keywords.
     pub keywords: Keywords,
+    /// What an opt-out stops.
+    pub opt_out_scope: OptOutScope,
     /// How often offsets are committed.
     pub commit_interval: Duration,
     /// How often due notices are looked for.
     pub timer_interval: Duration,
     /// This instance's HTTP base URL for others; `None`: `http://` and the bound address.
     pub advertised_url: Option<String>,
+    /// Outputs made to fail on purpose (tests); none by default.
+    pub delivery_faults: wa_platform::kafka::DeliveryFaults,
 }
 
 impl Config {
@@ -102,6 +111,7 @@ impl Config {
         EXPIRING_LEAD_MS,
         OPT_OUT_KEYWORDS,
         OPT_IN_KEYWORDS,
+        OPT_OUT_SCOPE,
         COMMIT_INTERVAL_MS,
         TIMER_INTERVAL_MS,
         ADVERTISED_URL,
@@ -117,9 +127,11 @@ impl Config {
             safety_margin: Duration::from_secs(60),
             expiring_lead: Duration::from_secs(3600),
             keywords: Keywords::defaults(),
+            opt_out_scope: OptOutScope::Marketing,
             commit_interval: Duration::from_millis(200),
             timer_interval: Duration::from_secs(1),
             advertised_url: None,
+            delivery_faults: wa_platform::kafka::DeliveryFaults::default(),
         }
     }
 
@@ -140,9 +152,11 @@ impl Config {
             safety_margin: millis(&SAFETY_MARGIN_MS)?,
             expiring_lead: millis(&EXPIRING_LEAD_MS)?,
             keywords,
+            opt_out_scope: config::parse(&OPT_OUT_SCOPE)?,
             commit_interval: millis(&COMMIT_INTERVAL_MS)?.max(Duration::from_millis(10)),
             timer_interval: millis(&TIMER_INTERVAL_MS)?.max(Duration::from_millis(10)),
             advertised_url: config::var(ADVERTISED_URL.name).map(|url| url.trim_end_matches('/').to_owned()),
+            delivery_faults: wa_platform::kafka::DeliveryFaults::default(),
         })
     }
 
@@ -214,7 +228,8 @@ async fn session_query(
     };
     let session = store.get(&conversation).copied();
     let now = wa_platform::now_millis();
-    let free_form = session::check(session.as_ref(), Content::FreeForm, now, state.margin_millis);
+    let free_form =
+        session::check(session.as_ref(), Content::FreeForm, now, state.margin_millis, OptOutScope::Marketing);
     let snapshot = store::snapshot(&conversation, &session.unwrap_or_default());
     Ok(Json(serde_json::json!({
         "conversation_id": key,
@@ -255,7 +270,8 @@ impl Service for SessionWindow {
             let kafka = config.kafka.clone();
             wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await?;
             let source = format!("wachannel/{SERVICE}");
-            let producer = wa_platform::kafka::EventProducer::new(&kafka, &source, Duration::from_secs(30))?;
+            let producer = wa_platform::kafka::EventProducer::new(&kafka, &source, Duration::from_secs(30))?
+                .with_faults(config.delivery_faults.clone());
             let owners_stop = stop.child_token();
             let owners = projector::follow_owners(&kafka, shared.clone(), owners_stop.clone()).await?;
             let projector = Projector::start(config, producer.clone(), ready, shared).await?;

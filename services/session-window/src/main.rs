@@ -10,7 +10,8 @@ static ALLOCATOR: wa_platform::Allocator = wa_platform::Allocator;
 const USAGE: &str = "usage: session-window                      run the service
        session-window rebuild [--since TIME] [--dry-run]
                                           replay wa.inbound.v1 and wa.outbound.dispatched.v1 from their
-                                          beginning (or from TIME: RFC 3339 or Unix millis) into fresh
+                                          beginning (or from TIME: RFC 3339 or Unix millis), and the
+                                          consent kept on wa.consent.v1 (always whole), into fresh
                                           state and rewrite wa.sessions.v1; stop the service first";
 
 #[tokio::main]
@@ -109,9 +110,10 @@ async fn run_rebuild(options: Options) -> anyhow::Result<()> {
         println!("dry run: wa.sessions.v1 left as it was");
     } else {
         println!(
-            "wrote {} snapshots and {} tombstones to wa.sessions.v1; {:.1} s in all",
+            "wrote {} snapshots and {} tombstones to wa.sessions.v1; {} consent facts added to wa.consent.v1; {:.1} s in all",
             s.snapshots,
             s.tombstones,
+            s.consent_added,
             s.elapsed.as_secs_f64()
         );
     }

@@ -4,10 +4,13 @@
 //! - On assignment, each partition's sessions are restored from `wa.sessions.v1` before any of
 //!   its records is handled; inputs resume from the committed offsets.
 //! - Every state change is queued to `wa.sessions.v1` (to the input's partition) together
-//!   with the events it causes, before the input's offset is stored. Offsets are committed
-//!   every commit interval, only after every queued record was acknowledged, and on revoke
-//!   after a flush: a restored state is never behind the committed inputs (it may be ahead;
-//!   applying a fact twice changes nothing).
+//!   with the events it causes (and, for consent, its `wa.consent.v1` record), before the
+//!   input's position is recorded. Positions are committed every commit interval and on
+//!   revoke, only after every queued record was acknowledged: a restored state is never behind
+//!   the committed inputs (it may be ahead; applying a fact twice changes nothing). When a
+//!   queued record was not acknowledged, nothing is committed: the partitions are given up
+//!   and taken again (a rejoin), restored from the snapshots that did land, and their inputs
+//!   are read again from the last commit.
 //! - An outbound request waits until partition `p` of `wa.inbound.v1` has been read up to the
 //!   high watermark the broker reported after the request arrived, so a reply sees the
 //!   customer message the agent is answering even though the two travel on different topics.
@@ -18,18 +21,21 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 use uuid::Uuid;
 use wa_platform::config::KafkaConfig;
 use wa_platform::http::Health;
+use wa_platform::kafka::rebalance::{
+    complete_revoke, DeferredRevoke, RebalanceEvent, StaleAssignments, TopicPartition,
+};
 use wa_platform::kafka::{ConsumerSettings, EventProducer, Queued, Record};
 use wa_platform::topics::{
-    partition_for_key, INBOUND, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REQUESTED, SESSIONS, SESSION_EVENTS,
-    SESSION_OWNERS,
+    partition_for_key, CONSENT, INBOUND, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REQUESTED, SESSIONS,
+    SESSION_EVENTS, SESSION_OWNERS,
 };
 use wa_platform::CancellationToken;
 use wa_schemas::{Event, OutboundRequested, OutboundWindowChecked};
@@ -39,8 +45,6 @@ use crate::store::{from_snapshot, PartitionStore};
 use crate::{events, facts, Config, SERVICE};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-/// A deliberate group rejoin happens at most this often.
-const REJOIN_AT_MOST_EVERY: Duration = Duration::from_secs(30);
 
 /// What the projector shares with the HTTP query and the rebalance callback.
 #[derive(Default)]
@@ -55,58 +59,11 @@ pub(crate) struct Shared {
     pub partitions: std::sync::OnceLock<i32>,
 }
 
-enum RebalanceEvent {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
-}
-
-/// Flushes and commits before partitions go, and tells the loop what changed.
-struct Rebalances {
-    shared: Arc<Shared>,
-    producer: EventProducer,
-    events: mpsc::UnboundedSender<RebalanceEvent>,
-}
-
-fn partition_numbers(list: &TopicPartitionList) -> Vec<i32> {
-    let mut partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+fn partition_numbers(list: &[TopicPartition]) -> Vec<i32> {
+    let mut partitions: Vec<i32> = list.iter().map(|(_, partition)| *partition).collect();
     partitions.sort_unstable();
     partitions.dedup();
     partitions
-}
-
-impl ClientContext for Rebalances {}
-
-impl ConsumerContext for Rebalances {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            let partitions = partition_numbers(list);
-            tracing::info!(?partitions, "partitions revoked; flushing and committing");
-            // Every effect of the records handled so far was queued before their offsets were
-            // stored: once the queue is acknowledged, the stored offsets may be committed.
-            if self.producer.flush_all(Duration::from_secs(30)) {
-                if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
-                    tracing::debug!(error = %err, "commit on revoke found nothing to commit");
-                }
-            } else {
-                // Not committing: the next owner handles these records again (idempotent).
-                tracing::error!("queued records not acknowledged on revoke; offsets left uncommitted");
-            }
-            let mut stores = self.shared.stores.lock().expect("stores lock");
-            for partition in &partitions {
-                stores.remove(partition);
-            }
-            let _ = self.events.send(RebalanceEvent::Revoked(partitions));
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            let partitions = partition_numbers(list);
-            tracing::info!(?partitions, "partitions assigned");
-            self.shared.restoring.lock().expect("restoring lock").clone_from(&partitions);
-            let _ = self.events.send(RebalanceEvent::Assigned(partitions));
-        }
-    }
 }
 
 /// An outbound request waiting for the inbound partition to catch up.
@@ -137,8 +94,12 @@ struct Topics {
 
 /// The live projection loop.
 pub(crate) struct Projector {
+    /// Before `consumer`, so dropped before it (fields drop in order) however the loop ends:
+    /// closing the consumer revokes its partitions, and with the receiver gone the context
+    /// gives them up at once.
+    rebalances: mpsc::UnboundedReceiver<RebalanceEvent>,
     config: Config,
-    consumer: StreamConsumer<Rebalances>,
+    consumer: StreamConsumer<DeferredRevoke>,
     restorer: StreamConsumer,
     metadata: Arc<BaseConsumer>,
     shared: Arc<Shared>,
@@ -148,15 +109,18 @@ pub(crate) struct Projector {
     settings: ConsumerSettings,
     owned: HashMap<i32, Owned>,
     unacked: Vec<Queued>,
-    /// Offsets were stored since the last commit.
-    offsets_stored: bool,
-    /// The partitions the last revoke took.
-    last_revoked: Vec<i32>,
-    /// When the group was last rejoined on purpose.
-    last_rejoin: Option<std::time::Instant>,
+    /// The next offset to commit per input partition: everything before it is handled and
+    /// its outputs queued.
+    positions: HashMap<TopicPartition, i64>,
+    /// Positions moved since the last commit.
+    positions_moved: bool,
+    /// Outputs were lost and the group is being rejoined: nothing is recorded or committed
+    /// until the partitions are revoked.
+    rewinding: bool,
+    /// Tells a rebalance that handed back what it took (tansu 0.6).
+    stale: StaleAssignments,
     /// Counts received records: orders requests against watermark queries.
     seq: u64,
-    rebalances: mpsc::UnboundedReceiver<RebalanceEvent>,
     answers: mpsc::UnboundedReceiver<(i32, u64, Result<i64, String>)>,
     answers_tx: mpsc::UnboundedSender<(i32, u64, Result<i64, String>)>,
 }
@@ -180,6 +144,13 @@ pub(crate) async fn follow_owners(
             })
             .await
     }))
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Looks up how many partitions `topic` has.
@@ -206,9 +177,8 @@ impl Projector {
         let kafka = &config.kafka;
         let partitions = partition_count(kafka, &INBOUND).await?;
         let _ = shared.partitions.set(partitions);
-        let (events, rebalances) = mpsc::unbounded_channel();
-        let context = Rebalances { shared: shared.clone(), producer: producer.clone(), events };
-        let consumer: StreamConsumer<Rebalances> = wa_platform::kafka::group_member_config(kafka, GROUP, SERVICE)
+        let (context, rebalances) = DeferredRevoke::new();
+        let consumer: StreamConsumer<DeferredRevoke> = wa_platform::kafka::group_member_config(kafka, GROUP, SERVICE)
             // Offsets are committed by the loop, after the records they caused are acknowledged.
             .set("enable.auto.commit", "false")
             // Range assignment gives one member the same partition number of every topic.
@@ -235,6 +205,8 @@ impl Projector {
             group: GROUP.to_owned(),
             topics: vec![INBOUND, OUTBOUND_REQUESTED, OUTBOUND_DISPATCHED],
             service: SERVICE,
+            assignment: Default::default(),
+            max_in_flight: wa_platform::kafka::MAX_IN_FLIGHT,
         };
         tracing::info!(group = %kafka.group(GROUP), partitions, "session projection started");
         let projector = Self {
@@ -249,9 +221,10 @@ impl Projector {
             settings,
             owned: HashMap::new(),
             unacked: Vec::new(),
-            offsets_stored: false,
-            last_revoked: Vec::new(),
-            last_rejoin: None,
+            positions: HashMap::new(),
+            positions_moved: false,
+            rewinding: false,
+            stale: StaleAssignments::default(),
             seq: 0,
             rebalances,
             answers,
@@ -267,10 +240,18 @@ impl Projector {
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let rejoin_at = self.stale.due().map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(event) = self.rebalances.recv() => self.rebalanced(event, &shutdown).await?,
+                () = sleep_until(rejoin_at), if rejoin_at.is_some() => {
+                    if self.stale.take_due(std::time::Instant::now()) {
+                        tracing::info!("a rebalance returned the same partitions; rejoining the group");
+                        metrics::counter!("wa_session_group_rejoins_total").increment(1);
+                        self.resubscribe()?;
+                    }
+                }
                 Some((partition, seq, answer)) = self.answers.recv() => self.answered(partition, seq, answer).await?,
                 _ = commit.tick() => self.commit().await?,
                 _ = timers.tick() => self.fire_timers().await?,
@@ -286,9 +267,8 @@ impl Projector {
                 },
             }
         }
-        self.commit().await?;
-        if let Err(err) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(error = %err, "final commit found nothing to commit");
+        if self.await_unacked().await {
+            self.commit_positions(CommitMode::Sync);
         }
         tracing::info!("session projection stopped");
         Ok(())
@@ -296,32 +276,55 @@ impl Projector {
 
     async fn rebalanced(&mut self, event: RebalanceEvent, shutdown: &CancellationToken) -> anyhow::Result<()> {
         match event {
-            RebalanceEvent::Revoked(partitions) => {
+            RebalanceEvent::Revoked(revoked) => {
+                let partitions = partition_numbers(&revoked);
+                tracing::info!(?partitions, "partitions revoked; committing what is acknowledged");
+                // Every effect of the records handled so far was queued before their positions
+                // were recorded: once all are acknowledged, the positions may be committed.
+                if std::mem::take(&mut self.rewinding) {
+                    // Outputs were lost since the last commit: nothing after it is committed.
+                    self.await_unacked().await;
+                } else if self.await_unacked().await {
+                    self.commit_positions(CommitMode::Sync);
+                } else {
+                    // Not committing: the next owner handles these records again (idempotent).
+                    metrics::counter!("wa_session_uncommitted_revokes_total").increment(1);
+                    tracing::error!(
+                        ?partitions,
+                        "queued records not acknowledged on revoke; positions left uncommitted"
+                    );
+                }
+                self.positions.retain(|(_, partition), _| !partitions.contains(partition));
+                {
+                    let mut stores = self.shared.stores.lock().expect("stores lock");
+                    for partition in &partitions {
+                        stores.remove(partition);
+                    }
+                }
                 for partition in &partitions {
                     if let Some(owned) = self.owned.remove(partition) {
                         let waiting = owned.pending.iter().filter(|p| p.request.is_some()).count();
                         metrics::gauge!("wa_session_verdicts_waiting").decrement(waiting as f64);
                     }
                 }
-                self.last_revoked = partitions;
+                if let Err(err) = complete_revoke(&self.consumer, &revoked) {
+                    tracing::error!(error = %err, "cannot give up the revoked partitions");
+                }
+                self.stale.revoked(&revoked);
             }
-            RebalanceEvent::Assigned(partitions) => {
+            RebalanceEvent::Assigned(assigned) => {
+                // A rejoin that had nothing to revoke: nothing to rewind either.
+                self.rewinding = false;
+                let partitions = partition_numbers(&assigned);
+                self.shared.restoring.lock().expect("restoring lock").clone_from(&partitions);
                 // A rebalance that hands back exactly what it took is what a broker gives when
                 // it kept a dead member's stale assignment (tansu 0.6 keeps the generation when
                 // a member times out): rejoin as a new member once, so a fresh generation is
                 // assigned and the dead member's partitions are not left unowned.
-                let stale = !partitions.is_empty() && partitions == self.last_revoked;
-                self.last_revoked.clear();
-                if stale && self.last_rejoin.is_none_or(|at| at.elapsed() > REJOIN_AT_MOST_EVERY) {
-                    tracing::info!(?partitions, "rebalance returned the same partitions; rejoining the group once");
-                    metrics::counter!("wa_session_group_rejoins_total").increment(1);
-                    self.last_rejoin = Some(std::time::Instant::now());
-                    self.consumer.unsubscribe();
-                    self.consumer.subscribe(&[
-                        &self.topics.inbound,
-                        &self.topics.requested,
-                        &self.topics.dispatched,
-                    ])?;
+                let now = std::time::Instant::now();
+                self.stale.assigned(&assigned, now);
+                if self.stale.due().is_some_and(|due| due <= now) {
+                    // Rejoined at once (the loop's timer), before restoring anything.
                     return Ok(());
                 }
                 let missing: Vec<i32> = partitions.into_iter().filter(|p| !self.owned.contains_key(p)).collect();
@@ -331,6 +334,14 @@ impl Projector {
                 self.health.set_ready(true);
             }
         }
+        Ok(())
+    }
+
+    /// Leaves the group and joins it again as a new member: every partition is revoked (and
+    /// restored when it comes back).
+    fn resubscribe(&mut self) -> anyhow::Result<()> {
+        self.consumer.unsubscribe();
+        self.consumer.subscribe(&[&self.topics.inbound, &self.topics.requested, &self.topics.dispatched])?;
         Ok(())
     }
 
@@ -499,6 +510,13 @@ impl Projector {
         self.seq += 1;
         let partition = message.partition();
         if !self.owned.contains_key(&partition) {
+            let assigned = self.consumer.assignment().is_ok_and(|list| {
+                list.elements().iter().any(|e| e.partition() == partition && e.topic() == message.topic())
+            });
+            if !assigned {
+                // A record of a partition given up in the meantime: its owner reads it.
+                return Ok(());
+            }
             // Records can arrive before the assignment event is seen: restore first.
             self.restore_until_done(&[partition], shutdown).await;
             if !self.owned.contains_key(&partition) {
@@ -513,6 +531,8 @@ impl Projector {
             key: message.key(),
             payload: message.payload().unwrap_or_default(),
             headers: message.headers(),
+            // Handled to the end in this loop; a revoke waits for it.
+            revoked: shutdown,
         };
         let span = wa_platform::kafka::consume_span(&record);
         let outcome = if record.topic == self.topics.requested {
@@ -553,11 +573,14 @@ impl Projector {
         Ok(())
     }
 
+    /// Records that every input of `topic`'s `partition` up to `offset` is handled.
     fn store_offset(&mut self, topic: &str, partition: i32, offset: i64) {
-        self.offsets_stored = true;
-        if let Err(err) = self.consumer.store_offset(topic, partition, offset) {
-            tracing::warn!(error = %err, partition, offset, "offset not stored");
+        if self.rewinding {
+            return;
         }
+        self.positions_moved = true;
+        let position = self.positions.entry((topic.to_owned(), partition)).or_insert(offset + 1);
+        *position = (*position).max(offset + 1);
     }
 
     fn conversation_of(&self, conversation_id: &str, partition: i32) -> Result<Uuid, String> {
@@ -576,8 +599,9 @@ impl Projector {
     /// Applies the fact a customer message or a dispatch outcome carries, and queues its events
     /// and snapshot.
     async fn on_fact(&mut self, record: &Record<'_>) -> Result<(), String> {
-        let inbound = record.topic == self.topics.inbound;
-        let read = facts::read(inbound, record.payload, &self.config.keywords)
+        let source =
+            if record.topic == self.topics.inbound { facts::Source::Inbound } else { facts::Source::Dispatched };
+        let read = facts::read(source, record.payload, &self.config.keywords)
             .map_err(|e| format!("undecodable value: {e}"))?;
         if let Some(read) = read {
             let conversation = self.conversation_of(&read.conversation_id, record.partition)?;
@@ -601,6 +625,10 @@ impl Projector {
             );
             for event in &events {
                 self.queue(&SESSION_EVENTS, event, None).await.map_err(|e| e.to_string())?;
+            }
+            if let Some(consent) = change.consent_fact {
+                let kept = facts::consent_record(&read.conversation_id, consent, &read);
+                self.queue(&CONSENT, &kept, Some(record.partition)).await.map_err(|e| e.to_string())?;
             }
             if historic {
                 let mut stores = self.shared.stores.lock().expect("stores lock");
@@ -690,7 +718,13 @@ impl Projector {
             .and_then(|store| store.get(&conversation).copied());
         let now = wa_platform::now_millis();
         let content = if request.template.is_some() { Content::Template } else { Content::FreeForm };
-        let verdict = session::check(session.as_ref(), content, now, self.config.safety_margin_millis());
+        let verdict = session::check(
+            session.as_ref(),
+            content,
+            now,
+            self.config.safety_margin_millis(),
+            self.config.opt_out_scope,
+        );
         let code = verdict.map_or_else(|r| r.code(), |()| "allowed");
         metrics::counter!("wa_session_verdicts_total", "verdict" => code).increment(1);
         tracing::info!(request_id = %request.request_id, verdict = code, "window checked");
@@ -762,24 +796,57 @@ impl Projector {
         Ok(())
     }
 
-    /// Waits for every queued record, then commits the stored offsets. A record the broker
-    /// refused stops the service: its inputs' offsets were never committed, so a restart
-    /// handles them again.
+    /// Waits for every queued record; false when one was not acknowledged.
+    async fn await_unacked(&mut self) -> bool {
+        let mut durable = true;
+        for queued in std::mem::take(&mut self.unacked) {
+            if let Err(err) = queued.acknowledged().await {
+                if durable {
+                    tracing::error!(error = %err, "a projected record was not acknowledged");
+                }
+                durable = false;
+            }
+        }
+        durable
+    }
+
+    /// Commits the positions of the partitions this instance owns.
+    fn commit_positions(&mut self, mode: CommitMode) {
+        self.positions_moved = false;
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.positions {
+            if let Err(err) = list.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+                tracing::warn!(error = %err, "position not committed");
+            }
+        }
+        if list.count() == 0 {
+            return;
+        }
+        if let Err(err) = self.consumer.commit(&list, mode) {
+            tracing::warn!(error = %err, "commit failed; the positions are committed with the next one");
+            self.positions_moved = true;
+        }
+    }
+
+    /// Waits for every queued record, then commits the positions. When a record was not
+    /// acknowledged, nothing is committed and the group is rejoined: the partitions come back
+    /// restored from the snapshots that landed, and their inputs are read again from the last
+    /// commit, so no fact whose outputs were lost is skipped.
     async fn commit(&mut self) -> anyhow::Result<()> {
-        if self.unacked.is_empty() && !self.offsets_stored {
+        if self.rewinding || (self.unacked.is_empty() && !self.positions_moved) {
             return Ok(());
         }
         self.publish_gauge();
-        self.offsets_stored = false;
-        for queued in std::mem::take(&mut self.unacked) {
-            queued
-                .acknowledged()
-                .await
-                .map_err(|err| anyhow::anyhow!("a projected record was not acknowledged: {err}"))?;
+        if self.await_unacked().await {
+            self.commit_positions(CommitMode::Async);
+            return Ok(());
         }
-        if let Err(err) = self.consumer.commit_consumer_state(CommitMode::Async) {
-            tracing::debug!(error = %err, "commit found nothing to commit");
-        }
-        Ok(())
+        metrics::counter!("wa_session_rewinds_total").increment(1);
+        tracing::error!("outputs lost; rejoining to handle the inputs since the last commit again");
+        self.positions.clear();
+        self.positions_moved = false;
+        self.rewinding = true;
+        self.stale.rejoined(std::time::Instant::now());
+        self.resubscribe()
     }
 }

@@ -1,5 +1,7 @@
 //! `session-window rebuild`: replays the message topics from their beginning (or from a
-//! timestamp) into fresh state, and rewrites `wa.sessions.v1` with it.
+//! timestamp) and the consent facts kept forever on `wa.consent.v1` (always whole) into fresh
+//! state, and rewrites `wa.sessions.v1` with it. Consent facts found in the message topics but
+//! missing from `wa.consent.v1` (written before it existed) are added to it.
 //!
 //! Run it with the service stopped: the service restores from the rewritten snapshots when it
 //! starts again and resumes its inputs from its committed offsets (facts it reads twice change
@@ -15,7 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 use wa_platform::config::KafkaConfig;
 use wa_platform::kafka::{EventProducer, Queued};
-use wa_platform::topics::{TopicSpec, INBOUND, OUTBOUND_DISPATCHED, SESSIONS};
+use wa_platform::topics::{TopicSpec, CONSENT, INBOUND, OUTBOUND_DISPATCHED, SESSIONS};
 use wa_schemas::Event as _;
 
 use crate::session::Keywords;
@@ -24,8 +26,8 @@ use crate::store::PartitionStore;
 /// What to rebuild.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Replay only records at or after this time (Unix millis). Older facts are forgotten,
-    /// opt-outs included.
+    /// Replay only message records at or after this time (Unix millis). Older messages are
+    /// forgotten; consent (`wa.consent.v1`) is always read whole.
     pub since: Option<i64>,
     /// Compute the state but write nothing.
     pub dry_run: bool,
@@ -69,6 +71,8 @@ pub struct Summary {
     pub open_windows: usize,
     /// Snapshots written.
     pub snapshots: u64,
+    /// Consent facts added to `wa.consent.v1` (found in the message topics only).
+    pub consent_added: u64,
     /// Tombstones written for conversations the old snapshots had and the new state has not.
     pub tombstones: u64,
     /// Time spent replaying.
@@ -169,23 +173,64 @@ pub async fn rebuild(
     let kafka_for_replay = kafka.clone();
     let keywords = keywords.clone();
     let since = options.since;
-    let (stores, progress, undecodable) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let (stores, progress, undecodable, missing_consent) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let inbound = kafka_for_replay.topic(&INBOUND);
         let mut stores: BTreeMap<i32, PartitionStore> = BTreeMap::new();
         let mut undecodable = 0u64;
+        // Consent first, whole: it outlives the message topics and `since` does not apply.
+        let mut kept_consent: HashSet<String> = HashSet::new();
+        replay(
+            &kafka_for_replay,
+            &[CONSENT],
+            None,
+            |message| match crate::facts::read(
+                crate::facts::Source::Consent,
+                message.payload().unwrap_or_default(),
+                &keywords,
+            ) {
+                Ok(Some(read)) => match Uuid::parse_str(&read.conversation_id) {
+                    Ok(id) => {
+                        if let crate::session::Fact::ConsentRecorded { consent, .. } = read.fact {
+                            kept_consent
+                                .insert(crate::facts::consent_record(&read.conversation_id, consent, &read).event_id);
+                        }
+                        stores
+                            .entry(message.partition())
+                            .or_insert_with(|| PartitionStore::new(lead_millis))
+                            .apply(id, read.fact);
+                    }
+                    Err(_) => undecodable += 1,
+                },
+                Ok(None) => {}
+                Err(_) => undecodable += 1,
+            },
+            |_| {},
+        )?;
+        let mut missing_consent: Vec<(i32, wa_schemas::ConsentChanged)> = Vec::new();
         let progress = replay(
             &kafka_for_replay,
             &[INBOUND, OUTBOUND_DISPATCHED],
             since,
             |message| {
                 let payload = message.payload().unwrap_or_default();
-                match crate::facts::read(message.topic() == inbound, payload, &keywords) {
+                let source = if message.topic() == inbound {
+                    crate::facts::Source::Inbound
+                } else {
+                    crate::facts::Source::Dispatched
+                };
+                match crate::facts::read(source, payload, &keywords) {
                     Ok(Some(read)) => match Uuid::parse_str(&read.conversation_id) {
                         Ok(id) => {
-                            stores
+                            let (change, _) = stores
                                 .entry(message.partition())
                                 .or_insert_with(|| PartitionStore::new(lead_millis))
                                 .apply(id, read.fact);
+                            if let Some(consent) = change.consent_fact {
+                                let record = crate::facts::consent_record(&read.conversation_id, consent, &read);
+                                if !kept_consent.contains(&record.event_id) {
+                                    missing_consent.push((message.partition(), record));
+                                }
+                            }
                         }
                         Err(_) => undecodable += 1,
                     },
@@ -195,7 +240,7 @@ pub async fn rebuild(
             },
             on_progress,
         )?;
-        Ok((stores, progress, undecodable))
+        Ok((stores, progress, undecodable, missing_consent))
     })
     .await??;
     let replay_time = progress.elapsed;
@@ -221,9 +266,26 @@ pub async fn rebuild(
         let (snapshots, tombstones) = rewrite(kafka, &mut stores).await?;
         summary.snapshots = snapshots;
         summary.tombstones = tombstones;
+        summary.consent_added = add_consent(kafka, &missing_consent).await?;
     }
     summary.elapsed = started.elapsed();
     Ok(Rebuilt { stores, summary })
+}
+
+/// Writes consent facts the message topics hold but `wa.consent.v1` does not.
+async fn add_consent(kafka: &KafkaConfig, missing: &[(i32, wa_schemas::ConsentChanged)]) -> anyhow::Result<u64> {
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    let producer = EventProducer::new(kafka, "wachannel/session-window-rebuild", Duration::from_secs(60))?;
+    let mut unacked = Vec::with_capacity(missing.len());
+    for (partition, record) in missing {
+        unacked.push(producer.enqueue(&CONSENT, record, Some(*partition)).await?);
+    }
+    for queued in unacked {
+        queued.acknowledged().await?;
+    }
+    Ok(missing.len() as u64)
 }
 
 /// Writes every session to its partition of `wa.sessions.v1`, and tombstones for the

@@ -2,9 +2,13 @@
 //!
 //! The state folds message facts with `max` only (the latest customer message, the latest
 //! click-to-WhatsApp referral, the latest opt-out and opt-in), so applying a fact twice changes
-//! nothing and facts applied in any order give the same state. The one field that depends on
-//! the clock is which notice of the current window was published; it resets whenever the
-//! window moves.
+//! nothing and facts applied in any order give the same state. A customer message is also
+//! recognised by its event id among the customer's latest messages, so the same message
+//! replayed later with a new receive time (past ingress's dedupe horizon) changes nothing
+//! either. The one field that depends on the clock is which notice of the current window was
+//! published; it resets whenever the window moves.
+
+use uuid::Uuid;
 
 /// How long a customer message keeps the customer-service window open.
 pub const WINDOW_MILLIS: i64 = 24 * 60 * 60 * 1000;
@@ -47,7 +51,21 @@ impl Notified {
     }
 }
 
-/// A conversation's session. 40 bytes: a million conversations fit in well under 300 MB with
+/// How many of a customer's latest messages a session remembers by id.
+pub const RECENT_MESSAGES: usize = 4;
+
+/// One of the customer's latest messages: its receive time and event id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RecentMessage {
+    /// When ingress received it.
+    pub at: i64,
+    /// Its event id.
+    pub id: Uuid,
+}
+
+const NO_MESSAGE: RecentMessage = RecentMessage { at: NEVER, id: Uuid::nil() };
+
+/// A conversation's session. 136 bytes: a million conversations fit in well under 300 MB with
 /// their keys and the map's overhead (docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {
@@ -55,6 +73,8 @@ pub struct Session {
     last_referral_at: i64,
     opted_out_at: i64,
     opted_in_at: i64,
+    /// The latest messages by (time, id), latest first; empty slots are `NO_MESSAGE`.
+    recent: [RecentMessage; RECENT_MESSAGES],
     notified: Notified,
 }
 
@@ -65,6 +85,7 @@ impl Default for Session {
             last_referral_at: NEVER,
             opted_out_at: NEVER,
             opted_in_at: NEVER,
+            recent: [NO_MESSAGE; RECENT_MESSAGES],
             notified: Notified::None,
         }
     }
@@ -89,6 +110,9 @@ pub enum Fact {
     /// The customer wrote at `at`; `referral` when the message came from a click-to-WhatsApp
     /// ad; `consent` when its text is an opt-out or opt-in keyword.
     CustomerMessage {
+        /// Its event id, when it has one: a message already among the latest is not applied
+        /// again, whatever its time.
+        id: Option<Uuid>,
         /// When Twilio received it.
         at: i64,
         /// It carried click-to-WhatsApp referral data.
@@ -100,6 +124,13 @@ pub enum Fact {
     SendRefusedByCustomer {
         /// When the failure was reported.
         at: i64,
+    },
+    /// An opt-out or opt-in read back from `wa.consent.v1` (the rebuild).
+    ConsentRecorded {
+        /// When the customer opted out or in.
+        at: i64,
+        /// Which.
+        consent: Consent,
     },
 }
 
@@ -113,6 +144,9 @@ pub struct Change {
     pub entry_point: bool,
     /// Opted out or in (only when the effective consent flipped).
     pub consent: Option<Consent>,
+    /// The fact moved the latest opt-out or opt-in: a consent fact to keep, whether or not
+    /// the effective consent flipped.
+    pub consent_fact: Option<Consent>,
 }
 
 /// How the window moved.
@@ -127,7 +161,7 @@ pub enum WindowChange {
 impl Change {
     /// Whether anything changed.
     pub fn any(&self) -> bool {
-        self.window.is_some() || self.entry_point || self.consent.is_some()
+        self.window.is_some() || self.entry_point || self.consent.is_some() || self.consent_fact.is_some()
     }
 }
 
@@ -138,14 +172,37 @@ impl Session {
         last_referral_at: Option<i64>,
         opted_out_at: Option<i64>,
         opted_in_at: Option<i64>,
+        recent: &[RecentMessage],
         notified: Notified,
     ) -> Self {
-        Self {
+        let mut session = Self {
             last_customer_message_at: last_customer_message_at.unwrap_or(NEVER),
             last_referral_at: last_referral_at.unwrap_or(NEVER),
             opted_out_at: opted_out_at.unwrap_or(NEVER),
             opted_in_at: opted_in_at.unwrap_or(NEVER),
+            recent: [NO_MESSAGE; RECENT_MESSAGES],
             notified,
+        };
+        for message in recent {
+            session.remember(*message);
+        }
+        session
+    }
+
+    /// The customer's latest messages the session remembers, latest first.
+    pub fn recent_messages(&self) -> impl Iterator<Item = &RecentMessage> {
+        self.recent.iter().filter(|m| **m != NO_MESSAGE)
+    }
+
+    /// Keeps `message` if it is among the latest (by time, then id).
+    fn remember(&mut self, message: RecentMessage) {
+        if self.recent.contains(&message) {
+            return;
+        }
+        let last = RECENT_MESSAGES - 1;
+        if message > self.recent[last] {
+            self.recent[last] = message;
+            self.recent.sort_unstable_by(|a, b| b.cmp(a));
         }
     }
 
@@ -202,8 +259,16 @@ impl Session {
     pub fn apply(&mut self, fact: Fact) -> Change {
         let mut change = Change::default();
         let opted_out_before = self.opted_out();
+        let (out_before, in_before) = (self.opted_out_at, self.opted_in_at);
         match fact {
-            Fact::CustomerMessage { at, referral, consent } => {
+            Fact::CustomerMessage { id: Some(id), .. } if self.recent_messages().any(|m| m.id == id) => {
+                // A message already applied, replayed (perhaps with a new receive time).
+                return change;
+            }
+            Fact::CustomerMessage { id, at, referral, consent } => {
+                if let Some(id) = id.filter(|id| !id.is_nil()) {
+                    self.remember(RecentMessage { at, id });
+                }
                 if at > self.last_customer_message_at {
                     let open_before = self.window_expires_at().is_some_and(|expires| expires > at);
                     change.window = Some(if open_before { WindowChange::Extended } else { WindowChange::Opened });
@@ -220,7 +285,15 @@ impl Session {
                     None => {}
                 }
             }
-            Fact::SendRefusedByCustomer { at } => self.opted_out_at = self.opted_out_at.max(at),
+            Fact::SendRefusedByCustomer { at } | Fact::ConsentRecorded { at, consent: Consent::OptOut } => {
+                self.opted_out_at = self.opted_out_at.max(at);
+            }
+            Fact::ConsentRecorded { at, consent: Consent::OptIn } => self.opted_in_at = self.opted_in_at.max(at),
+        }
+        if self.opted_out_at != out_before {
+            change.consent_fact = Some(Consent::OptOut);
+        } else if self.opted_in_at != in_before {
+            change.consent_fact = Some(Consent::OptIn);
         }
         match (opted_out_before, self.opted_out()) {
             (false, true) => change.consent = Some(Consent::OptOut),
@@ -280,6 +353,9 @@ pub enum Refusal {
     NoWindow,
     /// The customer's last message is more than 24 hours old (less the safety margin).
     WindowClosed,
+    /// The customer opted out, and the opt-out covers every message the business starts
+    /// ([`OptOutScope::AllBusinessInitiated`]): no template may be sent.
+    OptedOut,
 }
 
 impl Refusal {
@@ -288,6 +364,7 @@ impl Refusal {
         match self {
             Self::NoWindow => "no_window",
             Self::WindowClosed => "window_closed",
+            Self::OptedOut => "opted_out",
         }
     }
 }
@@ -302,12 +379,46 @@ pub enum Content {
     Template,
 }
 
-/// Whether `content` may be sent at `now`: templates always; free-form only while
+/// What an opt-out stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OptOutScope {
+    /// Marketing templates only (template-approval refuses them); utility and authentication
+    /// templates and replies still go.
+    #[default]
+    Marketing,
+    /// Every template, whatever its category; replies inside the window still go.
+    AllBusinessInitiated,
+}
+
+impl std::str::FromStr for OptOutScope {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "marketing" => Ok(Self::Marketing),
+            "all_business_initiated" => Ok(Self::AllBusinessInitiated),
+            other => Err(format!("{other:?} is not a scope: marketing or all_business_initiated")),
+        }
+    }
+}
+
+/// Whether `content` may be sent at `now`: templates always (unless the customer opted out
+/// and the opt-out covers every business-initiated message); free-form only while
 /// `now < window_expires_at - safety_margin`, so a message does not reach Twilio just after the
 /// window closed.
-pub fn check(session: Option<&Session>, content: Content, now: i64, safety_margin_millis: i64) -> Result<(), Refusal> {
+pub fn check(
+    session: Option<&Session>,
+    content: Content,
+    now: i64,
+    safety_margin_millis: i64,
+    scope: OptOutScope,
+) -> Result<(), Refusal> {
     if content == Content::Template {
-        return Ok(());
+        let opted_out = session.is_some_and(Session::opted_out);
+        return match scope {
+            OptOutScope::AllBusinessInitiated if opted_out => Err(Refusal::OptedOut),
+            _ => Ok(()),
+        };
     }
     match session.and_then(Session::window_expires_at) {
         None => Err(Refusal::NoWindow),
@@ -328,9 +439,11 @@ pub struct Keywords {
 pub const DEFAULT_OPT_OUT: &str = "stop,stopall,unsubscribe,cancel,end,quit,optout,opt out,opt-out,revoke,\
 baja,darme de baja,cancelar,parar,sair,descadastrar,arret,arrêt,désabonner,desabonner,stopp,abmelden,austragen,\
 disiscriviti,annulla iscrizione,afmelden,uitschrijven";
-/// Opt-in keywords by default, in the same languages.
-pub const DEFAULT_OPT_IN: &str =
-    "start,unstop,subscribe,yes,alta,suscribir,inscrever,voltar,démarrer,demarrer,anmelden,iscriviti,aanmelden";
+/// Opt-in keywords by default, in the same languages: only words that say nothing but "send me
+/// messages again". Answers a customer may give an agent ("yes", "alta", "voltar") are not
+/// among them, so an opted-out customer is never re-subscribed by a reply.
+pub const DEFAULT_OPT_IN: &str = "start,unstop,subscribe,resubscribe,suscribir,suscribirme,reactivar,inscrever,\
+reinscrever,réabonner,reabonner,abonnieren,iscriviti,aanmelden";
 
 /// Keyword lists that contradict each other.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -392,9 +505,10 @@ mod tests {
     use super::*;
 
     const HOUR: i64 = 60 * 60 * 1000;
+    const MARKETING: OptOutScope = OptOutScope::Marketing;
 
     fn message(at: i64) -> Fact {
-        Fact::CustomerMessage { at, referral: false, consent: None }
+        Fact::CustomerMessage { id: None, at, referral: false, consent: None }
     }
 
     fn fold(facts: &[Fact]) -> Session {
@@ -409,9 +523,10 @@ mod tests {
         let at = 1i64..10_000 * HOUR;
         let consent = prop_oneof![Just(None), Just(Some(Consent::OptOut)), Just(Some(Consent::OptIn))];
         prop_oneof![
-            4 => (at.clone(), any::<bool>(), consent)
-                .prop_map(|(at, referral, consent)| Fact::CustomerMessage { at, referral, consent }),
-            1 => at.prop_map(|at| Fact::SendRefusedByCustomer { at }),
+            4 => (at.clone(), any::<bool>(), consent, any::<Option<u128>>())
+                .prop_map(|(at, referral, consent, id)| Fact::CustomerMessage { id: id.map(Uuid::from_u128), at, referral, consent }),
+            1 => at.clone().prop_map(|at| Fact::SendRefusedByCustomer { at }),
+            1 => (at, any::<bool>()).prop_map(|(at, out)| Fact::ConsentRecorded { at, consent: if out { Consent::OptOut } else { Consent::OptIn } }),
         ]
     }
 
@@ -436,21 +551,24 @@ mod tests {
         let mut session = Session::default();
         session.apply(message(HOUR));
         let expires = 25 * HOUR;
-        assert_eq!(check(None, Content::FreeForm, 0, 0), Err(Refusal::NoWindow));
-        assert_eq!(check(Some(&session), Content::FreeForm, expires - 61_000, 60_000), Ok(()));
-        assert_eq!(check(Some(&session), Content::FreeForm, expires - 60_000, 60_000), Err(Refusal::WindowClosed));
-        assert_eq!(check(Some(&session), Content::FreeForm, expires, 0), Err(Refusal::WindowClosed));
-        assert_eq!(check(None, Content::Template, 0, 0), Ok(()));
-        assert_eq!(check(Some(&session), Content::Template, 100 * HOUR, 0), Ok(()));
+        assert_eq!(check(None, Content::FreeForm, 0, 0, MARKETING), Err(Refusal::NoWindow));
+        assert_eq!(check(Some(&session), Content::FreeForm, expires - 61_000, 60_000, MARKETING), Ok(()));
+        assert_eq!(
+            check(Some(&session), Content::FreeForm, expires - 60_000, 60_000, MARKETING),
+            Err(Refusal::WindowClosed)
+        );
+        assert_eq!(check(Some(&session), Content::FreeForm, expires, 0, MARKETING), Err(Refusal::WindowClosed));
+        assert_eq!(check(None, Content::Template, 0, 0, MARKETING), Ok(()));
+        assert_eq!(check(Some(&session), Content::Template, 100 * HOUR, 0, MARKETING), Ok(()));
     }
 
     #[test]
     fn a_referral_opens_a_72_hour_entry_point_but_free_form_keeps_the_24_hour_rule() {
         let mut session = Session::default();
-        let change = session.apply(Fact::CustomerMessage { at: HOUR, referral: true, consent: None });
+        let change = session.apply(Fact::CustomerMessage { id: None, at: HOUR, referral: true, consent: None });
         assert!(change.entry_point);
         assert_eq!(session.entry_point_expires_at(), Some(73 * HOUR));
-        assert_eq!(check(Some(&session), Content::FreeForm, 30 * HOUR, 0), Err(Refusal::WindowClosed));
+        assert_eq!(check(Some(&session), Content::FreeForm, 30 * HOUR, 0, MARKETING), Err(Refusal::WindowClosed));
         session.apply(message(2 * HOUR));
         assert_eq!(session.entry_point_expires_at(), Some(73 * HOUR), "only referrals move the entry point");
     }
@@ -467,15 +585,66 @@ mod tests {
         assert_eq!(keywords.classify("stopping by later"), None);
 
         let mut session = Session::default();
-        let out = Fact::CustomerMessage { at: HOUR, referral: false, consent: Some(Consent::OptOut) };
+        let out = Fact::CustomerMessage { id: None, at: HOUR, referral: false, consent: Some(Consent::OptOut) };
         assert_eq!(session.apply(out).consent, Some(Consent::OptOut));
         assert!(session.opted_out());
         assert!(!session.apply(out).any(), "the same opt-out twice changes nothing");
-        let back = Fact::CustomerMessage { at: 2 * HOUR, referral: false, consent: Some(Consent::OptIn) };
+        let back = Fact::CustomerMessage { id: None, at: 2 * HOUR, referral: false, consent: Some(Consent::OptIn) };
         assert_eq!(session.apply(back).consent, Some(Consent::OptIn));
         assert!(!session.opted_out());
         assert_eq!(session.apply(Fact::SendRefusedByCustomer { at: 3 * HOUR }).consent, Some(Consent::OptOut));
         assert!(session.opted_out());
+    }
+
+    #[test]
+    fn answers_to_an_agent_do_not_opt_a_customer_back_in() {
+        let keywords = Keywords::defaults();
+        for answer in ["Yes", "yes!", "Alta", "voltar", "ok", "sí", "oui", "ja"] {
+            assert_eq!(keywords.classify(answer), None, "{answer}");
+        }
+        for word in ["START", "unstop", "Subscribe"] {
+            assert_eq!(keywords.classify(word).map(|(c, _)| c), Some(Consent::OptIn), "{word}");
+        }
+    }
+
+    #[test]
+    fn an_opt_out_for_all_business_initiated_messages_refuses_every_template_but_not_replies() {
+        let mut session = Session::default();
+        session.apply(Fact::CustomerMessage { id: None, at: HOUR, referral: false, consent: Some(Consent::OptOut) });
+        let all = OptOutScope::AllBusinessInitiated;
+        assert_eq!(check(Some(&session), Content::Template, 2 * HOUR, 0, all), Err(Refusal::OptedOut));
+        assert_eq!(check(Some(&session), Content::FreeForm, 2 * HOUR, 0, all), Ok(()), "a reply inside the window");
+        assert_eq!(check(Some(&session), Content::Template, 2 * HOUR, 0, MARKETING), Ok(()));
+        assert_eq!(check(None, Content::Template, 2 * HOUR, 0, all), Ok(()));
+        assert_eq!("all_business_initiated".parse(), Ok(all));
+        assert!("everything".parse::<OptOutScope>().is_err());
+    }
+
+    #[test]
+    fn a_message_replayed_with_a_new_receive_time_changes_nothing() {
+        let id = Uuid::from_u128(42);
+        let mut session = Session::default();
+        session.apply(Fact::CustomerMessage { id: Some(id), at: HOUR, referral: false, consent: None });
+        let before = session;
+        // Re-posted 25 hours later, past ingress's dedupe horizon: a new receive time.
+        let replay =
+            Fact::CustomerMessage { id: Some(id), at: 26 * HOUR, referral: true, consent: Some(Consent::OptIn) };
+        assert_eq!(session.apply(replay), Change::default());
+        assert_eq!(session, before);
+        assert_eq!(session.window_expires_at(), Some(25 * HOUR));
+        // Another message of the same customer still opens a window, and the first one, among
+        // the latest four, is still recognised.
+        for n in 1..RECENT_MESSAGES as i64 {
+            session.apply(Fact::CustomerMessage {
+                id: Some(Uuid::from_u128(n as u128)),
+                at: HOUR + n,
+                referral: false,
+                consent: None,
+            });
+        }
+        assert!(!session.apply(replay).any());
+        assert_eq!(session.recent_messages().count(), RECENT_MESSAGES);
+        assert_eq!(session.recent_messages().next().map(|m| m.at), Some(HOUR + RECENT_MESSAGES as i64 - 1));
     }
 
     #[test]
@@ -510,6 +679,19 @@ mod tests {
     }
 
     proptest! {
+        /// Any of the customer's latest messages, replayed with any new time, changes nothing.
+        #[test]
+        fn a_replay_of_a_recent_message_never_moves_the_state(facts in prop::collection::vec(any_fact(), 1..30), pick in any::<prop::sample::Index>(), later in 0i64..100 * HOUR) {
+            let session = fold(&facts);
+            let recent: Vec<RecentMessage> = session.recent_messages().copied().collect();
+            prop_assume!(!recent.is_empty());
+            let replayed = recent[pick.index(recent.len())];
+            let mut after = session;
+            let replay = Fact::CustomerMessage { id: Some(replayed.id), at: replayed.at + later, referral: true, consent: Some(Consent::OptIn) };
+            prop_assert!(!after.apply(replay).any());
+            prop_assert_eq!(after, session);
+        }
+
         #[test]
         fn duplicates_and_order_do_not_change_the_state(mut facts in prop::collection::vec(any_fact(), 1..30), seed in any::<u64>()) {
             let expected = fold(&facts);
@@ -535,11 +717,14 @@ mod tests {
         fn opted_out_follows_the_latest_consent_fact(facts in prop::collection::vec(any_fact(), 1..30)) {
             let session = fold(&facts);
             let latest_out = facts.iter().filter_map(|f| match f {
-                Fact::SendRefusedByCustomer { at } | Fact::CustomerMessage { at, consent: Some(Consent::OptOut), .. } => Some(*at),
+                Fact::SendRefusedByCustomer { at }
+                | Fact::ConsentRecorded { at, consent: Consent::OptOut }
+                | Fact::CustomerMessage { at, consent: Some(Consent::OptOut), .. } => Some(*at),
                 _ => None,
             }).max();
             let latest_in = facts.iter().filter_map(|f| match f {
-                Fact::CustomerMessage { at, consent: Some(Consent::OptIn), .. } => Some(*at),
+                Fact::CustomerMessage { at, consent: Some(Consent::OptIn), .. }
+                | Fact::ConsentRecorded { at, consent: Consent::OptIn } => Some(*at),
                 _ => None,
             }).max();
             prop_assert_eq!(session.opted_out(), latest_out.is_some_and(|out| latest_in.is_none_or(|i| out >= i)));
@@ -550,8 +735,8 @@ mod tests {
             let mut session = Session::default();
             session.apply(message(at));
             let now = at + offset;
-            prop_assert_eq!(check(Some(&session), Content::FreeForm, now, margin).is_ok(), now < at + WINDOW_MILLIS - margin);
-            prop_assert!(check(Some(&session), Content::Template, now, margin).is_ok());
+            prop_assert_eq!(check(Some(&session), Content::FreeForm, now, margin, MARKETING).is_ok(), now < at + WINDOW_MILLIS - margin);
+            prop_assert!(check(Some(&session), Content::Template, now, margin, MARKETING).is_ok());
         }
 
         #[test]

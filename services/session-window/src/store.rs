@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use uuid::Uuid;
 use wa_schemas::SessionState;
 
-use crate::session::{Change, Fact, Notice, Notified, Session};
+use crate::session::{Change, Fact, Notice, Notified, RecentMessage, Session};
 
 /// Notices due, each with its conversation and the session after it.
 pub type DueNotices = Vec<(Uuid, Notice, Session)>;
@@ -148,12 +148,18 @@ impl PartitionStore {
 /// content, so the same state always gets the same id.
 pub fn snapshot(conversation: &Uuid, session: &Session) -> SessionState {
     let notified = session.notified().as_str().to_owned();
+    let recent_messages: Vec<wa_schemas::RecentMessage> = session
+        .recent_messages()
+        .map(|m| wa_schemas::RecentMessage { event_id: m.id.to_string(), received_at: m.at })
+        .collect();
+    let recent: Vec<String> = recent_messages.iter().map(|m| format!("{}@{}", m.event_id, m.received_at)).collect();
     let content = format!(
-        "wachannel:session:{conversation}:{:?}:{:?}:{:?}:{:?}:{notified}",
+        "wachannel:session:{conversation}:{:?}:{:?}:{:?}:{:?}:{notified}:{}",
         session.last_customer_message_at(),
         session.entry_point_expires_at(),
         session.opted_out_at(),
-        session.opted_in_at()
+        session.opted_in_at(),
+        recent.join(",")
     );
     SessionState {
         event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, content.as_bytes()).to_string(),
@@ -166,6 +172,7 @@ pub fn snapshot(conversation: &Uuid, session: &Session) -> SessionState {
         opted_out_at: session.opted_out_at(),
         opted_in_at: session.opted_in_at(),
         notified,
+        recent_messages,
     }
 }
 
@@ -173,11 +180,17 @@ pub fn snapshot(conversation: &Uuid, session: &Session) -> SessionState {
 pub fn from_snapshot(state: &SessionState) -> Option<(Uuid, Session)> {
     let conversation = Uuid::parse_str(&state.conversation_id).ok()?;
     let referral_at = state.entry_point_expires_at.map(|at| at - crate::session::ENTRY_POINT_MILLIS);
+    let recent: Vec<RecentMessage> = state
+        .recent_messages
+        .iter()
+        .filter_map(|m| Some(RecentMessage { at: m.received_at, id: Uuid::parse_str(&m.event_id).ok()? }))
+        .collect();
     let session = Session::from_parts(
         state.last_customer_message_at,
         referral_at,
         state.opted_out_at,
         state.opted_in_at,
+        &recent,
         Notified::parse(&state.notified)?,
     );
     Some((conversation, session))
@@ -191,7 +204,7 @@ mod tests {
     const HOUR: i64 = 60 * 60 * 1000;
 
     fn message(at: i64) -> Fact {
-        Fact::CustomerMessage { at, referral: false, consent: None }
+        Fact::CustomerMessage { id: Some(Uuid::from_u128(at as u128)), at, referral: false, consent: None }
     }
 
     /// The clock is the test's: notices come exactly when due, each once, and a store restored
@@ -238,15 +251,18 @@ mod tests {
     fn snapshots_round_trip_and_only_changes_are_marked() {
         let mut store = PartitionStore::new(HOUR);
         let a = Uuid::from_u128(7);
-        store.apply(
-            a,
-            Fact::CustomerMessage { at: HOUR, referral: true, consent: Some(crate::session::Consent::OptOut) },
-        );
+        let fact = Fact::CustomerMessage {
+            id: Some(Uuid::from_u128(9)),
+            at: HOUR,
+            referral: true,
+            consent: Some(crate::session::Consent::OptOut),
+        };
+        store.apply(a, fact);
         let snapshots = store.take_dirty();
         assert_eq!(snapshots.len(), 1);
         assert_eq!(from_snapshot(&snapshots[0]), Some((a, *store.get(&a).unwrap())));
         assert_eq!(snapshot(&a, store.get(&a).unwrap()).event_id, snapshots[0].event_id, "same state, same id");
-        store.apply(a, message(HOUR));
+        store.apply(a, fact);
         assert!(store.take_dirty().is_empty(), "a duplicate changes nothing");
     }
 }

@@ -52,6 +52,14 @@ pub fn decide(checked: OutboundWindowChecked, templates: &Templates, fallbacks: 
     let event_id =
         Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("wachannel:decided:{}", checked.event_id).as_bytes()).to_string();
     let outcome = match &checked.template {
+        // session-window refused the template itself: the customer opted out of every
+        // business-initiated message (SESSION_OPT_OUT_SCOPE=all_business_initiated).
+        // A window reason never stops a template.
+        Some(_) if !checked.allowed && checked.refusal_reason.as_deref() == Some("opted_out") => Err((
+            "opted_out",
+            "the customer opted out of messages the business starts; only replies inside the 24-hour window may be sent"
+                .to_owned(),
+        )),
         Some(request) => choose_template(request, checked.opted_out, templates, fallbacks).map(Some),
         None => free_form(&checked).map(|()| None),
     };
@@ -325,6 +333,14 @@ mod tests {
         assert_eq!(ask(&[("1", "Ana"), ("2", " ")]), "template_variables_invalid");
         assert_eq!(ask(&[("1", "Ana"), ("2", "1"), ("3", "x")]), "template_variables_invalid");
         assert_eq!(ask(&[("1", "Ana"), ("2", "1"), ("name", "x")]), "template_variables_invalid");
+    }
+
+    #[test]
+    fn a_template_session_window_refused_is_rejected_whatever_its_category() {
+        let utility = given(approved("en", SID, "utility"));
+        let mut refused = checked(false, Some("opted_out"), Some(request("en", FULL)));
+        refused.opted_out = true;
+        assert_eq!(reject_reason(decide(refused, &utility, &Fallbacks::default(), 5)), "opted_out");
     }
 
     #[test]

@@ -176,6 +176,8 @@ impl Service for TemplateApproval {
             group: "template-approval".to_owned(),
             topics: vec![OUTBOUND_CHECKED],
             service: SERVICE,
+            assignment: Default::default(),
+            max_in_flight: wa_platform::kafka::MAX_IN_FLIGHT,
         };
         let kafka = config.kafka.clone();
         let setup = move |producer: EventProducer, background: CancellationToken| async move {

@@ -32,7 +32,8 @@ pub struct Behaviour {
     pub undeliverable: HashMap<String, u32>,
     /// Recipients the API refuses at once with 400 and this error code (e.g. 21211).
     pub refuse: HashMap<String, u32>,
-    /// Faults per endpoint: `messages` (the Messages API) and `content` (the Content API).
+    /// Faults per endpoint: `messages` (creating messages), `messages_list` (listing them) and
+    /// `content` (the Content API).
     pub faults: HashMap<String, Fault>,
 }
 
@@ -65,6 +66,9 @@ pub struct Fault {
     /// Share of requests whose connection is dropped after the request was processed (the
     /// message is accepted but the client never sees the answer).
     pub drop_rate: f64,
+    /// Share of requests processed (the message is created) and then answered with a 500 (error
+    /// 20500), as Twilio can: the answer says nothing about whether it was created.
+    pub error_after_create_rate: f64,
 }
 
 /// What a fault decides for one request.
@@ -76,6 +80,8 @@ pub(crate) enum Injected {
     Error(u16),
     /// Process the request, then drop the connection.
     Drop,
+    /// Process the request, then answer 500.
+    ErrorAfterCreate,
 }
 
 impl Fault {
@@ -86,6 +92,9 @@ impl Fault {
         }
         if self.drop_rate > 0.0 && fastrand::f64() < self.drop_rate {
             return Injected::Drop;
+        }
+        if self.error_after_create_rate > 0.0 && fastrand::f64() < self.error_after_create_rate {
+            return Injected::ErrorAfterCreate;
         }
         Injected::None
     }

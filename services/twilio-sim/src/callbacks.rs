@@ -38,13 +38,7 @@ impl Fate {
 
 /// WhatsApp's explanation for an error code, as Twilio passes it on in `ChannelStatusMessage`.
 fn channel_message(code: u32) -> &'static str {
-    match code {
-        63016 => "Failed to send freeform message because you are outside the allowed window.",
-        63024 => "Invalid message recipient",
-        63014 => "Message could not be delivered because the user blocked the business",
-        21610 => "Attempt to send to unsubscribed recipient",
-        _ => "Message undeliverable",
-    }
+    i32::try_from(code).ok().and_then(wa_twilio::errors::lookup).map_or("Message undeliverable", |row| row.description)
 }
 
 /// One message's callbacks.
@@ -111,12 +105,14 @@ pub(crate) async fn send(
     auth_token: &str,
     plan: &Plan,
     behaviour: &Behaviour,
+    mut moved: impl FnMut(&str),
 ) -> Vec<(String, u16)> {
     let mut results = Vec::new();
     for form in plan.callbacks(behaviour) {
         let jitter = if behaviour.reorder { fastrand::u64(0..=behaviour.callback_delay_ms) } else { 0 };
         tokio::time::sleep(Duration::from_millis(behaviour.callback_delay_ms + jitter)).await;
         let status = form.iter().find(|(k, _)| k == "MessageStatus").map_or(String::new(), |(_, v)| v.clone());
+        moved(&status);
         let signed = signature::compute(auth_token, &plan.url, &form);
         let answer = client.post(&plan.url).header(signature::HEADER, signed).form(&form).send().await;
         let code = answer.map_or(0, |response| response.status().as_u16());

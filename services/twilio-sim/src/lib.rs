@@ -3,6 +3,9 @@
 //! - `POST /2010-04-01/Accounts/{AccountSid}/Messages.json`: the Messages API. Form body,
 //!   HTTP Basic auth (account SID + auth token), Twilio's message resource JSON (201) with an
 //!   `SM…` sid, and Twilio's error JSON (`code`, `message`, `more_info`, `status`).
+//! - `GET` on the same URL: the account's messages, newest first, filtered by `To`, `From`,
+//!   `DateSent`, `DateSent<` and `DateSent>` (by day, GMT) and paged as Twilio pages
+//!   (`PageSize`, `Page`, `PageToken`, `next_page_uri`).
 //! - `GET /sim/messages`: every accepted message, for assertions, with all its form
 //!   parameters.
 //! - The Content API's WhatsApp approvals: `POST /v1/Content/{sid}/ApprovalRequests/whatsapp`
@@ -102,6 +105,11 @@ pub struct SimMessage {
     pub fate: String,
     /// Each status callback sent, with the HTTP status it got (0: not delivered).
     pub callbacks: Vec<(String, u16)>,
+    /// How the API answered the request that created it: `201`, or the injected fault
+    /// (`error_after_create`: a 500; `dropped`: no answer).
+    pub answered: String,
+    /// The message resource, as the API returns it (its status follows the callbacks).
+    pub resource: serde_json::Value,
 }
 
 struct Sim {
@@ -206,6 +214,7 @@ fn is_content_sid(sid: &str) -> bool {
 async fn content_prelude(sim: &Sim, headers: &HeaderMap) -> Option<Response> {
     match sim.inject("content").await {
         Injected::Error(status) => return Some(injected_error(status)),
+        Injected::ErrorAfterCreate => return Some(injected_error(500)),
         Injected::Drop => return Some(dropped_connection()),
         Injected::None => {}
     }
@@ -354,6 +363,20 @@ fn authenticated(sim: &Sim, headers: &HeaderMap) -> bool {
     decoded == expected.as_bytes()
 }
 
+/// Twilio's answer to a Messages API call with wrong credentials or another account's path.
+fn messages_account(sim: &Sim, headers: &HeaderMap, account_sid: &str) -> Option<Response> {
+    if !authenticated(sim, headers) {
+        return Some(twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate"));
+    }
+    (account_sid != sim.config.account_sid).then(|| {
+        twilio_error(
+            StatusCode::NOT_FOUND,
+            20404,
+            &format!("The requested resource /2010-04-01/Accounts/{account_sid}/Messages.json was not found"),
+        )
+    })
+}
+
 async fn create_message(
     State(sim): State<Arc<Sim>>,
     Path(account_sid): Path<String>,
@@ -364,15 +387,8 @@ async fn create_message(
     if let Injected::Error(status) = injected {
         return injected_error(status);
     }
-    if !authenticated(&sim, &headers) {
-        return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
-    }
-    if account_sid != sim.config.account_sid {
-        return twilio_error(
-            StatusCode::NOT_FOUND,
-            20404,
-            &format!("The requested resource /2010-04-01/Accounts/{account_sid}/Messages.json was not found"),
-        );
+    if let Some(refused) = messages_account(&sim, &headers, &account_sid) {
+        return refused;
     }
     let params: Vec<(String, String)> =
         form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
@@ -419,13 +435,15 @@ async fn create_message(
     };
     let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
     let now = chrono::Utc::now();
-    let date = now.to_rfc2822();
+    // Twilio's dates are RFC 2822 in GMT ("+0000"), whole seconds.
+    let date = now.format("%a, %d %b %Y %H:%M:%S +0000").to_string();
     let resource = json!({
         "account_sid": account_sid,
         "api_version": "2010-04-01",
         "body": get("Body").unwrap_or(""),
         "date_created": date,
-        "date_sent": null,
+        // The simulator hands a message to WhatsApp at once.
+        "date_sent": date,
         "date_updated": date,
         "direction": "outbound-api",
         "error_code": null,
@@ -449,6 +467,13 @@ async fn create_message(
         received_at: now.to_rfc3339(),
         fate: fate.final_status().to_owned(),
         callbacks: Vec::new(),
+        answered: match injected {
+            Injected::ErrorAfterCreate => "error_after_create",
+            Injected::Drop => "dropped",
+            _ => "201",
+        }
+        .to_owned(),
+        resource: resource.clone(),
     };
     sim.messages.lock().expect("messages lock").push(message);
     sim.stats.lock().expect("stats lock").messages += 1;
@@ -467,17 +492,124 @@ async fn create_message(
         let plan = Plan { url: url.to_owned(), identity, fate };
         let sim = sim.clone();
         tokio::spawn(async move {
-            let results = callbacks::send(&sim.client, &sim.config.auth_token, &plan, &behaviour).await;
+            let status_of = |sim: &Sim, status: &str| {
+                let mut messages = sim.messages.lock().expect("messages lock");
+                if let Some(message) = messages.iter_mut().find(|m| m.sid == sid) {
+                    message.resource["status"] = json!(status);
+                }
+            };
+            let results = callbacks::send(&sim.client, &sim.config.auth_token, &plan, &behaviour, |status| {
+                status_of(&sim, status)
+            })
+            .await;
             let mut messages = sim.messages.lock().expect("messages lock");
             if let Some(message) = messages.iter_mut().find(|m| m.sid == sid) {
                 message.callbacks = results;
             }
         });
     }
-    if injected == Injected::Drop {
-        return dropped_connection();
+    match injected {
+        Injected::Drop => dropped_connection(),
+        Injected::ErrorAfterCreate => injected_error(500),
+        _ => (StatusCode::CREATED, Json(resource)).into_response(),
     }
-    (StatusCode::CREATED, Json(resource)).into_response()
+}
+
+/// The day of a `DateSent` filter value: `YYYY-MM-DD`, or a date-time (Twilio's helper
+/// libraries send ISO 8601), whose day counts.
+fn filter_day(value: &str) -> Option<chrono::NaiveDate> {
+    let value = value.trim();
+    chrono::NaiveDate::parse_from_str(value.get(..10)?, "%Y-%m-%d").ok()
+}
+
+/// The day (GMT) of an RFC 2822 date of a message resource.
+fn resource_day(value: &serde_json::Value) -> Option<chrono::NaiveDate> {
+    let text = value.as_str()?;
+    chrono::DateTime::parse_from_rfc2822(text).ok().map(|at| at.with_timezone(&chrono::Utc).date_naive())
+}
+
+/// `GET /2010-04-01/Accounts/{AccountSid}/Messages.json`: the account's messages, newest
+/// first, filtered by `To`, `From` and `DateSent` (by day; `DateSent>` on or after,
+/// `DateSent<` on or before), in pages of `PageSize` (default 50, at most 1000) with
+/// `PageToken` (the offset) and Twilio's page fields.
+async fn list_messages_api(
+    State(sim): State<Arc<Sim>>,
+    Path(account_sid): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    match sim.inject("messages_list").await {
+        Injected::Error(status) => return injected_error(status),
+        Injected::ErrorAfterCreate => return injected_error(500),
+        Injected::Drop => return dropped_connection(),
+        Injected::None => {}
+    }
+    if let Some(refused) = messages_account(&sim, &headers, &account_sid) {
+        return refused;
+    }
+    let mut days = Vec::new();
+    for (name, compare) in [
+        ("DateSent", std::cmp::Ordering::Equal),
+        ("DateSent>", std::cmp::Ordering::Greater),
+        ("DateSent<", std::cmp::Ordering::Less),
+    ] {
+        if let Some(value) = query.get(name) {
+            let Some(day) = filter_day(value) else {
+                return twilio_error(StatusCode::BAD_REQUEST, 20001, &format!("Invalid {name}: {value}"));
+            };
+            days.push((compare, day));
+        }
+    }
+    let page_size: usize = query.get("PageSize").and_then(|v| v.parse().ok()).unwrap_or(50).clamp(1, 1000);
+    let offset: usize =
+        query.get("PageToken").and_then(|v| v.strip_prefix("PA")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let wanted =
+        |field: &str, value: &serde_json::Value| query.get(field).is_none_or(|want| value.as_str() == Some(want));
+    let matching: Vec<serde_json::Value> = sim
+        .messages
+        .lock()
+        .expect("messages lock")
+        .iter()
+        .rev()
+        .map(|message| message.resource.clone())
+        .filter(|resource| wanted("To", &resource["to"]) && wanted("From", &resource["from"]))
+        .filter(|resource| {
+            let sent = resource_day(&resource["date_sent"]);
+            days.iter().all(|(compare, day)| {
+                sent.is_some_and(|sent| match compare {
+                    std::cmp::Ordering::Equal => sent == *day,
+                    std::cmp::Ordering::Greater => sent >= *day,
+                    std::cmp::Ordering::Less => sent <= *day,
+                })
+            })
+        })
+        .collect();
+    let page: Vec<serde_json::Value> = matching.iter().skip(offset).take(page_size).cloned().collect();
+    let base = format!("/2010-04-01/Accounts/{account_sid}/Messages.json");
+    let filters: String = {
+        let mut serializer = form_urlencoded::Serializer::new(String::new());
+        for name in ["To", "From", "DateSent", "DateSent<", "DateSent>"] {
+            if let Some(value) = query.get(name) {
+                serializer.append_pair(name, value);
+            }
+        }
+        serializer.append_pair("PageSize", &page_size.to_string());
+        serializer.finish()
+    };
+    let next = (offset + page_size < matching.len())
+        .then(|| format!("{base}?{filters}&Page={}&PageToken=PA{}", offset / page_size + 1, offset + page_size));
+    Json(json!({
+        "messages": page,
+        "end": (offset + page.len()).saturating_sub(1),
+        "first_page_uri": format!("{base}?{filters}&Page=0"),
+        "next_page_uri": next,
+        "page": offset / page_size,
+        "page_size": page_size,
+        "previous_page_uri": null,
+        "start": offset,
+        "uri": format!("{base}?{filters}&Page={}&PageToken=PA{offset}", offset / page_size),
+    }))
+    .into_response()
 }
 
 async fn list_messages(State(sim): State<Arc<Sim>>) -> Json<Vec<SimMessage>> {
@@ -590,7 +722,7 @@ impl Service for TwilioSim {
             client: reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?,
         });
         let routes = Router::new()
-            .route("/2010-04-01/Accounts/{account_sid}/Messages.json", post(create_message))
+            .route("/2010-04-01/Accounts/{account_sid}/Messages.json", post(create_message).get(list_messages_api))
             .route("/v1/Content/{sid}/ApprovalRequests/whatsapp", post(submit_approval))
             .route("/v1/Content/{sid}/ApprovalRequests", get(fetch_approval))
             .route("/v1/ContentAndApprovals", get(list_approvals))

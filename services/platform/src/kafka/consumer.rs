@@ -1,13 +1,21 @@
 //! The at-least-once consumer loop.
 //!
-//! Up to [`MAX_IN_FLIGHT`] records are handled at once, but never two with the same key (one
+//! Up to [`ConsumerSettings::max_in_flight`] records are handled at once, but never two with the same key (one
 //! conversation's records are handled one after another, in partition order), so waiting for
 //! the broker's acknowledgements does not serialize unrelated conversations. A record's offset
 //! is stored only once its handler returned (every effect it had, the records it published,
 //! acknowledged) and every earlier record of its partition is done too; stored offsets are
-//! committed in the background and synchronously on revoke and shutdown. A record the handler cannot process goes to the dead-letter topic with the
-//! reason, and the loop keeps going. A transient failure is retried with backoff; the record's
-//! offset is not stored until it succeeds, so nothing is skipped.
+//! committed in the background and synchronously on revoke and shutdown. A record the handler
+//! cannot process goes to the dead-letter topic with the reason, and the loop keeps going. A
+//! transient failure is retried with backoff; the record's offset is not stored until it
+//! succeeds, so nothing is skipped.
+//!
+//! Rebalances drain ([`super::rebalance`]): when partitions are revoked, records of theirs not
+//! yet started are dropped, the handlers working on them see [`Record::revoked`] cancelled (one
+//! that has not reached its point of no return gives up with [`HandleError::Interrupted`]), the
+//! others get up to [`REVOKE_DRAIN_TIMEOUT`] to finish, and only then are the offsets committed
+//! and the partitions given up. The next owner starts right after the last record whose effects
+//! were durable, and never while this member still works on the partition.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -15,15 +23,15 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::headers::HeaderExtractor;
 use super::producer::EventProducer;
+use super::rebalance::{complete_revoke, Assignment, DeferredRevoke, RebalanceEvent, StaleAssignments, TopicPartition};
 use crate::config::KafkaConfig;
 use crate::topics::{TopicSpec, DEAD_LETTER};
 
@@ -41,6 +49,11 @@ pub struct Record<'a> {
     pub payload: &'a [u8],
     /// The headers.
     pub headers: Option<&'a OwnedHeaders>,
+    /// Cancelled when the record's partition is being taken from this member, or the service
+    /// stops. A handler that has not reached its point of no return returns
+    /// [`HandleError::Interrupted`] then: the record is not done, and its partition's next
+    /// owner handles it from the start.
+    pub revoked: &'a CancellationToken,
 }
 
 /// How a handler failed.
@@ -54,6 +67,11 @@ pub enum HandleError {
     /// same record is retried with backoff.
     #[error("transient failure: {0}")]
     Transient(String),
+    /// The handler gave the record up because [`Record::revoked`] was cancelled, before any
+    /// effect that must not be repeated: its offset is not stored, and it is handled again
+    /// (by the partition's next owner, or after a restart).
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl From<wa_schemas::CodecError> for HandleError {
@@ -86,28 +104,58 @@ pub struct ConsumerSettings {
     pub topics: Vec<TopicSpec>,
     /// The service name, for logs, metrics and dead-letter headers.
     pub service: &'static str,
+    /// Kept up to date with the partitions the loop holds, for tasks beside it.
+    pub assignment: Assignment,
+    /// At most this many records are handled at once ([`MAX_IN_FLIGHT`] suits most handlers;
+    /// one whose records mostly wait, as dispatch's wait for their sender's pace, takes more).
+    pub max_in_flight: usize,
 }
 
-/// Commits what was stored when partitions are taken away, so the next owner starts right after
-/// the last record whose effects were durable.
-struct CommitOnRevoke;
+/// How long a revoke waits for the handlers past their point of no return before it commits
+/// what is done and gives the partitions up anyway. Longer than one Twilio call with its
+/// reconciliation; far shorter than the group's rebalance timeout (`max.poll.interval.ms`).
+pub const REVOKE_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-impl ClientContext for CommitOnRevoke {}
+/// At most this many records are handled at once per consumer, by default.
+pub const MAX_IN_FLIGHT: usize = 64;
 
-impl ConsumerContext for CommitOnRevoke {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            tracing::info!(partitions = partitions.count(), "partitions revoked; committing");
-            if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::debug!(error = %err, "commit on revoke found nothing to commit");
-            }
-        }
+/// Partitions being revoked, and until when their handlers may finish.
+struct Drain {
+    partitions: HashSet<TopicPartition>,
+    started: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+}
+
+/// How far a started record got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Its handler is running.
+    Running,
+    /// Done: its offset may be stored once every earlier one is.
+    Done,
+    /// Given up (revoked, stopping): neither it nor anything after it is stored.
+    Abandoned,
+}
+
+/// The loop's bookkeeping, apart from the futures it polls.
+#[derive(Default)]
+struct Progress {
+    /// Records whose key is in flight (a conversation's records go one at a time).
+    keys_in_flight: HashSet<(i32, Vec<u8>)>,
+    /// Per partition, the offsets started and how far each got, in order.
+    offsets: HashMap<TopicPartition, BTreeMap<i64, Stage>>,
+    /// Per partition, cancelled when it is revoked (children of the shutdown token).
+    tokens: HashMap<TopicPartition, CancellationToken>,
+}
+
+impl Progress {
+    fn token(&mut self, partition: &TopicPartition, shutdown: &CancellationToken) -> CancellationToken {
+        self.tokens.entry(partition.clone()).or_insert_with(|| shutdown.child_token()).clone()
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(partitions) = rebalance {
-            tracing::info!(partitions = partitions.count(), "partitions assigned");
-        }
+    /// Whether a handler is still working on a record of `partition`.
+    fn busy(&self, partition: &TopicPartition) -> bool {
+        self.offsets.get(partition).is_some_and(|offsets| offsets.values().any(|stage| *stage == Stage::Running))
     }
 }
 
@@ -120,53 +168,103 @@ pub async fn run_consumer<H: Handler>(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let group = kafka.group(&settings.group);
-    let consumer: StreamConsumer<CommitOnRevoke> = super::group_member_config(kafka, &settings.group, settings.service)
+    let (context, rebalances) = DeferredRevoke::new();
+    let consumer: StreamConsumer<DeferredRevoke> = super::group_member_config(kafka, &settings.group, settings.service)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
-        .create_with_context(CommitOnRevoke)?;
+        .create_with_context(context)?;
+    // Declared after the consumer, so dropped before it on every way out: closing the consumer
+    // revokes what it holds, and with the receiver gone the context gives the partitions up at
+    // once instead of waiting for a drain nobody runs.
+    let mut rebalances = rebalances;
     let topics: Vec<String> = settings.topics.iter().map(|spec| kafka.topic(spec)).collect();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
     tracing::info!(group = %group, topics = ?topics, "consumer started");
 
     let mut in_flight = FuturesUnordered::new();
-    let mut keys_in_flight: HashSet<(i32, Vec<u8>)> = HashSet::new();
-    // Per partition, the offsets started and whether each is done, in order.
-    let mut progress: HashMap<(String, i32), BTreeMap<i64, bool>> = HashMap::new();
+    let mut progress = Progress::default();
     // A record whose key was busy, waiting for its turn.
     let mut waiting: Option<OwnedMessage> = None;
+    let mut draining: Option<Drain> = None;
+    let mut stale = StaleAssignments::default();
     let mut stopping = false;
 
     loop {
         // Once stopping, nothing new starts; a waiting record is read again after a restart.
-        if let Some(message) = waiting.take_if(|m| !stopping && !keys_in_flight.contains(&key_of(m))) {
-            keys_in_flight.insert(key_of(&message));
-            progress
-                .entry((message.topic().to_owned(), message.partition()))
-                .or_default()
-                .insert(message.offset(), false);
-            in_flight.push(async move {
-                let done = process(&message, settings, dead_letters, handler, shutdown).await;
-                (message, done)
-            });
+        if let Some(message) = waiting.take_if(|m| !stopping && !progress.keys_in_flight.contains(&key_of(m))) {
+            let partition = partition_of(&message);
+            if draining.as_ref().is_some_and(|drain| drain.partitions.contains(&partition)) {
+                // Revoked before it started: the next owner reads it.
+                drop(message);
+            } else {
+                progress.keys_in_flight.insert(key_of(&message));
+                progress.offsets.entry(partition.clone()).or_default().insert(message.offset(), Stage::Running);
+                let revoked = progress.token(&partition, shutdown);
+                in_flight.push(async move {
+                    let done = process(&message, settings, dead_letters, handler, &revoked).await;
+                    (message, done)
+                });
+            }
         }
-        let can_receive = !stopping && waiting.is_none() && in_flight.len() < MAX_IN_FLIGHT;
+        if let Some(drain) = draining.take_if(|drain| {
+            drain.partitions.iter().all(|p| !progress.busy(p)) || tokio::time::Instant::now() >= drain.deadline
+        }) {
+            let revoked: Vec<TopicPartition> = drain.partitions.iter().cloned().collect();
+            finish_revoke(&consumer, &mut progress, drain);
+            stale.revoked(&revoked);
+            settings.assignment.remove(&revoked);
+        }
+        let can_receive = !stopping && waiting.is_none() && in_flight.len() < settings.max_in_flight.max(1);
+        let drain_deadline = draining.as_ref().map(|drain| drain.deadline);
+        let rejoin_at = stale.due().map(tokio::time::Instant::from_std);
         tokio::select! {
             () = shutdown.cancelled(), if !stopping => stopping = true,
-            Some((message, done)) = in_flight.next(), if !in_flight.is_empty() => {
-                keys_in_flight.remove(&key_of(&message));
-                if done {
-                    finish(&consumer, &mut progress, &message);
+            Some(event) = rebalances.recv() => {
+                if let RebalanceEvent::Assigned(partitions) = &event {
+                    stale.assigned(partitions, std::time::Instant::now());
+                    settings.assignment.add(partitions);
+                }
+                if let RebalanceEvent::Revoked(partitions) = event {
+                    for partition in &partitions {
+                        if let Some(token) = progress.tokens.remove(partition) {
+                            token.cancel();
+                        }
+                    }
+                    let now = tokio::time::Instant::now();
+                    let drain = draining.get_or_insert_with(|| Drain {
+                        partitions: HashSet::new(),
+                        started: now,
+                        deadline: now + REVOKE_DRAIN_TIMEOUT,
+                    });
+                    drain.partitions.extend(partitions);
                 }
             }
+            Some((message, done)) = in_flight.next(), if !in_flight.is_empty() => {
+                progress.keys_in_flight.remove(&key_of(&message));
+                finish(&consumer, &mut progress, &message, if done { Stage::Done } else { Stage::Abandoned });
+            }
             received = consumer.recv(), if can_receive => match received {
-                Ok(message) => waiting = Some(message.detach()),
+                Ok(message) => {
+                    let message = message.detach();
+                    if !draining.as_ref().is_some_and(|drain| drain.partitions.contains(&partition_of(&message))) {
+                        waiting = Some(message);
+                    }
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "consumer error");
                     // Errors repeat while the broker is away: do not spin.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             },
+            () = sleep_until(drain_deadline), if drain_deadline.is_some() => {}
+            () = sleep_until(rejoin_at), if rejoin_at.is_some() => {
+                if stale.take_due(std::time::Instant::now()) {
+                    tracing::info!("rebalance returned the same partitions; rejoining the group");
+                    consumer.unsubscribe();
+                    consumer.subscribe(&topic_refs)?;
+                }
+            }
             else => break,
         }
         if stopping && in_flight.is_empty() {
@@ -174,15 +272,53 @@ pub async fn run_consumer<H: Handler>(
         }
     }
 
+    if let Some(drain) = draining.take() {
+        finish_revoke(&consumer, &mut progress, drain);
+    }
     if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %err, "final commit found nothing to commit");
     }
+    drop(rebalances);
+    drop(consumer);
     tracing::info!(group = %group, "consumer stopped");
     Ok(())
 }
 
-/// At most this many records are handled at once per consumer.
-pub const MAX_IN_FLIGHT: usize = 64;
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Commits what is done and gives the drained partitions up.
+fn finish_revoke(consumer: &StreamConsumer<DeferredRevoke>, progress: &mut Progress, drain: Drain) {
+    let still_running = drain.partitions.iter().filter(|p| progress.busy(p)).count();
+    if still_running > 0 {
+        metrics::counter!("wa_consumer_drain_timeouts_total").increment(1);
+        tracing::warn!(
+            partitions = still_running,
+            timeout = ?REVOKE_DRAIN_TIMEOUT,
+            "handlers still running after the drain timeout; giving the partitions up anyway"
+        );
+    }
+    if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %err, "commit on revoke found nothing to commit");
+    }
+    for partition in &drain.partitions {
+        progress.offsets.remove(partition);
+    }
+    let revoked: Vec<TopicPartition> = drain.partitions.into_iter().collect();
+    if let Err(err) = complete_revoke(consumer, &revoked) {
+        tracing::error!(error = %err, "cannot give up the revoked partitions");
+    }
+    metrics::histogram!("wa_consumer_drain_seconds").record(drain.started.elapsed().as_secs_f64());
+    tracing::info!(partitions = revoked.len(), elapsed = ?drain.started.elapsed(), "revoke drained and committed");
+}
+
+fn partition_of(message: &OwnedMessage) -> TopicPartition {
+    (message.topic().to_owned(), message.partition())
+}
 
 /// Records with the same key are handled one at a time; a record without a key is its own.
 fn key_of(message: &OwnedMessage) -> (i32, Vec<u8>) {
@@ -192,20 +328,21 @@ fn key_of(message: &OwnedMessage) -> (i32, Vec<u8>) {
     }
 }
 
-/// Marks `message` done and stores the partition's offset up to the last record before which
-/// everything is done.
-fn finish<C: Consumer<CommitOnRevoke>>(
-    consumer: &C,
-    progress: &mut HashMap<(String, i32), BTreeMap<i64, bool>>,
-    message: &OwnedMessage,
-) {
-    let Some(offsets) = progress.get_mut(&(message.topic().to_owned(), message.partition())) else {
+/// Records how far `message` got and stores the partition's offset up to the last record
+/// before which everything is done (an abandoned record stops it: it is read again).
+fn finish(consumer: &StreamConsumer<DeferredRevoke>, progress: &mut Progress, message: &OwnedMessage, stage: Stage) {
+    let Some(offsets) = progress.offsets.get_mut(&partition_of(message)) else {
         return;
     };
-    offsets.insert(message.offset(), true);
+    // A record started before its partition was revoked (and given back) is not this
+    // assignment's: its successor reads it again.
+    let Some(current) = offsets.get_mut(&message.offset()) else {
+        return;
+    };
+    *current = stage;
     let mut last_done = None;
     while let Some(entry) = offsets.first_entry() {
-        if !*entry.get() {
+        if *entry.get() != Stage::Done {
             break;
         }
         last_done = Some(entry.remove_entry().0);
@@ -236,14 +373,14 @@ pub fn consume_span(record: &Record<'_>) -> tracing::Span {
     span
 }
 
-/// Handles one record until it succeeded or was dead-lettered (true), or shutdown came first
-/// (false: the record stays unstored and is read again after a restart).
+/// Handles one record until it succeeded or was dead-lettered (true), or its partition was
+/// revoked or the service stops first (false: the record stays unstored and is read again).
 async fn process<H: Handler>(
     message: &OwnedMessage,
     settings: &ConsumerSettings,
     dead_letters: &EventProducer,
     handler: &H,
-    shutdown: &CancellationToken,
+    revoked: &CancellationToken,
 ) -> bool {
     let record = Record {
         topic: message.topic(),
@@ -252,6 +389,7 @@ async fn process<H: Handler>(
         key: message.key(),
         payload: message.payload().unwrap_or_default(),
         headers: message.headers(),
+        revoked,
     };
     let span = consume_span(&record);
 
@@ -262,6 +400,7 @@ async fn process<H: Handler>(
             Ok(()) => "ok",
             Err(HandleError::Poison(_)) => "dead_lettered",
             Err(HandleError::Transient(_)) => "retried",
+            Err(HandleError::Interrupted(_)) => "interrupted",
         };
         metrics::counter!(
             "wa_records_consumed_total",
@@ -273,12 +412,16 @@ async fn process<H: Handler>(
         match outcome {
             Ok(()) => return true,
             Err(HandleError::Poison(reason)) => {
-                return dead_letter(&record, &reason, settings, dead_letters, shutdown).instrument(span.clone()).await;
+                return dead_letter(&record, &reason, settings, dead_letters, revoked).instrument(span.clone()).await;
             }
-            Err(HandleError::Transient(reason)) => {
+            Err(HandleError::Interrupted(reason)) if revoked.is_cancelled() => {
+                span.in_scope(|| tracing::info!(reason = %reason, "record given up; it will be handled again"));
+                return false;
+            }
+            Err(HandleError::Transient(reason) | HandleError::Interrupted(reason)) => {
                 span.in_scope(|| tracing::warn!(reason = %reason, retry_in = ?backoff, "handler failed; retrying"));
                 tokio::select! {
-                    () = shutdown.cancelled() => return false,
+                    () = revoked.cancelled() => return false,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -84,6 +84,19 @@ impl TopicFollower {
         client_id: &str,
         since: Option<i64>,
     ) -> anyhow::Result<Arc<Self>> {
+        Self::start_with(kafka, spec, client_id, since, None).await
+    }
+
+    /// Like [`TopicFollower::start_since`], with the broker holding each fetch at most
+    /// `fetch_wait` for new records (librdkafka's default is 500 ms): for a follower whose
+    /// reads are waited for on a send's path.
+    pub async fn start_with(
+        kafka: &KafkaConfig,
+        spec: &TopicSpec,
+        client_id: &str,
+        since: Option<i64>,
+        fetch_wait: Option<Duration>,
+    ) -> anyhow::Result<Arc<Self>> {
         let topic = kafka.topic(spec);
         let metadata: Arc<BaseConsumer> = Arc::new(super::client_config(kafka, client_id).create()?);
         let lookup = metadata.clone();
@@ -92,11 +105,15 @@ impl TopicFollower {
             Ok(partition_ranges(&lookup, &lookup_topic, since)?.into_iter().map(|(start, _)| start).collect())
         })
         .await??;
-        let consumer: StreamConsumer = super::client_config(kafka, client_id)
+        let mut config = super::client_config(kafka, client_id);
+        config
             .set("group.id", kafka.group(client_id))
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .create()?;
+            .set("enable.auto.offset.store", "false");
+        if let Some(wait) = fetch_wait {
+            config.set("fetch.wait.max.ms", wait.as_millis().max(1).to_string());
+        }
+        let consumer: StreamConsumer = config.create()?;
         let mut assignment = TopicPartitionList::new();
         for (partition, start) in starts.iter().enumerate() {
             assignment.add_partition_offset(&topic, partition as i32, Offset::Offset(*start))?;
@@ -141,6 +158,21 @@ impl TopicFollower {
                     *position = (*position).max(next);
                 }
             });
+        }
+    }
+
+    /// Waits until the record at `offset` of `partition` has been applied (read back), up to
+    /// `timeout`.
+    pub async fn wait_until_read(&self, partition: i32, offset: i64, timeout: Duration) -> Result<(), String> {
+        let mut positions = self.positions.subscribe();
+        let index = usize::try_from(partition).map_err(|_| format!("no partition {partition}"))?;
+        let reached = async {
+            positions.wait_for(|positions| positions.get(index).is_some_and(|next| *next > offset)).await.map(|_| ())
+        };
+        match tokio::time::timeout(timeout, reached).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("follower stopped".to_owned()),
+            Err(_) => Err(format!("{} partition {partition} not read up to {offset} within {timeout:?}", self.topic)),
         }
     }
 

@@ -1,5 +1,7 @@
 //! The event producer: idempotent, acks=all, events keyed by conversation id.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::message::OwnedHeaders;
@@ -22,17 +24,54 @@ pub enum PublishError {
 }
 
 /// A record queued by [`EventProducer::enqueue`], not yet acknowledged.
-pub struct Queued(rdkafka::producer::DeliveryFuture);
+pub struct Queued(Delivery);
+
+enum Delivery {
+    Pending(rdkafka::producer::DeliveryFuture),
+    /// Failed before it left (an injected fault).
+    Failed(rdkafka::error::KafkaError),
+}
 
 impl Queued {
     /// Waits for the broker's acknowledgement; returns (partition, offset).
     pub async fn acknowledged(self) -> Result<(i32, i64), PublishError> {
-        match self.0.await {
+        let pending = match self.0 {
+            Delivery::Pending(pending) => pending,
+            Delivery::Failed(err) => return Err(PublishError::Broker(err)),
+        };
+        match pending.await {
             Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
             Ok(Err((err, _))) => Err(PublishError::Broker(err)),
             Err(_) => Err(PublishError::Broker(rdkafka::error::KafkaError::Canceled)),
         }
     }
+}
+
+/// Topics whose deliveries fail on purpose: fault injection for tests of what a service does
+/// when the broker does not take its output. Empty (and without effect) unless a test fills
+/// it; a failing record is never sent and its delivery reports a timeout.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFaults(Arc<Mutex<HashSet<String>>>);
+
+impl DeliveryFaults {
+    /// Makes every delivery to `topic` (the full name) fail, or succeed again.
+    pub fn set_failing(&self, topic: &str, failing: bool) {
+        let mut topics = self.0.lock().expect("faults lock");
+        if failing {
+            topics.insert(topic.to_owned());
+        } else {
+            topics.remove(topic);
+        }
+    }
+
+    fn fails(&self, topic: &str) -> bool {
+        let topics = self.0.lock().expect("faults lock");
+        !topics.is_empty() && topics.contains(topic)
+    }
+}
+
+fn injected_failure() -> rdkafka::error::KafkaError {
+    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut)
 }
 
 /// Publishes events, each acknowledged by all in-sync replicas before `publish` returns.
@@ -41,6 +80,7 @@ pub struct EventProducer {
     inner: FutureProducer,
     kafka: KafkaConfig,
     source: String,
+    faults: DeliveryFaults,
 }
 
 impl EventProducer {
@@ -58,7 +98,13 @@ impl EventProducer {
             .set("linger.ms", "5")
             .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
             .create()?;
-        Ok(Self { inner, kafka: kafka.clone(), source: source.to_owned() })
+        Ok(Self { inner, kafka: kafka.clone(), source: source.to_owned(), faults: DeliveryFaults::default() })
+    }
+
+    /// The same producer, with deliveries to the topics `faults` names failing (tests).
+    pub fn with_faults(mut self, faults: DeliveryFaults) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// Publishes `event` to `topic`, keyed by its key (the conversation id for message events), and waits for the broker's
@@ -98,6 +144,9 @@ impl EventProducer {
         headers: OwnedHeaders,
         partition: Option<i32>,
     ) -> Result<Queued, rdkafka::error::KafkaError> {
+        if self.faults.fails(topic) {
+            return Ok(Queued(Delivery::Failed(injected_failure())));
+        }
         loop {
             let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(key).headers(headers.clone());
             if let Some(payload) = payload {
@@ -107,7 +156,7 @@ impl EventProducer {
                 record = record.partition(partition);
             }
             match self.inner.send_result(record) {
-                Ok(delivery) => return Ok(Queued(delivery)),
+                Ok(delivery) => return Ok(Queued(Delivery::Pending(delivery))),
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
                     _,
@@ -127,6 +176,9 @@ impl EventProducer {
         payload: &[u8],
         headers: OwnedHeaders,
     ) -> Result<(i32, i64), rdkafka::error::KafkaError> {
+        if self.faults.fails(topic) {
+            return Err(injected_failure());
+        }
         let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers);
         if let Some(key) = key {
             record = record.key(key);
