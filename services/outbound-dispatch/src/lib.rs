@@ -324,7 +324,7 @@ impl Service for OutboundDispatch {
 
 /// How long the broker may hold a fetch of the ledger follower: a claim is read back within
 /// about this long (librdkafka's default, 500 ms, would add half a second to every send).
-const LEDGER_FETCH_WAIT: Duration = Duration::from_millis(10);
+const LEDGER_FETCH_WAIT: Duration = Duration::from_millis(50);
 
 /// Binds the HTTP listener (port 0 picks a free one).
 pub async fn bind(config: Config) -> anyhow::Result<Bound<OutboundDispatch>> {
