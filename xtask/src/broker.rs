@@ -114,6 +114,7 @@ impl Broker {
             bootstrap_servers: self.bootstrap_servers.clone(),
             topic_prefix: wa_platform::config::var_or(&wa_platform::config::WA_TOPIC_PREFIX),
             group_instance_id: None,
+            fetch_wait: wa_platform::config::KafkaConfig::DEFAULT_FETCH_WAIT,
         }
     }
 

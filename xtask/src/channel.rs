@@ -265,10 +265,13 @@ impl Totals {
 
 /// Runs `cargo test` against the broker, echoing its output and summing its counts.
 async fn run_tests(broker: &Broker, cargo_args: &[String]) -> anyhow::Result<(std::process::ExitStatus, Totals)> {
+    // The readiness test starts (and kills) a tansu of its own.
+    let tansu = crate::broker::ensure_tansu().await?;
     let mut child = cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(cargo_args)
         .env("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap_servers)
+        .env("TANSU_BIN", tansu)
         .stdout(Stdio::piped())
         .spawn()?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
@@ -329,7 +332,7 @@ pub(crate) async fn events(topic: Option<&str>) -> anyhow::Result<ExitCode> {
     let Some(topic) = topic else {
         anyhow::bail!("name a topic: {}", names.join(", "));
     };
-    let kafka = wa_platform::config::KafkaConfig::from_env();
+    let kafka = wa_platform::config::KafkaConfig::from_env()?;
     let full = if names.contains(&topic) { format!("{}{topic}", kafka.topic_prefix) } else { topic.to_owned() };
     let consumer: BaseConsumer = wa_platform::kafka::client_config(&kafka, "xtask-events")
         .set("group.id", format!("xtask-events-{}", uuid::Uuid::new_v4()))
@@ -407,7 +410,18 @@ pub(crate) async fn bench(name: Option<&str>) -> anyhow::Result<ExitCode> {
             let storage = var("BENCH_STORAGE").unwrap_or_else(|| "memory://tansu/".to_owned());
             return bench_through_broker("bench_sessions", &storage).await;
         }
-        _ => anyhow::bail!("name a benchmark: templates, ingress, dispatch or sessions"),
+        Some("e2e") => {
+            // The example starts the services as processes from target/release.
+            let status = cargo()
+                .args(["build", "--release", "--quiet", "--bins", "-p", "ingress", "-p", "session-window"])
+                .args(["-p", "template-approval", "-p", "outbound-dispatch", "-p", "twilio-sim"])
+                .status()
+                .await?;
+            anyhow::ensure!(status.success(), "building the services failed");
+            let storage = var("BENCH_STORAGE").unwrap_or_else(|| "memory://tansu/".to_owned());
+            return bench_through_broker("bench_e2e", &storage).await;
+        }
+        _ => anyhow::bail!("name a benchmark: templates, ingress, dispatch, sessions or e2e"),
     }
     eprintln!("xtask: in-process decision rate");
     let status = cargo()

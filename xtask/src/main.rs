@@ -33,6 +33,9 @@ commands:
   bench templates              authorizations/s at 10,000 templates (release build)
   bench ingress                signed webhooks/s and latency vs a bare handler (release build)
   bench dispatch               sends/s per sender at 20 x 80/s against the simulator (release build)
+  bench sessions               session-window rebuild rate and memory per conversation (release build)
+  bench e2e                    the whole channel as processes under an open-loop CRM load (release builds;
+                               BENCH_RATES, BENCH_SECONDS, BENCH_STORAGE=sqlite://tansu.db)
 
 environment:
   KAFKA_BOOTSTRAP_SERVERS      use this broker instead of starting tansu

@@ -63,6 +63,11 @@ const PUBLISH_TIMEOUT_MS: EnvVar = EnvVar {
     default: Some("5000"),
     doc: "how long a request waits for the broker's acknowledgement before answering 503 (Twilio gives up after 15 s)",
 };
+const MAX_IN_FLIGHT: EnvVar = EnvVar {
+    name: "INGRESS_MAX_IN_FLIGHT",
+    default: Some("256"),
+    doc: "most publishes waiting for the broker at once; beyond it requests get 503 with Retry-After at once instead of queuing into the publish timeout",
+};
 const MAX_BODY_BYTES: EnvVar = EnvVar {
     name: "INGRESS_MAX_BODY_BYTES",
     default: Some("65536"),
@@ -98,6 +103,8 @@ pub struct Config {
     pub senders: Vec<String>,
     /// Bound on waiting for the broker per request.
     pub publish_timeout: Duration,
+    /// Most publishes waiting for the broker at once (at least 1).
+    pub max_in_flight: usize,
     /// Largest accepted body.
     pub max_body_bytes: usize,
     /// How long a published id counts as a duplicate.
@@ -111,6 +118,7 @@ impl Config {
     pub const ENV: &'static [EnvVar] = &[
         config::KAFKA_BOOTSTRAP_SERVERS,
         config::WA_TOPIC_PREFIX,
+        config::KAFKA_FETCH_WAIT_MS,
         config::TWILIO_AUTH_TOKEN,
         EXTRA_AUTH_TOKENS,
         PUBLIC_URL,
@@ -118,6 +126,7 @@ impl Config {
         API_TOKENS,
         SENDERS,
         PUBLISH_TIMEOUT_MS,
+        MAX_IN_FLIGHT,
         MAX_BODY_BYTES,
         DEDUPE_HORIZON_HOURS,
         DEDUPE_CAPACITY,
@@ -139,15 +148,24 @@ impl Config {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let max_in_flight: usize = config::parse(&MAX_IN_FLIGHT)?;
+        if max_in_flight == 0 {
+            return Err(config::ConfigError {
+                name: MAX_IN_FLIGHT.name,
+                value: "0".to_owned(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
         Ok(Self {
             http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
-            kafka: KafkaConfig::from_env(),
+            kafka: KafkaConfig::from_env()?,
             public_url: config::var(PUBLIC_URL.name),
             trust_forwarded_headers: config::parse(&TRUST_FORWARDED)?,
             auth_tokens,
             api_tokens: config::list(&API_TOKENS),
             senders,
             publish_timeout: Duration::from_millis(config::parse(&PUBLISH_TIMEOUT_MS)?),
+            max_in_flight,
             max_body_bytes: config::parse(&MAX_BODY_BYTES)?,
             dedupe_horizon: Duration::from_secs(3600 * config::parse::<u64>(&DEDUPE_HORIZON_HOURS)?),
             dedupe_capacity: config::parse(&DEDUPE_CAPACITY)?,
@@ -166,6 +184,7 @@ impl Config {
             api_tokens: vec![],
             senders: vec![],
             publish_timeout: Duration::from_secs(5),
+            max_in_flight: 256,
             max_body_bytes: 64 * 1024,
             dedupe_horizon: Duration::from_secs(24 * 3600),
             dedupe_capacity: 2_000_000,
@@ -181,6 +200,9 @@ pub(crate) struct AppState {
     pub(crate) api_tokens: Vec<String>,
     pub(crate) senders: Vec<String>,
     pub(crate) publish_timeout: Duration,
+    /// One permit per publish waiting for the broker.
+    pub(crate) publishes: tokio::sync::Semaphore,
+    pub(crate) max_in_flight: usize,
     pub(crate) max_body_bytes: usize,
     pub(crate) inbound_dedupe: Arc<dedupe::Deduplicator>,
     pub(crate) outbound_dedupe: Arc<dedupe::Deduplicator>,
@@ -189,23 +211,38 @@ pub(crate) struct AppState {
 
 impl AppState {
     /// Publishes `event` and waits for the broker's acknowledgement, at most the publish
-    /// timeout; the error says why it is not durable.
+    /// timeout; refused at once when `max_in_flight` publishes are already waiting.
     pub(crate) async fn publish<E: wa_schemas::Event>(
         &self,
         topic: &wa_platform::topics::TopicSpec,
         event: &E,
-    ) -> Result<(), String> {
-        match tokio::time::timeout(self.publish_timeout, self.producer.publish(topic, event)).await {
+    ) -> Result<(), NotPublished> {
+        let Ok(_permit) = self.publishes.try_acquire() else {
+            return Err(NotPublished::Overloaded { limit: self.max_in_flight });
+        };
+        metrics::gauge!("wa_ingress_publishes_in_flight").increment(1.0);
+        let result = match tokio::time::timeout(self.publish_timeout, self.producer.publish(topic, event)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err("broker did not acknowledge in time".to_owned()),
-        }
+            Ok(Err(err)) => Err(NotPublished::NotDurable(err.to_string())),
+            Err(_) => Err(NotPublished::NotDurable("broker did not acknowledge in time".to_owned())),
+        };
+        metrics::gauge!("wa_ingress_publishes_in_flight").decrement(1.0);
+        result
     }
 
     /// Whether `sender` is a business sender this channel serves.
     pub(crate) fn serves(&self, sender: &str) -> bool {
         self.senders.is_empty() || self.senders.iter().any(|served| served == sender)
     }
+}
+
+/// Why a request's event was not published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NotPublished {
+    /// `limit` publishes were already waiting for the broker: shed at once.
+    Overloaded { limit: usize },
+    /// The broker did not acknowledge it (the reason).
+    NotDurable(String),
 }
 
 /// How long librdkafka keeps trying to deliver a record after the request that published it
@@ -244,6 +281,8 @@ impl Service for Ingress {
             api_tokens: config.api_tokens.clone(),
             senders: config.senders.clone(),
             publish_timeout: config.publish_timeout,
+            publishes: tokio::sync::Semaphore::new(config.max_in_flight),
+            max_in_flight: config.max_in_flight,
             max_body_bytes: config.max_body_bytes,
             inbound_dedupe: Arc::new(dedupe::Deduplicator::new(config.dedupe_horizon, config.dedupe_capacity)),
             outbound_dedupe: Arc::new(dedupe::Deduplicator::new(config.dedupe_horizon, config.dedupe_capacity)),
@@ -265,7 +304,13 @@ impl Service for Ingress {
                 state.outbound_dedupe.follow(&config.kafka, &OUTBOUND_REQUESTED, &stopped).await?,
             ];
             state.health.set_ready(!stopped.is_cancelled());
-            stopped.cancelled().await;
+            let probe = wa_platform::kafka::watch_broker(
+                config.kafka.clone(),
+                OUTBOUND_REQUESTED,
+                state.health.clone(),
+                stopped.clone(),
+            );
+            probe.await?;
             for follower in followers {
                 follower.await??;
             }

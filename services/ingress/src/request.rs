@@ -16,7 +16,7 @@ use wa_schemas::QuarantinedRequest;
 use wa_twilio::params::{self, Params};
 use wa_twilio::signature;
 
-use crate::AppState;
+use crate::{AppState, NotPublished};
 
 /// Headers kept with a quarantined request: enough to see why its signature failed.
 const DIAGNOSTIC_HEADERS: &[&str] = &[
@@ -116,6 +116,9 @@ pub(crate) async fn read_body(state: &AppState, endpoint: &'static str, body: Bo
 pub(crate) fn refuse_until_ready(state: &AppState, endpoint: &'static str) -> Option<Response> {
     if state.health.is_ready() {
         return None;
+    }
+    if let Some(problem) = state.health.broker_problem() {
+        return Some(reject(endpoint, "broker_unavailable", Problem::unavailable(problem)));
     }
     Some(reject(
         endpoint,
@@ -246,10 +249,22 @@ pub(crate) async fn quarantine(
     }
 }
 
-/// 503: the broker did not take the event; the client (Twilio) should retry.
-pub(crate) fn unavailable(endpoint: &'static str, reason: String) -> Response {
-    tracing::error!(endpoint, reason = %reason, "not durable; answering 503 so the sender retries");
-    reject(endpoint, "broker_unavailable", Problem::unavailable(reason))
+/// 503: the event was not published; the client (Twilio, the CRM) should retry. Shed load
+/// (`overloaded`) is told to come back in a second, a broker failure in five.
+pub(crate) fn unavailable(endpoint: &'static str, reason: NotPublished) -> Response {
+    match reason {
+        NotPublished::Overloaded { limit } => reject(
+            endpoint,
+            "overloaded",
+            Problem::overloaded(format!(
+                "ingress already has {limit} publishes waiting for the broker (INGRESS_MAX_IN_FLIGHT); retry shortly"
+            )),
+        ),
+        NotPublished::NotDurable(reason) => {
+            tracing::error!(endpoint, reason = %reason, "not durable; answering 503 so the sender retries");
+            reject(endpoint, "broker_unavailable", Problem::unavailable(reason))
+        }
+    }
 }
 
 #[cfg(test)]

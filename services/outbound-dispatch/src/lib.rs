@@ -133,6 +133,7 @@ impl Config {
     pub const ENV: &'static [EnvVar] = &[
         config::KAFKA_BOOTSTRAP_SERVERS,
         config::WA_TOPIC_PREFIX,
+        config::KAFKA_FETCH_WAIT_MS,
         config::KAFKA_GROUP_INSTANCE_ID,
         API_BASE_URL,
         config::TWILIO_ACCOUNT_SID,
@@ -158,7 +159,7 @@ impl Config {
         let (auth_username, auth_password) = config::twilio_credentials()?;
         Ok(Self {
             http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
-            kafka: KafkaConfig::from_env(),
+            kafka: KafkaConfig::from_env()?,
             twilio_base_url: config::var_or(&API_BASE_URL),
             account_sid,
             auth_username,
@@ -279,17 +280,11 @@ impl Service for OutboundDispatch {
                 config.request_timeout,
             )?;
             // The ledger: replay dispatch's own output, then follow it (other instances' writes).
-            // Every claim is read back through it before a send: the broker should not hold its
-            // fetches long.
+            // Every claim is read back through it before a send, one fetch wait later.
             let ledger = Arc::new(Ledger::default());
-            let follower = TopicFollower::start_with(
-                &config.kafka,
-                &OUTBOUND_DISPATCHED,
-                "outbound-dispatch-ledger",
-                None,
-                Some(LEDGER_FETCH_WAIT),
-            )
-            .await?;
+            let follower =
+                TopicFollower::start_since(&config.kafka, &OUTBOUND_DISPATCHED, "outbound-dispatch-ledger", None)
+                    .await?;
             let following = {
                 let (ledger, follower, stop) = (ledger.clone(), follower.clone(), background.clone());
                 tokio::spawn(async move {
@@ -321,10 +316,6 @@ impl Service for OutboundDispatch {
         wa_platform::service::run_consumer_service(listener, Router::new(), kafka, settings, shutdown, setup).await
     }
 }
-
-/// How long the broker may hold a fetch of the ledger follower: a claim is read back within
-/// about this long (librdkafka's default, 500 ms, would add half a second to every send).
-const LEDGER_FETCH_WAIT: Duration = Duration::from_millis(50);
 
 /// Binds the HTTP listener (port 0 picks a free one).
 pub async fn bind(config: Config) -> anyhow::Result<Bound<OutboundDispatch>> {

@@ -65,6 +65,12 @@ pub const KAFKA_GROUP_INSTANCE_ID: EnvVar = EnvVar {
     default: None,
     doc: "a stable id per instance (e.g. the pod name): a restarted instance takes its partitions back at once (Kafka static membership); unset: dynamic membership",
 };
+/// `KAFKA_FETCH_WAIT_MS`: how long the broker may hold a consumer's fetch.
+pub const KAFKA_FETCH_WAIT_MS: EnvVar = EnvVar {
+    name: "KAFKA_FETCH_WAIT_MS",
+    default: Some("20"),
+    doc: "longest the broker may hold a consumer's fetch (fetch.wait.max.ms). Apache Kafka answers as soon as records arrive, so this only paces idle polling; tansu answers when the wait runs out, so each hop costs up to 1.5 times this (decision 38)",
+};
 /// `WA_TOPIC_PREFIX`: prefix for every topic and consumer group name.
 pub const WA_TOPIC_PREFIX: EnvVar = EnvVar {
     name: "WA_TOPIC_PREFIX",
@@ -121,25 +127,47 @@ pub struct KafkaConfig {
     /// (after a crash, too) takes its partitions back at once instead of waiting for the
     /// group to notice the old member is gone.
     pub group_instance_id: Option<String>,
+    /// How long the broker may hold a consumer's fetch (`fetch.wait.max.ms`) before answering.
+    pub fetch_wait: std::time::Duration,
 }
 
 impl KafkaConfig {
     /// The variables this reads.
-    pub const ENV: &'static [EnvVar] = &[KAFKA_BOOTSTRAP_SERVERS, WA_TOPIC_PREFIX, KAFKA_GROUP_INSTANCE_ID];
+    pub const ENV: &'static [EnvVar] =
+        &[KAFKA_BOOTSTRAP_SERVERS, WA_TOPIC_PREFIX, KAFKA_GROUP_INSTANCE_ID, KAFKA_FETCH_WAIT_MS];
 
-    /// Reads `KAFKA_BOOTSTRAP_SERVERS`, `WA_TOPIC_PREFIX` and `KAFKA_GROUP_INSTANCE_ID`.
-    pub fn from_env() -> Self {
-        Self {
+    /// Reads `KAFKA_BOOTSTRAP_SERVERS`, `WA_TOPIC_PREFIX`, `KAFKA_GROUP_INSTANCE_ID` and
+    /// `KAFKA_FETCH_WAIT_MS` (1 to 10,000 ms).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let fetch_wait_ms: u64 = parse(&KAFKA_FETCH_WAIT_MS)?;
+        if !(1..=10_000).contains(&fetch_wait_ms) {
+            return Err(ConfigError {
+                name: KAFKA_FETCH_WAIT_MS.name,
+                value: fetch_wait_ms.to_string(),
+                reason: "must be 1 to 10000 milliseconds".to_owned(),
+            });
+        }
+        Ok(Self {
             bootstrap_servers: var_or(&KAFKA_BOOTSTRAP_SERVERS),
             topic_prefix: var_or(&WA_TOPIC_PREFIX),
             group_instance_id: var(KAFKA_GROUP_INSTANCE_ID.name),
+            fetch_wait: std::time::Duration::from_millis(fetch_wait_ms),
+        })
+    }
+
+    /// Settings for `bootstrap_servers` with `topic_prefix`, no static membership and the
+    /// default fetch wait.
+    pub fn new(bootstrap_servers: impl Into<String>, topic_prefix: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            topic_prefix: topic_prefix.into(),
+            group_instance_id: None,
+            fetch_wait: Self::DEFAULT_FETCH_WAIT,
         }
     }
 
-    /// Settings for `bootstrap_servers` with `topic_prefix` and no static membership.
-    pub fn new(bootstrap_servers: impl Into<String>, topic_prefix: impl Into<String>) -> Self {
-        Self { bootstrap_servers: bootstrap_servers.into(), topic_prefix: topic_prefix.into(), group_instance_id: None }
-    }
+    /// `KAFKA_FETCH_WAIT_MS`'s default.
+    pub const DEFAULT_FETCH_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
     /// The full name of a topic, with the prefix.
     pub fn topic(&self, spec: &crate::topics::TopicSpec) -> String {

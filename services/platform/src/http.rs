@@ -6,7 +6,7 @@ mod problem;
 pub use problem::{bearer_authorized, json_body, Problem};
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Health {
     /// Set once the service can do its work (connected, consuming); cleared on shutdown.
     ready: AtomicBool,
+    /// Why the broker does not serve this service right now, if it does not.
+    broker_problem: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -37,9 +39,19 @@ impl Health {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    /// Whether the service is ready.
+    /// Whether the service is ready: started and its broker serving.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && self.broker_problem().is_none()
+    }
+
+    /// Records why the broker does not serve the service (`None`: it does again).
+    pub fn set_broker_problem(&self, problem: Option<String>) {
+        *self.broker_problem.lock().expect("health lock") = problem;
+    }
+
+    /// Why the broker does not serve the service, if it does not.
+    pub fn broker_problem(&self) -> Option<String> {
+        self.broker_problem.lock().expect("health lock").clone()
     }
 }
 
@@ -68,7 +80,9 @@ pub fn router(service: &'static str, health: Arc<Health>, routes: Router) -> Rou
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> Response {
-    if health.is_ready() {
+    if let Some(problem) = health.broker_problem() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {problem}")).into_response()
+    } else if health.is_ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()

@@ -5,6 +5,7 @@ mod admin;
 mod consumer;
 mod follower;
 mod headers;
+mod probe;
 mod producer;
 pub mod rebalance;
 
@@ -19,6 +20,7 @@ pub use follower::{partition_ranges, TopicFollower};
 pub use headers::{
     header_str, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID, CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE, TRACEPARENT,
 };
+pub use probe::{watch_broker, PROBE_INTERVAL, PROBE_TIMEOUT};
 pub use producer::{DeliveryFaults, EventProducer, PublishError, Queued};
 
 use crate::config::KafkaConfig;
@@ -57,6 +59,7 @@ pub fn group_member_config(kafka: &KafkaConfig, group: &str, client_id: &str) ->
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", session_timeout_ms)
-        .set("heartbeat.interval.ms", "1000");
+        .set("heartbeat.interval.ms", "1000")
+        .set("fetch.wait.max.ms", kafka.fetch_wait.as_millis().max(1).to_string());
     config
 }

@@ -79,13 +79,17 @@ where
         let source = format!("wachannel/{service}");
         let producer = crate::kafka::EventProducer::new(&kafka, &source, std::time::Duration::from_secs(30))?;
         let background = stopped.child_token();
-        let prepared = match setup(producer.clone(), background.clone()).await {
+        let mut prepared = match setup(producer.clone(), background.clone()).await {
             Ok(prepared) => prepared,
             Err(err) => {
                 background.cancel();
                 return Err(err);
             }
         };
+        if let Some(topic) = settings.topics.first() {
+            let probe = crate::kafka::watch_broker(kafka.clone(), *topic, ready.clone(), background.clone());
+            prepared.background.push(tokio::spawn(probe));
+        }
         ready.set_ready(true);
         let result = crate::kafka::run_consumer(&kafka, &settings, &producer, &prepared.handler, &stopped).await;
         producer.flush(std::time::Duration::from_secs(10));

@@ -106,6 +106,7 @@ impl Config {
     pub const ENV: &'static [EnvVar] = &[
         config::KAFKA_BOOTSTRAP_SERVERS,
         config::WA_TOPIC_PREFIX,
+        config::KAFKA_FETCH_WAIT_MS,
         config::KAFKA_GROUP_INSTANCE_ID,
         SAFETY_MARGIN_MS,
         EXPIRING_LEAD_MS,
@@ -148,7 +149,7 @@ impl Config {
         let millis = |var: &EnvVar| config::parse::<u64>(var).map(Duration::from_millis);
         Ok(Self {
             http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
-            kafka: KafkaConfig::from_env(),
+            kafka: KafkaConfig::from_env()?,
             safety_margin: millis(&SAFETY_MARGIN_MS)?,
             expiring_lead: millis(&EXPIRING_LEAD_MS)?,
             keywords,
@@ -274,11 +275,18 @@ impl Service for SessionWindow {
                 .with_faults(config.delivery_faults.clone());
             let owners_stop = stop.child_token();
             let owners = projector::follow_owners(&kafka, shared.clone(), owners_stop.clone()).await?;
+            let probe = tokio::spawn(wa_platform::kafka::watch_broker(
+                kafka.clone(),
+                wa_platform::topics::INBOUND,
+                ready.clone(),
+                owners_stop.clone(),
+            ));
             let projector = Projector::start(config, producer.clone(), ready, shared).await?;
             let result = projector.run(stop).await;
             producer.flush(Duration::from_secs(10));
             owners_stop.cancel();
             owners.await??;
+            probe.await??;
             result
         };
         wa_platform::service::run_until_stopped(SERVICE, listener, routes, health, shutdown, worker).await

@@ -81,6 +81,7 @@ impl Config {
     pub const ENV: &'static [EnvVar] = &[
         config::KAFKA_BOOTSTRAP_SERVERS,
         config::WA_TOPIC_PREFIX,
+        config::KAFKA_FETCH_WAIT_MS,
         config::KAFKA_GROUP_INSTANCE_ID,
         ADMIN_TOKENS,
         CONTENT_BASE_URL,
@@ -105,7 +106,7 @@ impl Config {
         })?;
         Ok(Self {
             http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
-            kafka: KafkaConfig::from_env(),
+            kafka: KafkaConfig::from_env()?,
             admin_tokens: config::list(&ADMIN_TOKENS),
             content_base_url: config::var_or(&CONTENT_BASE_URL),
             auth_username,

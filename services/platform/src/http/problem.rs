@@ -108,6 +108,13 @@ impl Problem {
         problem.0.header = Some((header::RETRY_AFTER, "5"));
         problem
     }
+
+    /// 503 with `Retry-After: 1`: the service is shedding load; try again in a moment.
+    pub fn overloaded(reason: impl Into<String>) -> Self {
+        let mut problem = Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "overloaded", reason);
+        problem.0.header = Some((header::RETRY_AFTER, "1"));
+        problem
+    }
 }
 
 /// Whether `headers` carry `Authorization: Bearer <token>` with one of `tokens`

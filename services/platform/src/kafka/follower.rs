@@ -84,19 +84,6 @@ impl TopicFollower {
         client_id: &str,
         since: Option<i64>,
     ) -> anyhow::Result<Arc<Self>> {
-        Self::start_with(kafka, spec, client_id, since, None).await
-    }
-
-    /// Like [`TopicFollower::start_since`], with the broker holding each fetch at most
-    /// `fetch_wait` for new records (librdkafka's default is 500 ms): for a follower whose
-    /// reads are waited for on a send's path.
-    pub async fn start_with(
-        kafka: &KafkaConfig,
-        spec: &TopicSpec,
-        client_id: &str,
-        since: Option<i64>,
-        fetch_wait: Option<Duration>,
-    ) -> anyhow::Result<Arc<Self>> {
         let topic = kafka.topic(spec);
         let metadata: Arc<BaseConsumer> = Arc::new(super::client_config(kafka, client_id).create()?);
         let lookup = metadata.clone();
@@ -109,10 +96,8 @@ impl TopicFollower {
         config
             .set("group.id", kafka.group(client_id))
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
-        if let Some(wait) = fetch_wait {
-            config.set("fetch.wait.max.ms", wait.as_millis().max(1).to_string());
-        }
+            .set("enable.auto.offset.store", "false")
+            .set("fetch.wait.max.ms", kafka.fetch_wait.as_millis().max(1).to_string());
         let consumer: StreamConsumer = config.create()?;
         let mut assignment = TopicPartitionList::new();
         for (partition, start) in starts.iter().enumerate() {

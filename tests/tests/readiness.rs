@@ -1,0 +1,112 @@
+//! Readiness tells the truth: when the broker stops serving, `/readyz` answers 503 with the
+//! reason and ingress refuses at once; when it serves again, the services are ready again.
+//! The test runs its own tansu (in-memory storage), so it can kill it without harming others.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use e2e_tests::{loopback, unique_customer, BUSINESS};
+use wa_platform::config::KafkaConfig;
+use wa_platform::CancellationToken;
+
+/// The tansu binary `cargo xtask test` installed (`TANSU_BIN`), or cargo's default place.
+fn tansu() -> PathBuf {
+    std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+            .expect("HOME or CARGO_HOME")
+            .join("bin/tansu")
+    })
+}
+
+fn start_broker(port: u16) -> tokio::process::Child {
+    let listener = format!("tcp://127.0.0.1:{port}");
+    tokio::process::Command::new(tansu())
+        .arg("broker")
+        .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
+        .args(["--storage-engine", "memory://tansu/"])
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|err| panic!("tansu at {} does not start: {err}", tansu().display()))
+}
+
+/// Polls `url` until its status is `status`; returns the body.
+async fn await_status(http: &reqwest::Client, url: &str, status: u16, within: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(response) = http.get(url).send().await {
+            if response.status().as_u16() == status {
+                return response.text().await.unwrap_or_default();
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{url} did not answer {status} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_service_whose_broker_stops_serving_is_not_ready_until_it_serves_again() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut broker = start_broker(port);
+    let kafka = KafkaConfig::new(format!("127.0.0.1:{port}"), "ready.");
+    wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await.expect("own broker answers");
+    wa_platform::kafka::ensure_topics(&kafka, wa_platform::topics::ALL).await.expect("topics");
+
+    let stop = CancellationToken::new();
+    let mut config = e2e_tests::ingress_config(&kafka);
+    config.api_tokens.clear();
+    let ingress = ingress::bind(config).await.unwrap();
+    let ingress_url = format!("http://{}", ingress.local_addr());
+    let approval = template_approval::bind(template_approval::Config {
+        http_addr: loopback(),
+        kafka: kafka.clone(),
+        admin_tokens: vec![],
+        content_base_url: "http://127.0.0.1:9".to_owned(),
+        auth_username: "AC11111111111111111111111111111111".to_owned(),
+        auth_password: "unused".to_owned(),
+        sync_interval: Duration::from_secs(3600),
+        fallbacks: template_approval::authorize::Fallbacks::default(),
+    })
+    .await
+    .unwrap();
+    let approval_url = format!("http://{}", approval.local_addr());
+    let tasks = [tokio::spawn(ingress.run(stop.clone())), tokio::spawn(approval.run(stop.clone()))];
+    let http = reqwest::Client::new();
+    for url in [&ingress_url, &approval_url] {
+        await_status(&http, &format!("{url}/readyz"), 200, Duration::from_secs(60)).await;
+    }
+
+    // The broker dies: both say so, and ingress refuses the CRM at once.
+    broker.start_kill().unwrap();
+    broker.wait().await.unwrap();
+    for url in [&ingress_url, &approval_url] {
+        let body = await_status(&http, &format!("{url}/readyz"), 503, Duration::from_secs(30)).await;
+        assert!(body.contains("broker did not answer"), "{url}/readyz gave no reason: {body}");
+    }
+    let request = serde_json::json!({"from": BUSINESS, "to": unique_customer(), "body": "still there?"});
+    let refused = http.post(format!("{ingress_url}/v1/outbound")).json(&request).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("broker"), "{problem}");
+
+    // It comes back (empty: in-memory storage), the topics are created again: ready again.
+    let mut broker = start_broker(port);
+    wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await.expect("broker back");
+    wa_platform::kafka::ensure_topics(&kafka, wa_platform::topics::ALL).await.expect("topics again");
+    for url in [&ingress_url, &approval_url] {
+        await_status(&http, &format!("{url}/readyz"), 200, Duration::from_secs(60)).await;
+    }
+    let accepted = http.post(format!("{ingress_url}/v1/outbound")).json(&request).send().await.unwrap();
+    assert_eq!(accepted.status(), 202, "{}", accepted.text().await.unwrap());
+
+    stop.cancel();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    broker.start_kill().unwrap();
+}
