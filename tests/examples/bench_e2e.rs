@@ -55,6 +55,23 @@ fn percentiles(values: &mut [f64]) -> String {
     format!("p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", at(0.50), at(0.99), at(1.0))
 }
 
+/// User and system CPU time a process has used, from `/proc` (Linux), in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// The first process whose command name is `name`.
+fn find_process(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.filter_map(Result::ok).find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        (std::fs::read_to_string(entry.path().join("comm")).ok()?.trim() == name).then_some(pid)
+    })
+}
+
 /// One CRM request of the load.
 struct Sent {
     scheduled: SystemTime,
@@ -111,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
             ),
         ),
     ];
+    let names = ["twilio-sim", "ingress", "session-window", "template-approval", "outbound-dispatch"];
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     for port in [sim_port, ingress_port, session_port, approval_port, dispatch_port] {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -257,6 +275,16 @@ async fn main() -> anyhow::Result<()> {
         let at: DateTime<Utc> = at.parse()?;
         received.entry(id).and_modify(|(n, _)| *n += 1).or_insert((1, at));
     }
+    // Where the CPU went (the machine's cores are shared by all of these).
+    let mut cpu: Vec<String> = names
+        .iter()
+        .zip(&processes)
+        .filter_map(|(name, p)| Some(format!("{name} {:.1}", cpu_seconds(p.id()?)?)))
+        .collect();
+    if let Some(tansu) = find_process("tansu") {
+        cpu.push(format!("tansu {:.1}", cpu_seconds(tansu).unwrap_or_default()));
+    }
+    cpu.push(format!("this load generator {:.1}", cpu_seconds(std::process::id()).unwrap_or_default()));
     for process in &mut processes {
         let _ = process.start_kill();
     }
@@ -318,6 +346,17 @@ async fn main() -> anyhow::Result<()> {
             median_hop(&|id, _| sending_at.get(id).copied(), &sim),
         );
     }
+    println!("CPU seconds used over the whole run: {}", cpu.join(", "));
+    let mut written = Vec::new();
+    let mut total = 0;
+    for spec in wa_platform::topics::ALL {
+        let count = channel.read_to_end(spec).await.len();
+        total += count;
+        if count > 0 {
+            written.push(format!("{} {count}", spec.name));
+        }
+    }
+    println!("records written: {total} ({})", written.join(", "));
     let twice = received.values().filter(|(n, _)| *n > 1).count();
     let mut by_outcome: HashMap<&str, usize> = HashMap::new();
     for list in outcomes.values() {

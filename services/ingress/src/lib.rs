@@ -245,10 +245,6 @@ pub(crate) enum NotPublished {
     NotDurable(String),
 }
 
-/// How long librdkafka keeps trying to deliver a record after the request that published it
-/// was answered.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// The ingress service.
 pub struct Ingress;
 
@@ -268,7 +264,7 @@ impl Service for Ingress {
         // a delivery librdkafka gives up makes an idempotent producer bump its epoch, which
         // tansu 0.6 cannot take (decision 37), and a record that lands after the 503 is only a
         // duplicate of Twilio's retry, with the same event id.
-        let delivery_timeout = config.publish_timeout.max(DELIVERY_TIMEOUT);
+        let delivery_timeout = config.publish_timeout.max(wa_platform::kafka::DELIVERY_TIMEOUT);
         let producer = EventProducer::new(&config.kafka, "wachannel/ingress", delivery_timeout)?;
         if config.api_tokens.is_empty() {
             tracing::warn!("INGRESS_API_TOKENS is unset: /v1/outbound accepts requests without a token");

@@ -21,7 +21,7 @@ pub use headers::{
     header_str, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID, CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE, TRACEPARENT,
 };
 pub use probe::{watch_broker, PROBE_INTERVAL, PROBE_TIMEOUT};
-pub use producer::{DeliveryFaults, EventProducer, PublishError, Queued};
+pub use producer::{DeliveryFaults, EventProducer, PublishError, Queued, DELIVERY_TIMEOUT};
 
 use crate::config::KafkaConfig;
 

@@ -77,7 +77,7 @@ where
     let worker = async move {
         crate::kafka::wait_for_broker(&kafka, std::time::Duration::from_secs(60)).await?;
         let source = format!("wachannel/{service}");
-        let producer = crate::kafka::EventProducer::new(&kafka, &source, std::time::Duration::from_secs(30))?;
+        let producer = crate::kafka::EventProducer::new(&kafka, &source, crate::kafka::DELIVERY_TIMEOUT)?;
         let background = stopped.child_token();
         let mut prepared = match setup(producer.clone(), background.clone()).await {
             Ok(prepared) => prepared,

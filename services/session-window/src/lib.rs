@@ -271,8 +271,9 @@ impl Service for SessionWindow {
             let kafka = config.kafka.clone();
             wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await?;
             let source = format!("wachannel/{SERVICE}");
-            let producer = wa_platform::kafka::EventProducer::new(&kafka, &source, Duration::from_secs(30))?
-                .with_faults(config.delivery_faults.clone());
+            let producer =
+                wa_platform::kafka::EventProducer::new(&kafka, &source, wa_platform::kafka::DELIVERY_TIMEOUT)?
+                    .with_faults(config.delivery_faults.clone());
             let owners_stop = stop.child_token();
             let owners = projector::follow_owners(&kafka, shared.clone(), owners_stop.clone()).await?;
             let probe = tokio::spawn(wa_platform::kafka::watch_broker(

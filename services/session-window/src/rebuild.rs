@@ -277,7 +277,7 @@ async fn add_consent(kafka: &KafkaConfig, missing: &[(i32, wa_schemas::ConsentCh
     if missing.is_empty() {
         return Ok(0);
     }
-    let producer = EventProducer::new(kafka, "wachannel/session-window-rebuild", Duration::from_secs(60))?;
+    let producer = EventProducer::new(kafka, "wachannel/session-window-rebuild", wa_platform::kafka::DELIVERY_TIMEOUT)?;
     let mut unacked = Vec::with_capacity(missing.len());
     for (partition, record) in missing {
         unacked.push(producer.enqueue(&CONSENT, record, Some(*partition)).await?);
@@ -313,7 +313,7 @@ async fn rewrite(kafka: &KafkaConfig, stores: &mut BTreeMap<i32, PartitionStore>
         Ok(keys)
     })
     .await??;
-    let producer = EventProducer::new(kafka, "wachannel/session-window-rebuild", Duration::from_secs(60))?;
+    let producer = EventProducer::new(kafka, "wachannel/session-window-rebuild", wa_platform::kafka::DELIVERY_TIMEOUT)?;
     let topic = kafka.topic(&SESSIONS);
     let mut unacked: Vec<Queued> = Vec::new();
     let (mut snapshots, mut tombstones) = (0u64, 0u64);

@@ -74,6 +74,12 @@ fn injected_failure() -> rdkafka::error::KafkaError {
     rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut)
 }
 
+/// How long librdkafka keeps trying to deliver a record before giving it up: longer than any
+/// caller waits for an acknowledgement. An idempotent producer that gives a record up bumps its
+/// epoch, which tansu 0.6's SQLite engine cannot take (it panics and stops serving; decision
+/// 37), so an overloaded broker must slow producers down rather than make them give up.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Publishes events, each acknowledged by all in-sync replicas before `publish` returns.
 #[derive(Clone)]
 pub struct EventProducer {
