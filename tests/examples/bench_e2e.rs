@@ -347,6 +347,12 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("CPU seconds used over the whole run: {}", cpu.join(", "));
+    let unpublished: Vec<&&String> = accepted.iter().filter(|id| !requested_at.contains_key(**id)).collect();
+    println!(
+        "accepted but not read back from wa.outbound.requested.v1: {} {:?}",
+        unpublished.len(),
+        unpublished.iter().take(5).collect::<Vec<_>>()
+    );
     let mut written = Vec::new();
     let mut total = 0;
     for spec in wa_platform::topics::ALL {

@@ -18,10 +18,10 @@ use crate::dedupe::Outcome;
 use crate::request::{read_body, refuse_until_ready, reject, unavailable};
 use crate::{mask, AppState};
 
-/// WhatsApp's limit on a free-form message body.
-const MAX_BODY_CHARS: usize = 4096;
-/// WhatsApp accepts one media item per message; Twilio up to 10 URLs.
-const MAX_MEDIA: usize = 10;
+use wa_twilio::limits::{template_value_problem, MAX_BODY_CHARS, MAX_MEDIA};
+
+/// Longest `request_id`, in characters.
+const MAX_REQUEST_ID_CHARS: usize = 128;
 
 /// The CRM's request.
 #[derive(Debug, Deserialize)]
@@ -125,6 +125,14 @@ fn validate(request: OutboundRequest) -> Result<OutboundRequested, Problem> {
                 "the template language is required, e.g. en or pt_BR",
             ));
         }
+        for (key, value) in &template.variables {
+            if let Some(problem) = template_value_problem(value) {
+                return Err(Problem::invalid_field(
+                    &format!("template.variables.{key}"),
+                    format!("the value of {{{{{key}}}}} {problem}"),
+                ));
+            }
+        }
     } else if body.is_none() && request.media_urls.is_empty() {
         return Err(Problem::invalid_field("body", "a body, media URLs or a template is required"));
     }
@@ -133,12 +141,18 @@ fn validate(request: OutboundRequest) -> Result<OutboundRequested, Problem> {
         if chars > MAX_BODY_CHARS {
             return Err(Problem::invalid_field(
                 "body",
-                format!("body has {chars} characters; WhatsApp allows {MAX_BODY_CHARS}"),
+                format!("body has {chars} characters; Twilio accepts at most {MAX_BODY_CHARS} (error 21617)"),
             ));
         }
     }
     if request.media_urls.len() > MAX_MEDIA {
-        return Err(Problem::invalid_field("media_urls", format!("at most {MAX_MEDIA} media URLs")));
+        return Err(Problem::invalid_field(
+            "media_urls",
+            format!(
+                "{} media URLs given; WhatsApp delivers {MAX_MEDIA} per message: send the others as further messages",
+                request.media_urls.len()
+            ),
+        ));
     }
     if let Some(bad) =
         request.media_urls.iter().find(|url| !(url.starts_with("https://") || url.starts_with("http://")))
@@ -146,8 +160,15 @@ fn validate(request: OutboundRequest) -> Result<OutboundRequested, Problem> {
         return Err(Problem::invalid_field("media_urls", format!("{bad:?} is not an http(s) URL")));
     }
     let request_id = match request.request_id {
-        Some(id) if id.trim().is_empty() || id.len() > 200 => {
-            return Err(Problem::invalid_field("request_id", "request_id must be 1 to 200 characters"))
+        Some(id)
+            if id.trim().is_empty()
+                || id.chars().count() > MAX_REQUEST_ID_CHARS
+                || id.chars().any(char::is_control) =>
+        {
+            return Err(Problem::invalid_field(
+                "request_id",
+                format!("request_id must be 1 to {MAX_REQUEST_ID_CHARS} printable characters"),
+            ))
         }
         Some(id) => id,
         None => Uuid::new_v4().to_string(),
@@ -191,7 +212,25 @@ mod tests {
             (serde_json::json!({"from": "", "to": "whatsapp:+1", "body": "x"}), "from"),
             (serde_json::json!({"from": "whatsapp:+1", "to": " ", "body": "x"}), "to"),
             (serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2"}), "body"),
-            (serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x".repeat(4097)}), "body"),
+            (serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x".repeat(1601)}), "body"),
+            (
+                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2",
+                    "media_urls": ["https://example.com/a.jpg", "https://example.com/b.jpg"]}),
+                "media_urls",
+            ),
+            (
+                serde_json::json!({"request_id": "x".repeat(129), "from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x"}),
+                "request_id",
+            ),
+            (
+                serde_json::json!({"request_id": "a\nb", "from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x"}),
+                "request_id",
+            ),
+            (
+                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2",
+                    "template": {"name": "t", "language": "en", "variables": {"1": "two\nlines"}}}),
+                "template.variables.1",
+            ),
             (serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2", "media_urls": ["ftp://x"]}), "media_urls"),
             (
                 serde_json::json!({"request_id": "", "from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x"}),

@@ -176,6 +176,22 @@ fn choose_template<'a, 'r>(
             format!("template {} needs a value for {{{{{missing}}}}}", template.id()),
         ));
     }
+    for (key, value) in &request.variables {
+        if let Some(problem) = wa_twilio::limits::template_value_problem(value) {
+            return Err(("template_variables_invalid", format!("the value of {{{{{key}}}}} {problem}")));
+        }
+    }
+    let length = template.render(&request.variables).chars().count();
+    if length > wa_twilio::limits::MAX_TEMPLATE_BODY_CHARS {
+        return Err((
+            "template_variables_invalid",
+            format!(
+                "template {} filled in is {length} characters; WhatsApp accepts at most {}",
+                template.id(),
+                wa_twilio::limits::MAX_TEMPLATE_BODY_CHARS
+            ),
+        ));
+    }
     Ok((*template, request))
 }
 
@@ -333,6 +349,22 @@ mod tests {
         assert_eq!(ask(&[("1", "Ana"), ("2", " ")]), "template_variables_invalid");
         assert_eq!(ask(&[("1", "Ana"), ("2", "1"), ("3", "x")]), "template_variables_invalid");
         assert_eq!(ask(&[("1", "Ana"), ("2", "1"), ("name", "x")]), "template_variables_invalid");
+        // WhatsApp's rules on parameters, and on the filled-in body.
+        assert_eq!(ask(&[("1", "Ana"), ("2", "12\n34")]), "template_variables_invalid");
+        assert_eq!(ask(&[("1", "Ana"), ("2", "12\t34")]), "template_variables_invalid");
+        assert_eq!(ask(&[("1", "Ana"), ("2", "12     34")]), "template_variables_invalid");
+        let long = "x".repeat(1_000);
+        assert_eq!(ask(&[("1", "Ana"), ("2", long.as_str())]), "template_variables_invalid");
+        let fits = "x".repeat(990);
+        assert!(matches!(
+            decide(
+                checked(true, None, Some(request("en", &[("1", "Ana"), ("2", fits.as_str())]))),
+                &templates,
+                &Fallbacks::default(),
+                5
+            ),
+            Decision::Authorize(_)
+        ));
     }
 
     #[test]
