@@ -113,3 +113,32 @@ fn the_documented_error_table_is_the_one_the_code_uses() {
         .count();
     assert_eq!(documented, wa_twilio::errors::ERROR_CODES.len(), "docs/events.md lists codes the code does not");
 }
+
+/// Runs a service binary (built by `cargo xtask test`) with `env` and returns its exit status
+/// and standard error; it must exit on its own (a configuration error).
+fn run_to_exit(binary: &str, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let path = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join(binary);
+    assert!(path.exists(), "{} is missing: run the tests with `cargo xtask test`", path.display());
+    let mut command = std::process::Command::new(path);
+    command.env("HTTP_ADDR", "127.0.0.1:0").env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap();
+    (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn numeric_settings_out_of_range_stop_the_service_with_the_variable_named() {
+    for (binary, name, value) in [
+        ("outbound-dispatch", "DISPATCH_SENDER_RATE", "0"),
+        ("outbound-dispatch", "DISPATCH_SENDER_RATE", "NaN"),
+        ("outbound-dispatch", "DISPATCH_INSTANCES", "0"),
+        ("ingress", "INGRESS_MAX_IN_FLIGHT", "0"),
+        ("ingress", "KAFKA_FETCH_WAIT_MS", "0"),
+    ] {
+        let (status, stderr) = run_to_exit(binary, &[(name, value)]);
+        assert!(!status.success(), "{binary} started with {name}={value}");
+        assert!(stderr.contains(name), "{binary} with {name}={value} did not name it: {stderr}");
+    }
+}

@@ -148,14 +148,7 @@ impl Config {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let max_in_flight: usize = config::parse(&MAX_IN_FLIGHT)?;
-        if max_in_flight == 0 {
-            return Err(config::ConfigError {
-                name: MAX_IN_FLIGHT.name,
-                value: "0".to_owned(),
-                reason: "must be at least 1".to_owned(),
-            });
-        }
+        let max_in_flight: usize = config::parse_in(&MAX_IN_FLIGHT, 1..=1_000_000)?;
         Ok(Self {
             http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
             kafka: KafkaConfig::from_env()?,

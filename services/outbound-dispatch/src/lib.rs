@@ -169,13 +169,14 @@ impl Config {
             retry_deadline: Duration::from_millis(config::parse(&RETRY_DEADLINE_MS)?),
             in_doubt_after: Duration::from_millis(config::parse(&IN_DOUBT_AFTER_MS)?),
             rates: Rates {
-                per_sender: config::parse(&SENDER_RATE)?,
+                // NaN is in no range: refused like 0.
+                per_sender: config::parse_in(&SENDER_RATE, f64::MIN_POSITIVE..=1_000_000.0)?,
                 senders: Rates::parse_overrides(&config::var_or(&SENDER_RATES)).map_err(|reason| {
                     config::ConfigError { name: SENDER_RATES.name, value: config::var_or(&SENDER_RATES), reason }
                 })?,
-                account: config::parse(&ACCOUNT_RATE)?,
+                account: config::parse_in(&ACCOUNT_RATE, 0.0..=1_000_000.0)?,
             },
-            instances: config::parse(&INSTANCES)?,
+            instances: config::parse_in(&INSTANCES, 1..=1_000)?,
             messaging_service_sid: config::var(MESSAGING_SERVICE_SID.name),
             instance_id: instance_id(config::var(config::KAFKA_GROUP_INSTANCE_ID.name)),
         })

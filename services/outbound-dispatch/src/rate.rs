@@ -35,8 +35,8 @@ impl Rates {
                 let rate: f64 = rate.trim().parse().map_err(|_| format!("{rate:?} is not a rate"))?;
                 let sender = wa_schemas::normalize_whatsapp_address(sender)
                     .ok_or_else(|| format!("{sender:?} is not a WhatsApp address"))?;
-                if rate <= 0.0 {
-                    return Err(format!("the rate of {sender} must be positive"));
+                if !(rate.is_finite() && rate > 0.0) {
+                    return Err(format!("the rate of {sender} must be a positive number"));
                 }
                 Ok((sender, rate))
             })
@@ -185,5 +185,6 @@ mod tests {
         assert_eq!(rates.senders["whatsapp:+14155238887"], 50.0);
         assert!(Rates::parse_overrides("whatsapp:+1=0").is_err());
         assert!(Rates::parse_overrides("nonsense").is_err());
+        assert!(Rates::parse_overrides("whatsapp:+14155238886=NaN").is_err());
     }
 }

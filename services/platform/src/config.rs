@@ -48,6 +48,25 @@ where
     value.trim().parse().map_err(|err: T::Err| ConfigError { name: var_doc.name, value, reason: err.to_string() })
 }
 
+/// A number variable that must lie in `range` (a rate of 0 or NaN, a bound of 0, ...): the
+/// error names the variable and the range.
+pub fn parse_in<T>(var_doc: &EnvVar, range: std::ops::RangeInclusive<T>) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + std::fmt::Display,
+    T::Err: std::fmt::Display,
+{
+    let value: T = parse(var_doc)?;
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            name: var_doc.name,
+            value: value.to_string(),
+            reason: format!("must be between {} and {}", range.start(), range.end()),
+        })
+    }
+}
+
 /// A comma-separated list variable; empty when unset.
 pub fn list(var_doc: &EnvVar) -> Vec<String> {
     var_or(var_doc).split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_owned).collect()
@@ -139,14 +158,7 @@ impl KafkaConfig {
     /// Reads `KAFKA_BOOTSTRAP_SERVERS`, `WA_TOPIC_PREFIX`, `KAFKA_GROUP_INSTANCE_ID` and
     /// `KAFKA_FETCH_WAIT_MS` (1 to 10,000 ms).
     pub fn from_env() -> Result<Self, ConfigError> {
-        let fetch_wait_ms: u64 = parse(&KAFKA_FETCH_WAIT_MS)?;
-        if !(1..=10_000).contains(&fetch_wait_ms) {
-            return Err(ConfigError {
-                name: KAFKA_FETCH_WAIT_MS.name,
-                value: fetch_wait_ms.to_string(),
-                reason: "must be 1 to 10000 milliseconds".to_owned(),
-            });
-        }
+        let fetch_wait_ms: u64 = parse_in(&KAFKA_FETCH_WAIT_MS, 1..=10_000)?;
         Ok(Self {
             bootstrap_servers: var_or(&KAFKA_BOOTSTRAP_SERVERS),
             topic_prefix: var_or(&WA_TOPIC_PREFIX),

@@ -28,8 +28,9 @@ pub(crate) struct AdminState {
     pub(crate) content: ContentClient,
 }
 
-/// The admin routes.
+/// The admin routes, behind the bearer tokens (checked before any body is read).
 pub(crate) fn routes(state: Arc<AdminState>) -> Router {
+    let tokens = Arc::new(state.tokens.clone());
     Router::new()
         .route("/v1/templates", get(list).post(register))
         .route("/v1/templates/{name}/{language}", get(fetch).put(replace).delete(delete))
@@ -37,6 +38,7 @@ pub(crate) fn routes(state: Arc<AdminState>) -> Router {
         .route("/v1/templates/{name}/{language}/pause", post(pause))
         .route("/v1/templates/{name}/{language}/unpause", post(unpause))
         .route("/v1/templates/{name}/{language}/disable", post(disable))
+        .route_layer(axum::middleware::from_fn_with_state(tokens, wa_platform::http::require_bearer))
         .with_state(state)
 }
 
