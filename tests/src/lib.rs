@@ -3,6 +3,8 @@
 //! (`cargo xtask test` starts one). Every channel gets its own topic prefix, so tests run in
 //! parallel without seeing each other's records.
 
+pub mod chaos;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,7 +146,17 @@ impl Channel {
     /// This channel's topics on the broker, and no component: the test runs what it needs,
     /// for example as processes ([`Channel::service_process`]).
     pub async fn topics_only() -> Self {
-        let kafka = Self::create_topics().await;
+        Self::without_components(Self::create_topics().await)
+    }
+
+    /// The channel's topics on the broker `kafka` names (created if missing), and no component.
+    pub async fn topics_on(kafka: KafkaConfig) -> Self {
+        wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await.expect("broker answers");
+        wa_platform::kafka::ensure_topics(&kafka, topics::ALL).await.expect("topics created");
+        Self::without_components(kafka)
+    }
+
+    fn without_components(kafka: KafkaConfig) -> Self {
         Self {
             kafka,
             ingress_url: String::new(),
@@ -262,44 +274,7 @@ impl Channel {
     /// Starts a service binary (built by `cargo xtask test`) as a child process on this
     /// channel's broker and topics, with `env` added. It is killed when dropped.
     pub fn service_process(&self, binary: &str, env: &[(&str, String)]) -> tokio::process::Child {
-        let path = std::env::current_exe()
-            .ok()
-            .and_then(|exe| Some(exe.parent()?.parent()?.join(binary)))
-            .filter(|path| path.exists())
-            .unwrap_or_else(|| {
-                panic!("target/debug/{binary} is missing: run the tests with `cargo xtask test`, which builds it")
-            });
-        let mut command = tokio::process::Command::new(path);
-        command
-            .env("KAFKA_BOOTSTRAP_SERVERS", &self.kafka.bootstrap_servers)
-            .env("WA_TOPIC_PREFIX", &self.kafka.topic_prefix)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-        let mut child = command.spawn().unwrap_or_else(|err| panic!("{binary} does not start: {err}"));
-        // Its output goes to the test's output (shown when the test fails), each line prefixed
-        // with the process id, so two instances of one service can be told apart.
-        let label = format!("{binary}[{}]", child.id().unwrap_or_default());
-        for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let label = label.clone();
-            tokio::spawn(async move {
-                use tokio::io::AsyncBufReadExt as _;
-                let mut lines = tokio::io::BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("{label} {line}");
-                }
-            });
-        }
-        child
+        spawn_service_process(&self.kafka, binary, env)
     }
 
     /// Polls every component's `/readyz` until it answers 200 (each becomes ready once it is
@@ -753,4 +728,48 @@ pub fn sim_request_id(message: &serde_json::Value) -> Option<String> {
     let params = message["params"].as_array()?;
     let url = params.iter().find(|p| p[0] == "StatusCallback")?[1].as_str()?;
     twilio_signature::query_param(url, "request_id")
+}
+
+/// Starts a service binary (built by `cargo xtask test`, from this executable's target
+/// directory) as a child process on `kafka`'s broker and topics, with `env` added. Its output
+/// goes to this process's standard error, each line labelled; it is killed when dropped.
+pub fn spawn_service_process(kafka: &KafkaConfig, binary: &str, env: &[(&str, String)]) -> tokio::process::Child {
+    let path = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join(binary)))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| {
+            panic!("target/debug/{binary} is missing: run the tests with `cargo xtask test`, which builds it")
+        });
+    let mut command = tokio::process::Command::new(path);
+    command
+        .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap_servers)
+        .env("WA_TOPIC_PREFIX", &kafka.topic_prefix)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|err| panic!("{binary} does not start: {err}"));
+    // Its output goes to the test's output (shown when the test fails), each line prefixed
+    // with the process id, so two instances of one service can be told apart.
+    let label = format!("{binary}[{}]", child.id().unwrap_or_default());
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let label = label.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt as _;
+            let mut lines = tokio::io::BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{label} {line}");
+            }
+        });
+    }
+    child
 }

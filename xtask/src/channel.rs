@@ -433,6 +433,19 @@ pub(crate) async fn bench(name: Option<&str>) -> anyhow::Result<ExitCode> {
     bench_through_broker("bench_template_pipeline", "sqlite://tansu.db").await
 }
 
+/// `cargo xtask chaos`: the chaos run at full size, on a broker of its own (tests/src/chaos.rs).
+pub(crate) async fn chaos() -> anyhow::Result<ExitCode> {
+    let status = cargo().args(["build", "--quiet", "--workspace", "--bins"]).status().await?;
+    anyhow::ensure!(status.success(), "building the service binaries failed");
+    let tansu = crate::broker::ensure_tansu().await?;
+    let status = cargo()
+        .args(["run", "--quiet", "-p", "e2e-tests", "--example", "chaos"])
+        .env("TANSU_BIN", tansu)
+        .status()
+        .await?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 /// Runs an `e2e-tests` example in release mode against a throwaway tansu with `storage`.
 async fn bench_through_broker(example: &str, storage: &str) -> anyhow::Result<ExitCode> {
     let status =

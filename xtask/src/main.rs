@@ -10,6 +10,8 @@
 //! - `cargo xtask inbound --from <customer> --body <text>`: posts a webhook signed the way
 //!   Twilio signs it to the running ingress, as a customer's WhatsApp message would arrive.
 //! - `cargo xtask events <topic>`: prints every record of a topic, decoded with `schemas/`.
+//! - `cargo xtask chaos`: the chaos run (`tests/src/chaos.rs`) at full size.
+//! - `cargo xtask bench <name>`: the benchmarks (`docs/benchmarks.md`).
 //!
 //! With `KAFKA_BOOTSTRAP_SERVERS` set, that broker is used and no tansu is started.
 
@@ -30,6 +32,8 @@ commands:
   inbound --from <addr> --body <text> [--to <addr>] [--sid <MessageSid>] [--url <ingress url>]
                                post a signed WhatsApp webhook to ingress, as Twilio would
   events <topic>               print a topic's records (e.g. wa.outbound.rejected.v1) as JSON lines
+  chaos                        kill and restart services and the broker while 10,000 conversations flow, then
+                               check every promise (CHAOS_CONVERSATIONS, CHAOS_RATE, CHAOS_KILL_EVERY_MS)
   bench templates              authorizations/s at 10,000 templates (release build)
   bench ingress                signed webhooks/s and latency vs a bare handler (release build)
   bench dispatch               sends/s per sender at 20 x 80/s against the simulator (release build)
@@ -59,6 +63,7 @@ async fn main() -> ExitCode {
         Some("inbound") => channel::inbound(&args[1..]).await,
         Some("events") => channel::events(args.get(1).map(String::as_str)).await,
         Some("bench") => channel::bench(args.get(1).map(String::as_str)).await,
+        Some("chaos") => channel::chaos().await,
         Some("help" | "--help" | "-h") => {
             println!("{}", usage());
             return ExitCode::SUCCESS;

@@ -247,7 +247,7 @@ impl Projector {
                 Some(event) = self.rebalances.recv() => self.rebalanced(event, &shutdown).await?,
                 () = sleep_until(rejoin_at), if rejoin_at.is_some() => {
                     if self.stale.take_due(std::time::Instant::now()) {
-                        tracing::info!("a rebalance returned the same partitions; rejoining the group");
+                        tracing::info!("assignment stale or empty; rejoining the group");
                         metrics::counter!("wa_session_group_rejoins_total").increment(1);
                         self.resubscribe()?;
                     }

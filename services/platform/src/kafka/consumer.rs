@@ -260,7 +260,7 @@ pub async fn run_consumer<H: Handler>(
             () = sleep_until(drain_deadline), if drain_deadline.is_some() => {}
             () = sleep_until(rejoin_at), if rejoin_at.is_some() => {
                 if stale.take_due(std::time::Instant::now()) {
-                    tracing::info!("rebalance returned the same partitions; rejoining the group");
+                    tracing::info!("assignment stale or empty; rejoining the group");
                     consumer.unsubscribe();
                     consumer.subscribe(&topic_refs)?;
                 }

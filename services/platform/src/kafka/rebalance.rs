@@ -121,6 +121,11 @@ pub fn complete_revoke<C: ConsumerContext, K: Consumer<C>>(
 
 /// A deliberate rejoin happens at most this often.
 const REJOIN_AT_MOST_EVERY: Duration = Duration::from_secs(5);
+/// A member assigned nothing rejoins after this long: longer than a dynamic member's session
+/// timeout (10 s), so a dead member that kept the partitions has been dropped by then.
+const EMPTY_REJOIN_AFTER: Duration = Duration::from_secs(15);
+/// ...and, while it keeps being assigned nothing, at most this often.
+const EMPTY_REJOIN_EVERY: Duration = Duration::from_secs(30);
 
 /// Tells when a rebalance handed back exactly the partitions it just took: what tansu 0.6 does
 /// when a member dies without leaving (it keeps the generation, and the survivors' SyncGroup
@@ -129,6 +134,12 @@ const REJOIN_AT_MOST_EVERY: Duration = Duration::from_secs(5);
 /// Apache Kafka such no-op rebalances are rare, and the rejoin costs one more rebalance. Rejoins
 /// are spaced at least 5 s apart, so two members cannot keep making each other rejoin; one due
 /// sooner is put off, not dropped, and a rebalance in between makes it moot.
+///
+/// A member assigned nothing rejoins too, 15 s later and then every 30 s while it stays empty:
+/// tansu 0.6 can leave a group whose leader died with every partition on the dead member and
+/// nothing for the live ones, and no rebalance follows by itself (found by the chaos run,
+/// decision 41). A member that is empty because the group has more members than partitions
+/// costs the group one rebalance every 30 s.
 #[derive(Debug, Default)]
 pub struct StaleAssignments {
     last_revoked: Vec<TopicPartition>,
@@ -153,6 +164,9 @@ impl StaleAssignments {
         self.last_revoked.clear();
         if stale {
             self.due = Some(self.last_rejoin.map_or(now, |at| (at + REJOIN_AT_MOST_EVERY).max(now)));
+        } else if assigned.is_empty() {
+            let earliest = now + EMPTY_REJOIN_AFTER;
+            self.due = Some(self.last_rejoin.map_or(earliest, |at| (at + EMPTY_REJOIN_EVERY).max(earliest)));
         }
     }
 
@@ -207,5 +221,22 @@ mod tests {
         stale.assigned(&partitions(&[0, 1]), start + Duration::from_secs(6));
         stale.revoked(&partitions(&[0, 1]));
         assert_eq!(stale.due(), None, "a rebalance made it moot");
+    }
+
+    #[test]
+    fn a_member_assigned_nothing_rejoins_after_a_session_timeout_and_then_now_and_again() {
+        let start = Instant::now();
+        let mut stale = StaleAssignments::default();
+        stale.assigned(&[], start);
+        assert_eq!(stale.due(), Some(start + EMPTY_REJOIN_AFTER));
+        assert!(!stale.take_due(start + Duration::from_secs(1)));
+        let rejoined_at = start + EMPTY_REJOIN_AFTER;
+        assert!(stale.take_due(rejoined_at));
+        stale.revoked(&[]);
+        stale.assigned(&[], rejoined_at + Duration::from_secs(1));
+        assert_eq!(stale.due(), Some(rejoined_at + EMPTY_REJOIN_EVERY), "spaced while it stays empty");
+        stale.revoked(&[]);
+        stale.assigned(&partitions(&[0]), rejoined_at + Duration::from_secs(2));
+        assert_eq!(stale.due(), None, "partitions at last: nothing due");
     }
 }
