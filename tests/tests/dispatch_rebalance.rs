@@ -50,7 +50,7 @@ async fn rebalances_while_sends_wait_never_send_a_request_twice() {
     let mut intruder = Some(channel.dispatch_process(&env));
     let mut kills = 0;
     let mut next_move = tokio::time::Instant::now() + Duration::from_secs(4);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(900);
     let mut next_check = tokio::time::Instant::now();
     loop {
         if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_millis(200), follower.recv()).await {

@@ -87,7 +87,7 @@ pub const KAFKA_GROUP_INSTANCE_ID: EnvVar = EnvVar {
 /// `KAFKA_FETCH_WAIT_MS`: how long the broker may hold a consumer's fetch.
 pub const KAFKA_FETCH_WAIT_MS: EnvVar = EnvVar {
     name: "KAFKA_FETCH_WAIT_MS",
-    default: Some("20"),
+    default: Some("50"),
     doc: "longest the broker may hold a consumer's fetch (fetch.wait.max.ms). Apache Kafka answers as soon as records arrive, so this only paces idle polling; tansu answers when the wait runs out, so each hop costs up to 1.5 times this (decision 38)",
 };
 /// `WA_TOPIC_PREFIX`: prefix for every topic and consumer group name.
@@ -179,7 +179,7 @@ impl KafkaConfig {
     }
 
     /// `KAFKA_FETCH_WAIT_MS`'s default.
-    pub const DEFAULT_FETCH_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+    pub const DEFAULT_FETCH_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
     /// The full name of a topic, with the prefix.
     pub fn topic(&self, spec: &crate::topics::TopicSpec) -> String {
