@@ -6,7 +6,6 @@
 //! Used by `tests/tests/chaos.rs` (a short run in `cargo xtask test`) and `cargo xtask chaos`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,22 +103,11 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
-/// The tansu binary (`TANSU_BIN`, set by xtask), or cargo's default place.
-fn tansu() -> PathBuf {
-    std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("CARGO_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
-            .expect("HOME or CARGO_HOME")
-            .join("bin/tansu")
-    })
-}
-
 /// The run's own broker: tansu with SQLite storage in `dir`, so its data outlives a SIGKILL.
 fn start_broker(port: u16, dir: &std::path::Path) -> Child {
     let listener = format!("tcp://127.0.0.1:{port}");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("tansu.log")).expect("broker log");
-    tokio::process::Command::new(tansu())
+    tokio::process::Command::new(crate::tansu_binary())
         .arg("broker")
         .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
         .args(["--storage-engine", "sqlite://tansu.db"])
@@ -130,7 +118,7 @@ fn start_broker(port: u16, dir: &std::path::Path) -> Child {
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|err| panic!("tansu at {} does not start: {err}", tansu().display()))
+        .unwrap_or_else(|err| panic!("tansu at {} does not start: {err}", crate::tansu_binary().display()))
 }
 
 async fn ready(http: &reqwest::Client, port: u16, within: Duration) -> Option<Duration> {
@@ -481,12 +469,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     let options = session_window::rebuild::Options { since: None, dry_run: true };
     let lead = Duration::from_secs(3600);
     let rebuilt = session_window::rebuild::rebuild(&channel.kafka, &keywords, lead, &options, |_| {}).await?;
-    let expected: BTreeMap<String, wa_schemas::SessionState> = rebuilt
-        .stores
-        .values()
-        .flat_map(|store| store.iter())
-        .map(|(id, session)| (id.to_string(), session_window::store::snapshot(id, session)))
-        .collect();
+    let expected = crate::rebuilt_states(&rebuilt);
     let live = session_window::rebuild::read_snapshots(&channel.kafka).await?;
     if live != expected {
         let differ = expected.iter().filter(|(id, state)| live.get(*id) != Some(*state)).count();

@@ -773,3 +773,27 @@ pub fn spawn_service_process(kafka: &KafkaConfig, binary: &str, env: &[(&str, St
     }
     child
 }
+
+/// The tansu binary `cargo xtask test` installed (`TANSU_BIN`), or cargo's default place: for
+/// tests that run (and kill) a broker of their own.
+pub fn tansu_binary() -> std::path::PathBuf {
+    std::env::var_os("TANSU_BIN").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("CARGO_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cargo")))
+            .expect("HOME or CARGO_HOME")
+            .join("bin/tansu")
+    })
+}
+
+/// The session state a rebuild computed, by conversation id, as snapshots carry it.
+pub fn rebuilt_states(
+    rebuilt: &session_window::rebuild::Rebuilt,
+) -> std::collections::BTreeMap<String, wa_schemas::SessionState> {
+    rebuilt
+        .stores
+        .values()
+        .flat_map(|store| store.iter())
+        .map(|(id, session)| (id.to_string(), session_window::store::snapshot(id, session)))
+        .collect()
+}

@@ -2,27 +2,15 @@
 //! reason and ingress refuses at once; when it serves again, the services are ready again.
 //! The test runs its own tansu (in-memory storage), so it can kill it without harming others.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use e2e_tests::{loopback, unique_customer, BUSINESS};
 use wa_platform::config::KafkaConfig;
 use wa_platform::CancellationToken;
 
-/// The tansu binary `cargo xtask test` installed (`TANSU_BIN`), or cargo's default place.
-fn tansu() -> PathBuf {
-    std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("CARGO_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
-            .expect("HOME or CARGO_HOME")
-            .join("bin/tansu")
-    })
-}
-
 fn start_broker(port: u16) -> tokio::process::Child {
     let listener = format!("tcp://127.0.0.1:{port}");
-    tokio::process::Command::new(tansu())
+    tokio::process::Command::new(e2e_tests::tansu_binary())
         .arg("broker")
         .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
         .args(["--storage-engine", "memory://tansu/"])
@@ -31,7 +19,7 @@ fn start_broker(port: u16) -> tokio::process::Child {
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|err| panic!("tansu at {} does not start: {err}", tansu().display()))
+        .unwrap_or_else(|err| panic!("tansu at {} does not start: {err}", e2e_tests::tansu_binary().display()))
 }
 
 /// Polls `url` until its status is `status`; returns the body.

@@ -201,12 +201,7 @@ async fn a_killed_instance_hands_its_conversations_to_the_survivor_with_correct_
             session_window::rebuild::rebuild(&channel.kafka, &keywords, Duration::from_secs(3600), &options, |_| {})
                 .await
                 .expect("rebuild");
-        let expected: BTreeMap<String, wa_schemas::SessionState> = rebuilt
-            .stores
-            .values()
-            .flat_map(|store| store.iter())
-            .map(|(id, session)| (id.to_string(), session_window::store::snapshot(id, session)))
-            .collect();
+        let expected = e2e_tests::rebuilt_states(&rebuilt);
         assert_eq!(expected.len(), open.len() + closed.len() + newcomers.len());
         let live = session_window::rebuild::read_snapshots(&channel.kafka).await.expect("snapshots");
         if live == expected {

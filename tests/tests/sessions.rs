@@ -140,15 +140,6 @@ async fn live_states(channel: &Channel) -> BTreeMap<String, wa_schemas::SessionS
     session_window::rebuild::read_snapshots(&channel.kafka).await.expect("snapshots readable")
 }
 
-fn rebuilt_states(rebuilt: &session_window::rebuild::Rebuilt) -> BTreeMap<String, wa_schemas::SessionState> {
-    rebuilt
-        .stores
-        .values()
-        .flat_map(|store| store.iter())
-        .map(|(id, session)| (id.to_string(), session_window::store::snapshot(id, session)))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebuild_from_scratch_gives_the_state_of_the_live_projection() {
     let channel = Channel::start().await;
@@ -191,7 +182,7 @@ async fn a_rebuild_from_scratch_gives_the_state_of_the_live_projection() {
     let expected = loop {
         let rebuilt =
             session_window::rebuild::rebuild(&channel.kafka, &keywords, lead, &options, |_| {}).await.unwrap();
-        let expected = rebuilt_states(&rebuilt);
+        let expected = e2e_tests::rebuilt_states(&rebuilt);
         assert_eq!(expected.len(), customers.len());
         let live = live_states(&channel).await;
         if live == expected {
