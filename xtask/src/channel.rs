@@ -227,20 +227,65 @@ pub(crate) async fn test(cargo_args: Vec<String>) -> anyhow::Result<ExitCode> {
         true
     };
     if !tests_passed {
+        // Repeated last, so the end of a long log names what failed and why.
+        totals.print_failures();
         println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
     }
     Ok(if tests_passed && fuzz_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// Test counts summed over every test binary.
+/// Test counts summed over every test binary, with the failed tests and their panic messages.
 #[derive(Debug, Default)]
 struct Totals {
     passed: u64,
     failed: u64,
     ignored: u64,
+    /// The test binary whose output is being read (`Running tests/x.rs (...)`).
+    binary: String,
+    /// `<binary>: <test>` for every test that failed.
+    failed_tests: Vec<String>,
+    /// Panic locations and the line that follows each (its message).
+    panics: Vec<String>,
+    /// Set after a panic line: the next line is its message.
+    panic_message_next: bool,
 }
 
 impl Totals {
+    /// Reads one line of `cargo test` output.
+    fn read_line(&mut self, line: &str) {
+        const MAX_PANIC_LINES: usize = 40;
+        if let Some(running) = line.trim_start().strip_prefix("Running ") {
+            self.binary = running.split_whitespace().next().unwrap_or_default().to_owned();
+        } else if let Some(test) = line.strip_prefix("test ").and_then(|rest| rest.strip_suffix(" ... FAILED")) {
+            self.failed_tests.push(format!("{}: {test}", self.binary));
+        } else if self.panic_message_next {
+            self.panic_message_next = false;
+            if self.panics.len() < MAX_PANIC_LINES {
+                self.panics.push(format!("    {}", line.chars().take(400).collect::<String>()));
+            }
+        } else if line.contains("panicked at ") && self.panics.len() < MAX_PANIC_LINES {
+            self.panics.push(line.chars().take(400).collect());
+            self.panic_message_next = true;
+        }
+        self.add_line(line);
+    }
+
+    /// Prints the failed tests and the panics seen.
+    fn print_failures(&self) {
+        if !self.failed_tests.is_empty() {
+            println!("failed tests:");
+            for test in &self.failed_tests {
+                println!("  {test}");
+            }
+        }
+        if !self.panics.is_empty() {
+            println!("panics (first {}):", self.panics.len());
+            for line in &self.panics {
+                println!("  {line}");
+            }
+        }
+    }
+
     /// Adds a libtest summary line (`test result: ok. 7 passed; 0 failed; 0 ignored; ...`).
     fn add_line(&mut self, line: &str) {
         let Some(rest) = line.strip_prefix("test result: ") else {
@@ -273,14 +318,37 @@ async fn run_tests(broker: &Broker, cargo_args: &[String]) -> anyhow::Result<(st
         .env("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap_servers)
         .env("TANSU_BIN", tansu)
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    // cargo names each test binary on stderr; libtest reports on stdout. Both are read, echoed
+    // where they came from, and summed.
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel::<(bool, String)>();
+    tokio::spawn(forward_lines(child.stdout.take().expect("piped"), false, sender.clone()));
+    tokio::spawn(forward_lines(child.stderr.take().expect("piped"), true, sender));
     let mut totals = Totals::default();
-    while let Some(line) = lines.next_line().await? {
-        println!("{line}");
-        totals.add_line(&line);
+    while let Some((is_stderr, line)) = received.recv().await {
+        if is_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+        totals.read_line(&line);
     }
     Ok((child.wait().await?, totals))
+}
+
+/// Sends each line read to `sender`, tagged with whether it came from stderr.
+async fn forward_lines(
+    reader: impl tokio::io::AsyncRead + Unpin,
+    is_stderr: bool,
+    sender: tokio::sync::mpsc::UnboundedSender<(bool, String)>,
+) {
+    let mut lines = BufReader::new(reader).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if sender.send((is_stderr, line)).is_err() {
+            break;
+        }
+    }
 }
 
 /// `cargo xtask inbound --from ... --body ...`.
@@ -466,6 +534,26 @@ async fn bench_through_broker(example: &str, storage: &str) -> anyhow::Result<Ex
 #[cfg(test)]
 mod tests {
     use super::Totals;
+
+    #[test]
+    fn totals_name_failed_tests_and_their_panics() {
+        let mut totals = Totals::default();
+        for line in [
+            "     Running tests/sessions.rs (target/debug/deps/sessions-0123)",
+            "test window_opens ... ok",
+            "test window_closes ... FAILED",
+            "---- window_closes stdout ----",
+            "thread 'window_closes' panicked at tests/tests/sessions.rs:10:5:",
+            "window still open",
+        ] {
+            totals.read_line(line);
+        }
+        assert_eq!(totals.failed_tests, ["tests/sessions.rs: window_closes"]);
+        assert_eq!(
+            totals.panics,
+            ["thread 'window_closes' panicked at tests/tests/sessions.rs:10:5:", "    window still open"]
+        );
+    }
 
     #[test]
     fn totals_sum_libtest_summaries() {

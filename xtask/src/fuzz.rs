@@ -43,13 +43,18 @@ pub(crate) async fn run(seconds: u64) -> anyhow::Result<ExitCode> {
     let root = crate::channel::root();
     let corpus = root.join("target/fuzz-corpus/webhook");
     std::fs::create_dir_all(&corpus)?;
-    eprintln!("xtask: fuzzing the webhook parsers and signatures for {seconds} s");
+    // libFuzzer's progress goes to a log, so the end of a CI log stays the test summary.
+    let log_path = root.join("target/fuzz-webhook.log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    eprintln!("xtask: fuzzing the webhook parsers and signatures for {seconds} s (log: {})", log_path.display());
     let status = cargo()
         .args(["fuzz", "run", "--fuzz-dir", "tests/fuzz", "--sanitizer", "none", "--target-dir", "target/fuzz"])
         .arg("webhook")
         .arg(&corpus)
         .arg(root.join("tests/fuzz/seeds/webhook"))
         .args(["--", &format!("-max_total_time={seconds}"), "-print_final_stats=1"])
+        .stdout(log.try_clone()?)
+        .stderr(log)
         .status()
         .await
         .context("running cargo fuzz")?;
@@ -57,6 +62,11 @@ pub(crate) async fn run(seconds: u64) -> anyhow::Result<ExitCode> {
         println!("fuzz: webhook target ran {seconds} s without a crash");
         Ok(ExitCode::SUCCESS)
     } else {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            println!("  {line}");
+        }
         println!("fuzz: webhook target failed ({status}); the input is in tests/fuzz/artifacts/webhook/");
         Ok(ExitCode::FAILURE)
     }
