@@ -6,6 +6,7 @@
 //! "single-object encoding" says. Any consumer can therefore decode a value with nothing but the
 //! files in `schemas/`: look the fingerprint up among their parsing canonical forms.
 
+mod address;
 mod ids;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,7 +17,8 @@ use apache_avro::Schema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use ids::{conversation_id, normalize_whatsapp_address};
+pub use address::{AddressError, WhatsAppAddress};
+pub use ids::conversation_id;
 
 /// The two marker bytes that open every single-object encoded value.
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];

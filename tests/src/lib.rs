@@ -636,7 +636,9 @@ async fn assign_from_beginning(kafka: &KafkaConfig, topic: &str) -> StreamConsum
 
 /// A customer address no other test uses.
 pub fn unique_customer() -> String {
-    format!("whatsapp:+1{:010}", uuid::Uuid::new_v4().as_u128() % 10_000_000_000)
+    // A North American number: the area code starts with 2-9.
+    let n = uuid::Uuid::new_v4().as_u128();
+    format!("whatsapp:+1{}{:09}", 2 + n % 8, (n / 8) % 1_000_000_000)
 }
 
 /// A customer's message to [`BUSINESS`] at `at`, as ingress would publish it.

@@ -334,6 +334,36 @@ async fn status_callbacks_are_published_as_received_out_of_order_repeated_and_un
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_customer_is_one_conversation_however_the_number_is_written() {
+    let channel = Channel::start().await;
+    let customer = unique_customer();
+    let digits = customer.trim_start_matches("whatsapp:+");
+    // Twilio writes `whatsapp:+1...`; a webhook relayed by another tool may drop the `+`.
+    let sid = unique_sid();
+    let mut params = channel.inbound_params(&sid, &format!("whatsapp:{digits}"), "hello");
+    params.iter_mut().find(|(k, _)| k == "To").unwrap().1 = BUSINESS.trim_start_matches("whatsapp:").to_owned();
+    assert_eq!(channel.post_inbound(&params, None).await.status(), 200);
+    let inbound = published(&channel, &sid).await;
+    assert_eq!((inbound[0].from.as_str(), inbound[0].to.as_str()), (customer.as_str(), BUSINESS));
+
+    // The CRM writes the number as people do.
+    let written = format!("+{} ({}) {}-{}", &digits[..1], &digits[1..4], &digits[4..7], &digits[7..]);
+    let response = channel
+        .post_outbound(&json!({"request_id": "one-conversation", "from": BUSINESS, "to": written, "body": "hi"}))
+        .await;
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["conversation_id"], inbound[0].conversation_id.as_str());
+    let requested = channel.read_to_end(&OUTBOUND_REQUESTED).await;
+    let requested: wa_schemas::OutboundRequested = requested.last().unwrap().decode();
+    assert_eq!(
+        (requested.to.as_str(), requested.conversation_id.as_str()),
+        (customer.as_str(), inbound[0].conversation_id.as_str())
+    );
+    channel.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_crm_request_id_is_an_idempotency_key() {
     let channel = Channel::start().await;
     let request = json!({"request_id": "crm-idem-1", "from": BUSINESS, "to": unique_customer(), "body": "hi"});
@@ -379,6 +409,8 @@ async fn every_kind_of_bad_input_gets_its_own_status_problem_and_metric() {
     huge.iter_mut().find(|(k, _)| k == "Body").unwrap().1 = "x".repeat(20 * 1024);
     let signed = |params: &[(String, String)]| signature::compute(AUTH_TOKEN, &inbound, params);
     let crm_from_other = json!({"from": "whatsapp:+19995550000", "to": unique_customer(), "body": "x"});
+    let mut from_no_number = good.clone();
+    from_no_number.iter_mut().find(|(k, _)| k == "From").unwrap().1 = "whatsapp:not-a-number".into();
 
     let cases = vec![
         Case {
@@ -480,6 +512,34 @@ async fn every_kind_of_bad_input_gets_its_own_status_problem_and_metric() {
             reason: "invalid_field",
         },
         Case {
+            name: "From that is not a WhatsApp address",
+            response: post_form(&inbound, &inbound, Some(AUTH_TOKEN), &from_no_number, &[]).await,
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            problem_type: "invalid-field",
+            field: Some("From"),
+            reason: "invalid_field",
+        },
+        Case {
+            name: "CRM recipient that is not a WhatsApp address",
+            response: channel
+                .post_outbound(&json!({"from": BUSINESS, "to": "whatsapp:not-a-number", "body": "x"}))
+                .await,
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            problem_type: "invalid-field",
+            field: Some("to"),
+            reason: "invalid_field",
+        },
+        Case {
+            name: "CRM recipient with too many digits",
+            response: channel
+                .post_outbound(&json!({"from": BUSINESS, "to": "+44 20 7946 0958 12345", "body": "x"}))
+                .await,
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            problem_type: "invalid-field",
+            field: Some("to"),
+            reason: "invalid_field",
+        },
+        Case {
             name: "CRM without a token",
             response: http.post(&outbound).json(&json!({})).send().await.unwrap(),
             status: StatusCode::UNAUTHORIZED,
@@ -555,11 +615,26 @@ async fn every_kind_of_bad_input_gets_its_own_status_problem_and_metric() {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
 
-    // The refused signatures and the unknown sender are kept whole for operators.
+    // The refused signatures, the unknown sender and the signed but unreadable webhooks are
+    // kept whole for operators.
     let quarantined: Vec<QuarantinedRequest> =
         channel.read_to_end(&QUARANTINE).await.iter().map(|r| r.decode()).collect();
     let reasons: Vec<&str> = quarantined.iter().map(|q| q.reason.as_str()).collect();
-    assert_eq!(reasons, ["signature_missing", "signature_invalid", "unknown_sender"]);
+    assert_eq!(
+        reasons,
+        [
+            "signature_missing",
+            "signature_invalid",
+            "unknown_sender",
+            "invalid_field",
+            "invalid_field",
+            "invalid_field",
+            "invalid_field"
+        ]
+    );
+    let unreadable = quarantined.last().unwrap();
+    assert!(unreadable.detail.starts_with("From: From is not a WhatsApp address"), "{}", unreadable.detail);
+    assert_eq!(unreadable.body, serde_urlencoded_form(&from_no_number).as_bytes());
     let expected_body = serde_urlencoded_form(&good);
     assert_eq!(quarantined[1].body, expected_body.as_bytes());
     assert_eq!(quarantined[1].checked_url, inbound);

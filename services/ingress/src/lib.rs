@@ -141,10 +141,10 @@ impl Config {
         let senders = config::list(&SENDERS)
             .iter()
             .map(|sender| {
-                wa_schemas::normalize_whatsapp_address(sender).ok_or_else(|| config::ConfigError {
+                wa_schemas::WhatsAppAddress::parse(sender).map(String::from).map_err(|error| config::ConfigError {
                     name: SENDERS.name,
                     value: sender.clone(),
-                    reason: "not a WhatsApp address".to_owned(),
+                    reason: format!("not a WhatsApp address: {error}"),
                 })
             })
             .collect::<Result<_, _>>()?;

@@ -12,7 +12,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 use wa_platform::http::{bearer_authorized, json_body, Problem};
 use wa_platform::topics::OUTBOUND_REQUESTED;
-use wa_schemas::{conversation_id, normalize_whatsapp_address, OutboundRequested, TemplateRequest};
+use wa_schemas::{conversation_id, OutboundRequested, TemplateRequest, WhatsAppAddress};
 
 use crate::dedupe::Outcome;
 use crate::request::{read_body, refuse_until_ready, reject, unavailable};
@@ -106,11 +106,12 @@ pub(crate) async fn create(State(state): State<Arc<AppState>>, headers: HeaderMa
 }
 
 fn validate(request: OutboundRequest) -> Result<OutboundRequested, Problem> {
-    let from = normalize_whatsapp_address(&request.from).ok_or_else(|| {
-        Problem::invalid_field("from", "from must be the business's WhatsApp sender, e.g. whatsapp:+14155238886")
+    let from = WhatsAppAddress::parse(&request.from).map(WhatsAppAddress::into_string).map_err(|error| {
+        Problem::invalid_field("from", format!("from must be the business's WhatsApp sender: {error}"))
     })?;
-    let to = normalize_whatsapp_address(&request.to)
-        .ok_or_else(|| Problem::invalid_field("to", "to must be the customer's WhatsApp address"))?;
+    let to = WhatsAppAddress::parse(&request.to).map(WhatsAppAddress::into_string).map_err(|error| {
+        Problem::invalid_field("to", format!("to must be the customer's WhatsApp address: {error}"))
+    })?;
     let body = request.body.filter(|body| !body.trim().is_empty());
     if let Some(template) = &request.template {
         if body.is_some() || !request.media_urls.is_empty() {
@@ -204,45 +205,60 @@ mod tests {
         assert_eq!(event.from, "whatsapp:+14155238886");
         assert_eq!(event.conversation_id, conversation_id("whatsapp:+14155238886", "whatsapp:+15551234567"));
         assert_eq!(event.request_id, "r1");
+        // One customer, however the CRM wrote the number.
+        for to in ["15551234567", "whatsapp:1 (555) 123-4567", "+1.555.123.4567"] {
+            let again = request(serde_json::json!({"from": "whatsapp:+14155238886", "to": to, "body": "hi"})).unwrap();
+            assert_eq!((again.to.as_str(), &again.conversation_id), ("whatsapp:+15551234567", &event.conversation_id));
+        }
     }
 
     #[test]
     fn problems_name_the_field() {
         let cases = [
-            (serde_json::json!({"from": "", "to": "whatsapp:+1", "body": "x"}), "from"),
-            (serde_json::json!({"from": "whatsapp:+1", "to": " ", "body": "x"}), "to"),
-            (serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2"}), "body"),
-            (serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x".repeat(1601)}), "body"),
+            (serde_json::json!({"from": "", "to": "whatsapp:+442079460958", "body": "x"}), "from"),
+            (serde_json::json!({"from": "whatsapp:+14155238886", "to": "whatsapp:not-a-number", "body": "x"}), "to"),
+            (serde_json::json!({"from": "whatsapp:+14155238886", "to": "whatsapp:+1", "body": "x"}), "to"),
+            (serde_json::json!({"from": "whatsapp:+14155238886", "to": "+1234567890123456", "body": "x"}), "to"),
+            (serde_json::json!({"from": "whatsapp:+0441234567", "to": "whatsapp:+442079460958", "body": "x"}), "from"),
+            (serde_json::json!({"from": "whatsapp:+14155238886", "to": " ", "body": "x"}), "to"),
+            (serde_json::json!({"from": "whatsapp:+14155238886", "to": "whatsapp:+442079460958"}), "body"),
             (
-                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2",
+                serde_json::json!({"from": "whatsapp:+14155238886", "to": "whatsapp:+442079460958", "body": "x".repeat(1601)}),
+                "body",
+            ),
+            (
+                serde_json::json!({"from": "whatsapp:+14155238886", "to": "whatsapp:+442079460958",
                     "media_urls": ["https://example.com/a.jpg", "https://example.com/b.jpg"]}),
                 "media_urls",
             ),
             (
-                serde_json::json!({"request_id": "x".repeat(129), "from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x"}),
+                serde_json::json!({"request_id": "x".repeat(129), "from": "whatsapp:+14155238886", "to": "whatsapp:+442079460958", "body": "x"}),
                 "request_id",
             ),
             (
-                serde_json::json!({"request_id": "a\nb", "from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x"}),
+                serde_json::json!({"request_id": "a\nb", "from": "whatsapp:+14155238886", "to": "whatsapp:+442079460958", "body": "x"}),
                 "request_id",
             ),
             (
-                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2",
+                serde_json::json!({"from": "whatsapp:+14155238886", "to": "whatsapp:+442079460958",
                     "template": {"name": "t", "language": "en", "variables": {"1": "two\nlines"}}}),
                 "template.variables.1",
             ),
-            (serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2", "media_urls": ["ftp://x"]}), "media_urls"),
             (
-                serde_json::json!({"request_id": "", "from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x"}),
+                serde_json::json!({"from": "whatsapp:+14155238886", "to": "whatsapp:+442079460958", "media_urls": ["ftp://x"]}),
+                "media_urls",
+            ),
+            (
+                serde_json::json!({"request_id": "", "from": "whatsapp:+14155238886", "to": "whatsapp:+442079460958", "body": "x"}),
                 "request_id",
             ),
             (
-                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2", "body": "x",
+                serde_json::json!({"from": "whatsapp:+14155238886", "to": "whatsapp:+442079460958", "body": "x",
                     "template": {"name": "t", "language": "en", "variables": {}}}),
                 "template",
             ),
             (
-                serde_json::json!({"from": "whatsapp:+1", "to": "whatsapp:+2",
+                serde_json::json!({"from": "whatsapp:+14155238886", "to": "whatsapp:+442079460958",
                     "template": {"name": "t", "language": " ", "variables": {}}}),
                 "template.language",
             ),

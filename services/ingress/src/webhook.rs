@@ -19,8 +19,13 @@ use crate::{mask, AppState};
 /// The empty TwiML document: "received, nothing to reply".
 const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 
-fn invalid(endpoint: &'static str, error: FieldError) -> Response {
-    reject(endpoint, "invalid_field", Problem::invalid_field(&error.field, error.detail))
+/// A signed webhook whose fields cannot be read: it came from Twilio, so it is kept on the
+/// quarantine topic (an operator can look at it and replay it once fixed), then refused.
+async fn unreadable(state: &AppState, received: &request::Received, url: &str, error: FieldError) -> Response {
+    if let Err(response) = request::quarantine(state, received, url, "invalid_field", &error.to_string()).await {
+        return response;
+    }
+    reject(received.endpoint, "invalid_field", Problem::invalid_field(&error.field, error.detail))
 }
 
 /// Verifies, reads and publishes one inbound message, once per `MessageSid`.
@@ -38,7 +43,7 @@ pub(crate) async fn inbound(
     };
     let event = match inbound::inbound_event(&verified.params, wa_platform::now_millis()) {
         Ok(event) => event,
-        Err(error) => return invalid(ENDPOINT, error),
+        Err(error) => return unreadable(&state, &received, &verified.url, error).await,
     };
     let span = tracing::info_span!("inbound_webhook", message_sid = %event.message_sid, from = %mask(&event.from), to = %mask(&event.to));
     if !state.serves(&event.to) {
@@ -76,14 +81,14 @@ pub(crate) async fn status(
     body: Body,
 ) -> Response {
     const ENDPOINT: &str = "status";
-    let (verified, _) = match request::verify(&state, ENDPOINT, method, uri, headers, body).await {
+    let (verified, received) = match request::verify(&state, ENDPOINT, method, uri, headers, body).await {
         Ok(verified) => verified,
         Err(response) => return response,
     };
     let request_id = signature::query_param(&verified.url, "request_id");
     let event = match status::status_event(&verified.params, request_id, wa_platform::now_millis()) {
         Ok(event) => event,
-        Err(error) => return invalid(ENDPOINT, error),
+        Err(error) => return unreadable(&state, &received, &verified.url, error).await,
     };
     let span = tracing::info_span!(
         "status_callback",

@@ -33,8 +33,9 @@ impl Rates {
             .map(|item| {
                 let (sender, rate) = item.rsplit_once('=').ok_or_else(|| format!("{item:?} is not sender=rate"))?;
                 let rate: f64 = rate.trim().parse().map_err(|_| format!("{rate:?} is not a rate"))?;
-                let sender = wa_schemas::normalize_whatsapp_address(sender)
-                    .ok_or_else(|| format!("{sender:?} is not a WhatsApp address"))?;
+                let sender = wa_schemas::WhatsAppAddress::parse(sender)
+                    .map(String::from)
+                    .map_err(|error| format!("{sender:?} is not a WhatsApp address: {error}"))?;
                 if !(rate.is_finite() && rate > 0.0) {
                     return Err(format!("the rate of {sender} must be a positive number"));
                 }

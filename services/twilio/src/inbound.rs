@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use uuid::Uuid;
-use wa_schemas::{conversation_id, normalize_whatsapp_address, InboundMessageReceived, Location, Media, Referral};
+use wa_schemas::{conversation_id, InboundMessageReceived, Location, Media, Referral};
 
 use crate::params::by_name;
 use crate::FieldError;
@@ -78,10 +78,8 @@ pub fn inbound_event(params: &[(String, String)], received_at: i64) -> Result<In
 
     let message_sid = required("MessageSid")?;
     let account_sid = required("AccountSid")?;
-    let from = normalize_whatsapp_address(&required("From")?)
-        .ok_or_else(|| FieldError::new("From", "From is not an address"))?;
-    let to =
-        normalize_whatsapp_address(&required("To")?).ok_or_else(|| FieldError::new("To", "To is not an address"))?;
+    let from = crate::address_field("From", &required("From")?)?;
+    let to = crate::address_field("To", &required("To")?)?;
 
     let referral = referral(&fields);
     // Twilio sends `ReferralNumMedia=0` on every message; without a referral it stays a plain

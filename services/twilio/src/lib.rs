@@ -28,6 +28,13 @@ impl FieldError {
     }
 }
 
+/// Reads a required address parameter (`From`, `To`) into its canonical form.
+pub(crate) fn address_field(name: &str, value: &str) -> Result<String, FieldError> {
+    wa_schemas::WhatsAppAddress::parse(value)
+        .map(wa_schemas::WhatsAppAddress::into_string)
+        .map_err(|error| FieldError::new(name, format!("{name} is not a WhatsApp address: {error}")))
+}
+
 impl std::fmt::Display for FieldError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.field, self.detail)

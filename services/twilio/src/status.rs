@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use uuid::Uuid;
-use wa_schemas::{conversation_id, normalize_whatsapp_address, DeliveryStatusReceived};
+use wa_schemas::{conversation_id, DeliveryStatusReceived};
 
 use crate::params::by_name;
 use crate::FieldError;
@@ -69,10 +69,8 @@ pub fn status_event(
         .ok_or_else(|| FieldError::new("MessageStatus", "MessageStatus is required"))?
         .trim()
         .to_ascii_lowercase();
-    let from = normalize_whatsapp_address(&required("From")?)
-        .ok_or_else(|| FieldError::new("From", "From is not an address"))?;
-    let to =
-        normalize_whatsapp_address(&required("To")?).ok_or_else(|| FieldError::new("To", "To is not an address"))?;
+    let from = crate::address_field("From", &required("From")?)?;
+    let to = crate::address_field("To", &required("To")?)?;
     let error_code = optional("ErrorCode").map(|code| code.trim().to_owned()).filter(|code| code != "0");
     let event_type = optional("EventType");
     let other_params: HashMap<String, String> = params
