@@ -27,6 +27,8 @@ pub const AUTH_TOKEN: &str = "e2e-auth-token";
 pub const ACCOUNT_SID: &str = "AC11111111111111111111111111111111";
 /// The CRM's bearer token on ingress's API in tests.
 pub const API_TOKEN: &str = "e2e-crm-token";
+/// The session query's bearer token in tests.
+pub const SESSION_TOKEN: &str = "e2e-session-token";
 /// The admin API token of template-approval in tests.
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 /// Language fallback chains in tests.
@@ -114,6 +116,7 @@ fn template_approval_config(kafka: &KafkaConfig, sim_url: &str) -> template_appr
 pub fn session_window_config(kafka: &KafkaConfig) -> session_window::Config {
     let mut config = session_window::Config::new(loopback(), kafka.clone());
     config.timer_interval = Duration::from_millis(100);
+    config.query_tokens = vec![SESSION_TOKEN.to_owned()];
     config
 }
 
@@ -468,7 +471,8 @@ impl Channel {
     /// A GET on a component's HTTP port.
     pub async fn get(&self, service: &str, path: &str) -> reqwest::Response {
         let base = self.service_urls.get(service).unwrap_or_else(|| panic!("no service {service}"));
-        self.http.get(format!("{base}{path}")).send().await.expect("service answers")
+        // The session query needs its token; the ops endpoints ignore it.
+        self.http.get(format!("{base}{path}")).bearer_auth(SESSION_TOKEN).send().await.expect("service answers")
     }
 
     /// Produces raw bytes to a topic of this channel, as a CRM producer or a faulty client would.

@@ -142,3 +142,27 @@ fn numeric_settings_out_of_range_stop_the_service_with_the_variable_named() {
         assert!(stderr.contains(name), "{binary} with {name}={value} did not name it: {stderr}");
     }
 }
+
+/// Off loopback, a service with an API refuses to start open, and ingress refuses the local
+/// default Twilio auth token (anyone could sign webhooks with it); each error names what to set.
+#[test]
+fn services_off_loopback_refuse_to_start_without_tokens() {
+    let off_loopback = ("HTTP_ADDR", "0.0.0.0:0");
+    let real_twilio_token = ("TWILIO_AUTH_TOKEN", "an-account-auth-token");
+    for (binary, env, named) in [
+        (
+            "ingress",
+            vec![off_loopback, real_twilio_token],
+            vec!["INGRESS_API_TOKENS", "INGRESS_ALLOW_UNAUTHENTICATED=true"],
+        ),
+        ("ingress", vec![off_loopback, ("INGRESS_API_TOKENS", "crm-token")], vec!["TWILIO_AUTH_TOKEN"]),
+        ("template-approval", vec![off_loopback], vec!["TEMPLATE_ADMIN_TOKENS", "TEMPLATE_ALLOW_UNAUTHENTICATED=true"]),
+        ("session-window", vec![off_loopback], vec!["SESSION_QUERY_TOKENS", "SESSION_ALLOW_UNAUTHENTICATED=true"]),
+    ] {
+        let (status, stderr) = run_to_exit(binary, &env);
+        assert!(!status.success(), "{binary} started open with {env:?}");
+        for name in named {
+            assert!(stderr.contains(name), "{binary} with {env:?} did not name {name}: {stderr}");
+        }
+    }
+}

@@ -262,6 +262,7 @@ async fn outputs_lost_before_a_revoke_are_not_committed_and_are_redone() {
         loop {
             let state: serde_json::Value = http
                 .get(format!("{first_url}/v1/conversations/{}/session", message.conversation_id))
+                .bearer_auth(e2e_tests::SESSION_TOKEN)
                 .send()
                 .await
                 .unwrap()

@@ -94,6 +94,22 @@ async fn stop_and_refused_sends_opt_customers_out_and_start_opts_them_back_in() 
     let (status, problem) = query(&channel, "not-a-uuid").await;
     assert_eq!(status, 400, "{problem}");
     assert!(problem["detail"].as_str().unwrap().contains("not a conversation id"));
+
+    // The query needs its bearer token: without it or with another, 401 and nothing told.
+    let url = format!(
+        "{}/v1/conversations/{}/session",
+        channel.service_urls[session_window::SERVICE],
+        conversation_id(BUSINESS, &writer)
+    );
+    for token in [None, Some("guess")] {
+        let mut request = reqwest::Client::new().get(&url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "token {token:?}");
+        assert!(!response.text().await.unwrap().contains("opted_out"));
+    }
     channel.stop().await;
 }
 

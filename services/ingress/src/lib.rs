@@ -51,7 +51,12 @@ const EXTRA_AUTH_TOKENS: EnvVar = EnvVar {
 const API_TOKENS: EnvVar = EnvVar {
     name: "INGRESS_API_TOKENS",
     default: None,
-    doc: "comma-separated bearer tokens the CRM must present on /v1/outbound; the API is open when unset (local use only)",
+    doc: "comma-separated bearer tokens the CRM must present on /v1/outbound; unset: open, allowed only on a loopback HTTP_ADDR (or with INGRESS_ALLOW_UNAUTHENTICATED=true)",
+};
+const ALLOW_UNAUTHENTICATED: EnvVar = EnvVar {
+    name: "INGRESS_ALLOW_UNAUTHENTICATED",
+    default: Some("false"),
+    doc: "true lets ingress serve /v1/outbound without INGRESS_API_TOKENS off loopback (behind a gateway that authenticates); otherwise it refuses to start",
 };
 const SENDERS: EnvVar = EnvVar {
     name: "INGRESS_SENDERS",
@@ -124,6 +129,7 @@ impl Config {
         PUBLIC_URL,
         TRUST_FORWARDED,
         API_TOKENS,
+        ALLOW_UNAUTHENTICATED,
         SENDERS,
         PUBLISH_TIMEOUT_MS,
         MAX_IN_FLIGHT,
@@ -136,7 +142,10 @@ impl Config {
 
     /// Reads the configuration from the environment.
     pub fn from_env() -> Result<Self, config::ConfigError> {
-        let mut auth_tokens = vec![config::var_or(&config::TWILIO_AUTH_TOKEN)];
+        let http_addr = config::http_addr(Self::DEFAULT_HTTP_ADDR)?;
+        let mut auth_tokens = vec![config::twilio_auth_token_off_loopback(http_addr)?];
+        let api_tokens = config::list(&API_TOKENS);
+        config::require_tokens_off_loopback(http_addr, &api_tokens, &API_TOKENS, &ALLOW_UNAUTHENTICATED)?;
         auth_tokens.extend(config::list(&EXTRA_AUTH_TOKENS));
         let senders = config::list(&SENDERS)
             .iter()
@@ -150,12 +159,12 @@ impl Config {
             .collect::<Result<_, _>>()?;
         let max_in_flight: usize = config::parse_in(&MAX_IN_FLIGHT, 1..=1_000_000)?;
         Ok(Self {
-            http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
+            http_addr,
             kafka: KafkaConfig::from_env()?,
             public_url: config::var(PUBLIC_URL.name),
             trust_forwarded_headers: config::parse(&TRUST_FORWARDED)?,
             auth_tokens,
-            api_tokens: config::list(&API_TOKENS),
+            api_tokens,
             senders,
             publish_timeout: Duration::from_millis(config::parse(&PUBLISH_TIMEOUT_MS)?),
             max_in_flight,

@@ -201,3 +201,68 @@ pub fn http_addr(default: &str) -> Result<std::net::SocketAddr, ConfigError> {
         reason: err.to_string(),
     })
 }
+
+/// An API guarded by bearer tokens may run without them only on loopback: off loopback the
+/// service refuses to start unless `allow` (a `*_ALLOW_UNAUTHENTICATED` variable) is `true`, so
+/// an image or manifest never ships an open API by accident. The error names the variables.
+pub fn require_tokens_off_loopback(
+    http_addr: std::net::SocketAddr,
+    tokens: &[String],
+    tokens_var: &EnvVar,
+    allow: &EnvVar,
+) -> Result<(), ConfigError> {
+    let allowed: bool = parse(allow)?;
+    if !tokens.is_empty() || http_addr.ip().is_loopback() || allowed {
+        return Ok(());
+    }
+    Err(ConfigError {
+        name: tokens_var.name,
+        value: String::new(),
+        reason: format!(
+            "required while {HTTP_ADDR}={http_addr} is not loopback: set {} to the bearer token(s) clients present, \
+             or {}=true to serve the API without authentication",
+            tokens_var.name, allow.name
+        ),
+    })
+}
+
+/// The Twilio auth token, refused off loopback when it is the local default: anyone who reads
+/// this repository could sign webhooks with it.
+pub fn twilio_auth_token_off_loopback(http_addr: std::net::SocketAddr) -> Result<String, ConfigError> {
+    let token = var_or(&TWILIO_AUTH_TOKEN);
+    if Some(token.as_str()) == TWILIO_AUTH_TOKEN.default && !http_addr.ip().is_loopback() {
+        return Err(ConfigError {
+            name: TWILIO_AUTH_TOKEN.name,
+            value: String::new(),
+            reason: format!(
+                "the local default is refused while {HTTP_ADDR}={http_addr} is not loopback: set it to the \
+                 account's auth token (Twilio Console)"
+            ),
+        });
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod secure_default_tests {
+    use super::*;
+
+    const TOKENS: EnvVar = EnvVar { name: "TEST_UNSET_API_TOKENS", default: None, doc: "" };
+    const ALLOW: EnvVar = EnvVar { name: "TEST_UNSET_ALLOW_UNAUTHENTICATED", default: Some("false"), doc: "" };
+    const ALLOWED: EnvVar = EnvVar { name: "TEST_UNSET_ALLOW_UNAUTHENTICATED", default: Some("true"), doc: "" };
+
+    #[test]
+    fn an_open_api_is_refused_off_loopback_only() {
+        let loopback = "127.0.0.1:8080".parse().unwrap();
+        let any = "0.0.0.0:8080".parse().unwrap();
+        assert!(require_tokens_off_loopback(loopback, &[], &TOKENS, &ALLOW).is_ok());
+        assert!(require_tokens_off_loopback("[::1]:8080".parse().unwrap(), &[], &TOKENS, &ALLOW).is_ok());
+        assert!(require_tokens_off_loopback(any, &["t".to_owned()], &TOKENS, &ALLOW).is_ok());
+        assert!(require_tokens_off_loopback(any, &[], &TOKENS, &ALLOWED).is_ok());
+        let error = require_tokens_off_loopback(any, &[], &TOKENS, &ALLOW).unwrap_err().to_string();
+        assert!(
+            error.contains("TEST_UNSET_API_TOKENS") && error.contains("TEST_UNSET_ALLOW_UNAUTHENTICATED=true"),
+            "{error}"
+        );
+    }
+}

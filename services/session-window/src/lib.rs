@@ -76,6 +76,17 @@ const TIMER_INTERVAL_MS: EnvVar = EnvVar {
     doc: "how often due window notices are looked for (their time is the deadline, not the tick)",
 };
 
+const QUERY_TOKENS: EnvVar = EnvVar {
+    name: "SESSION_QUERY_TOKENS",
+    default: None,
+    doc: "comma-separated bearer tokens for the session query API (GET /v1/conversations/{id}/session); unset: open, allowed only on a loopback HTTP_ADDR (or with SESSION_ALLOW_UNAUTHENTICATED=true)",
+};
+const ALLOW_UNAUTHENTICATED: EnvVar = EnvVar {
+    name: "SESSION_ALLOW_UNAUTHENTICATED",
+    default: Some("false"),
+    doc: "true lets session-window serve the session query without SESSION_QUERY_TOKENS off loopback; otherwise it refuses to start",
+};
+
 /// Session-window configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -99,6 +110,8 @@ pub struct Config {
     pub advertised_url: Option<String>,
     /// Outputs made to fail on purpose (tests); none by default.
     pub delivery_faults: wa_platform::kafka::DeliveryFaults,
+    /// Bearer tokens for the session query; empty means open (loopback only, or allowed).
+    pub query_tokens: Vec<String>,
 }
 
 impl Config {
@@ -116,6 +129,8 @@ impl Config {
         COMMIT_INTERVAL_MS,
         TIMER_INTERVAL_MS,
         ADVERTISED_URL,
+        QUERY_TOKENS,
+        ALLOW_UNAUTHENTICATED,
     ];
     /// The default HTTP address.
     pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8081";
@@ -133,6 +148,7 @@ impl Config {
             timer_interval: Duration::from_secs(1),
             advertised_url: None,
             delivery_faults: wa_platform::kafka::DeliveryFaults::default(),
+            query_tokens: Vec::new(),
         }
     }
 
@@ -147,8 +163,11 @@ impl Config {
                 }
             })?;
         let millis = |var: &EnvVar| config::parse::<u64>(var).map(Duration::from_millis);
+        let http_addr = config::http_addr(Self::DEFAULT_HTTP_ADDR)?;
+        let query_tokens = config::list(&QUERY_TOKENS);
+        config::require_tokens_off_loopback(http_addr, &query_tokens, &QUERY_TOKENS, &ALLOW_UNAUTHENTICATED)?;
         Ok(Self {
-            http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
+            http_addr,
             kafka: KafkaConfig::from_env()?,
             safety_margin: millis(&SAFETY_MARGIN_MS)?,
             expiring_lead: millis(&EXPIRING_LEAD_MS)?,
@@ -158,6 +177,7 @@ impl Config {
             timer_interval: millis(&TIMER_INTERVAL_MS)?.max(Duration::from_millis(10)),
             advertised_url: config::var(ADVERTISED_URL.name).map(|url| url.trim_end_matches('/').to_owned()),
             delivery_faults: wa_platform::kafka::DeliveryFaults::default(),
+            query_tokens,
         })
     }
 
@@ -263,8 +283,11 @@ impl Service for SessionWindow {
         let bound = listener.local_addr()?;
         let own_url = config.advertised_url.get_or_insert_with(|| format!("http://{bound}")).clone();
         let query = QueryState { shared: shared.clone(), margin_millis: config.safety_margin_millis(), own_url };
-        let routes =
-            Router::new().route("/v1/conversations/{id}/session", get(session_query)).with_state(Arc::new(query));
+        let tokens = Arc::new(config.query_tokens.clone());
+        let routes = Router::new()
+            .route("/v1/conversations/{id}/session", get(session_query))
+            .route_layer(axum::middleware::from_fn_with_state(tokens, wa_platform::http::require_bearer))
+            .with_state(Arc::new(query));
         let stop = shutdown.clone();
         let ready = health.clone();
         let worker = async move {

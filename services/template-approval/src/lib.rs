@@ -37,7 +37,12 @@ pub const SERVICE: &str = "template-approval";
 const ADMIN_TOKENS: EnvVar = EnvVar {
     name: "TEMPLATE_ADMIN_TOKENS",
     default: None,
-    doc: "comma-separated bearer tokens for the admin API; it is open when unset (local use only)",
+    doc: "comma-separated bearer tokens for the admin API; unset: open, allowed only on a loopback HTTP_ADDR (or with TEMPLATE_ALLOW_UNAUTHENTICATED=true)",
+};
+const ALLOW_UNAUTHENTICATED: EnvVar = EnvVar {
+    name: "TEMPLATE_ALLOW_UNAUTHENTICATED",
+    default: Some("false"),
+    doc: "true lets template-approval serve its admin API without TEMPLATE_ADMIN_TOKENS off loopback; otherwise it refuses to start",
 };
 const CONTENT_BASE_URL: EnvVar = EnvVar {
     name: "TWILIO_CONTENT_BASE_URL",
@@ -84,6 +89,7 @@ impl Config {
         config::KAFKA_FETCH_WAIT_MS,
         config::KAFKA_GROUP_INSTANCE_ID,
         ADMIN_TOKENS,
+        ALLOW_UNAUTHENTICATED,
         CONTENT_BASE_URL,
         config::TWILIO_ACCOUNT_SID,
         config::TWILIO_AUTH_TOKEN,
@@ -104,10 +110,13 @@ impl Config {
             value: fallbacks_text.clone(),
             reason,
         })?;
+        let http_addr = config::http_addr(Self::DEFAULT_HTTP_ADDR)?;
+        let admin_tokens = config::list(&ADMIN_TOKENS);
+        config::require_tokens_off_loopback(http_addr, &admin_tokens, &ADMIN_TOKENS, &ALLOW_UNAUTHENTICATED)?;
         Ok(Self {
-            http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
+            http_addr,
             kafka: KafkaConfig::from_env()?,
-            admin_tokens: config::list(&ADMIN_TOKENS),
+            admin_tokens,
             content_base_url: config::var_or(&CONTENT_BASE_URL),
             auth_username,
             auth_password,
