@@ -123,6 +123,7 @@ pub fn session_window_config(kafka: &KafkaConfig) -> session_window::Config {
 /// ingress's configuration in tests: one served sender, a CRM token, a small body limit.
 pub fn ingress_config(kafka: &KafkaConfig) -> ingress::Config {
     let mut config = ingress::Config::new(loopback(), kafka.clone(), AUTH_TOKEN);
+    config.account_sid = ACCOUNT_SID.to_owned();
     config.senders = vec![BUSINESS.to_owned()];
     config.api_tokens = vec![API_TOKEN.to_owned()];
     config.max_body_bytes = 16 * 1024;

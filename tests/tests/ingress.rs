@@ -620,26 +620,19 @@ async fn every_kind_of_bad_input_gets_its_own_status_problem_and_metric() {
     let quarantined: Vec<QuarantinedRequest> =
         channel.read_to_end(&QUARANTINE).await.iter().map(|r| r.decode()).collect();
     let reasons: Vec<&str> = quarantined.iter().map(|q| q.reason.as_str()).collect();
+    // An unsigned request is never kept.
     assert_eq!(
         reasons,
-        [
-            "signature_missing",
-            "signature_invalid",
-            "unknown_sender",
-            "invalid_field",
-            "invalid_field",
-            "invalid_field",
-            "invalid_field"
-        ]
+        ["signature_invalid", "unknown_sender", "invalid_field", "invalid_field", "invalid_field", "invalid_field"]
     );
     let unreadable = quarantined.last().unwrap();
     assert!(unreadable.detail.starts_with("From: From is not a WhatsApp address"), "{}", unreadable.detail);
     assert_eq!(unreadable.body, serde_urlencoded_form(&from_no_number).as_bytes());
     let expected_body = serde_urlencoded_form(&good);
-    assert_eq!(quarantined[1].body, expected_body.as_bytes());
-    assert_eq!(quarantined[1].checked_url, inbound);
-    assert!(quarantined[1].headers.contains_key("x-twilio-signature"));
-    assert!(quarantined[2].detail.contains("whatsapp:+199******00"), "{}", quarantined[2].detail);
+    assert_eq!(quarantined[0].body, expected_body.as_bytes());
+    assert_eq!(quarantined[0].checked_url, inbound);
+    assert!(quarantined[0].headers.contains_key("x-twilio-signature"));
+    assert!(quarantined[1].detail.contains("whatsapp:+199******00"), "{}", quarantined[1].detail);
     channel.stop().await;
 }
 
@@ -673,4 +666,67 @@ async fn without_a_broker_twilio_gets_a_503_at_once_not_a_hang() {
     assert_eq!(problem["type"], "https://wachannel.dev/problems/unavailable");
     stop.cancel();
     task.await.unwrap().ok();
+}
+
+/// Quarantine keeps only what plausibly came from Twilio (signed, even if wrongly, for this
+/// account and a served sender), and no more bytes a minute than its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quarantine_keeps_only_plausible_webhooks_within_its_budget() {
+    const BUDGET: u64 = 2_500;
+    let channel = Channel::topics_only().await;
+    let mut config = e2e_tests::ingress_config(&channel.kafka);
+    config.quarantine_budget_per_minute = BUDGET;
+    let bound = ingress::bind(config).await.unwrap();
+    let base = format!("http://{}", bound.local_addr());
+    let url = format!("{base}/twilio/inbound");
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(bound.run(stop.clone()));
+    wait_ready(&base).await;
+
+    // 1,000 bytes each, so the budget holds two.
+    let webhook = || {
+        let mut params = channel.inbound_params(&unique_sid(), &unique_customer(), "");
+        let padding = 1_000 - serde_urlencoded_form(&params).len();
+        params.iter_mut().find(|(k, _)| k == "Body").unwrap().1 = "x".repeat(padding);
+        params
+    };
+    let mut other_account = webhook();
+    other_account.iter_mut().find(|(k, _)| k == "AccountSid").unwrap().1 = "AC99999999999999999999999999999999".into();
+    let mut other_sender = webhook();
+    other_sender.iter_mut().find(|(k, _)| k == "To").unwrap().1 = "whatsapp:+19995550000".into();
+    let started = std::time::Instant::now();
+    for (params, token) in [(webhook(), None), (other_account, Some("forged")), (other_sender, Some("forged"))] {
+        assert_eq!(post_form(&url, &url, token, &params, &[]).await.status(), 403);
+    }
+    let plausible: Vec<Vec<(String, String)>> = (0..5).map(|_| webhook()).collect();
+    for params in &plausible {
+        assert_eq!(post_form(&url, &url, Some("forged"), params, &[]).await.status(), 403);
+    }
+    let elapsed = started.elapsed();
+
+    let quarantined: Vec<QuarantinedRequest> =
+        channel.read_to_end(&QUARANTINE).await.iter().map(|r| r.decode()).collect();
+    // The first two plausible ones fit the budget; beyond them, no more than its refill over
+    // the time the test took.
+    assert!(quarantined.len() >= 2, "{} kept", quarantined.len());
+    for (kept, sent) in quarantined.iter().zip(&plausible) {
+        assert_eq!(kept.body, serde_urlencoded_form(sent).as_bytes());
+    }
+    let kept_bytes: usize = quarantined.iter().map(|q| q.body.len()).sum();
+    let refill = elapsed.as_secs_f64() * BUDGET as f64 / 60.0;
+    assert!(kept_bytes as f64 <= BUDGET as f64 + refill, "{kept_bytes} bytes kept in {elapsed:?}");
+    let skipped_for_budget = plausible.len() - quarantined.len();
+    assert!(skipped_for_budget > 0 || elapsed.as_secs() > 30, "all five kept within {elapsed:?}");
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    // Metrics are per process, which other tests share: at least these were counted.
+    for (reason, count) in
+        [("unsigned", 1), ("other_account", 1), ("unknown_sender", 1), ("budget", skipped_for_budget)]
+    {
+        let name = format!("wa_ingress_quarantine_skipped_total{{endpoint=\"inbound\",reason=\"{reason}\"}} ");
+        let counted: usize =
+            metrics.lines().find_map(|l| l.strip_prefix(&name)).map_or(0, |n| n.trim().parse().unwrap());
+        assert!(counted >= count, "{name}{counted}, expected at least {count}");
+    }
+    stop.cancel();
+    serving.await.unwrap().unwrap();
 }

@@ -78,6 +78,11 @@ const MAX_BODY_BYTES: EnvVar = EnvVar {
     default: Some("65536"),
     doc: "largest request body accepted; larger ones get 413",
 };
+const QUARANTINE_BUDGET: EnvVar = EnvVar {
+    name: "INGRESS_QUARANTINE_BUDGET_BYTES_PER_MIN",
+    default: Some("5242880"),
+    doc: "most bytes of refused webhooks kept on the quarantine topic per minute (refilled continuously); beyond it they are refused without being kept, and counted. 0 keeps none",
+};
 const DEDUPE_HORIZON_HOURS: EnvVar = EnvVar {
     name: "INGRESS_DEDUPE_HORIZON_HOURS",
     default: Some("24"),
@@ -100,6 +105,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Whether `X-Forwarded-Proto`/`X-Forwarded-Host` name the public URL.
     pub trust_forwarded_headers: bool,
+    /// The Twilio account whose webhooks are served (`AccountSid`).
+    pub account_sid: String,
     /// Auth tokens accepted on webhook signatures: the current one first.
     pub auth_tokens: Vec<String>,
     /// Bearer tokens for the CRM API; empty means open.
@@ -112,6 +119,8 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Most bytes of refused webhooks quarantined per minute.
+    pub quarantine_budget_per_minute: u64,
     /// How long a published id counts as a duplicate.
     pub dedupe_horizon: Duration,
     /// Most ids remembered per topic.
@@ -124,6 +133,7 @@ impl Config {
         config::KAFKA_BOOTSTRAP_SERVERS,
         config::WA_TOPIC_PREFIX,
         config::KAFKA_FETCH_WAIT_MS,
+        config::TWILIO_ACCOUNT_SID,
         config::TWILIO_AUTH_TOKEN,
         EXTRA_AUTH_TOKENS,
         PUBLIC_URL,
@@ -134,6 +144,7 @@ impl Config {
         PUBLISH_TIMEOUT_MS,
         MAX_IN_FLIGHT,
         MAX_BODY_BYTES,
+        QUARANTINE_BUDGET,
         DEDUPE_HORIZON_HOURS,
         DEDUPE_CAPACITY,
     ];
@@ -163,12 +174,14 @@ impl Config {
             kafka: KafkaConfig::from_env()?,
             public_url: config::var(PUBLIC_URL.name),
             trust_forwarded_headers: config::parse(&TRUST_FORWARDED)?,
+            account_sid: config::var_or(&config::TWILIO_ACCOUNT_SID),
             auth_tokens,
             api_tokens,
             senders,
             publish_timeout: Duration::from_millis(config::parse(&PUBLISH_TIMEOUT_MS)?),
             max_in_flight,
             max_body_bytes: config::parse(&MAX_BODY_BYTES)?,
+            quarantine_budget_per_minute: config::parse_in(&QUARANTINE_BUDGET, 0..=1 << 40)?,
             dedupe_horizon: Duration::from_secs(3600 * config::parse::<u64>(&DEDUPE_HORIZON_HOURS)?),
             dedupe_capacity: config::parse(&DEDUPE_CAPACITY)?,
         })
@@ -182,12 +195,14 @@ impl Config {
             kafka,
             public_url: None,
             trust_forwarded_headers: false,
+            account_sid: config::TWILIO_ACCOUNT_SID.default.unwrap_or_default().to_owned(),
             auth_tokens: vec![auth_token.to_owned()],
             api_tokens: vec![],
             senders: vec![],
             publish_timeout: Duration::from_secs(5),
             max_in_flight: 256,
             max_body_bytes: 64 * 1024,
+            quarantine_budget_per_minute: 5 * 1024 * 1024,
             dedupe_horizon: Duration::from_secs(24 * 3600),
             dedupe_capacity: 2_000_000,
         }
@@ -198,6 +213,7 @@ impl Config {
 pub(crate) struct AppState {
     pub(crate) producer: EventProducer,
     pub(crate) urls: request::PublicUrl,
+    pub(crate) account_sid: String,
     pub(crate) auth_tokens: Vec<String>,
     pub(crate) api_tokens: Vec<String>,
     pub(crate) senders: Vec<String>,
@@ -206,6 +222,7 @@ pub(crate) struct AppState {
     pub(crate) publishes: tokio::sync::Semaphore,
     pub(crate) max_in_flight: usize,
     pub(crate) max_body_bytes: usize,
+    pub(crate) quarantine_budget: request::QuarantineBudget,
     pub(crate) inbound_dedupe: Arc<dedupe::Deduplicator>,
     pub(crate) outbound_dedupe: Arc<dedupe::Deduplicator>,
     pub(crate) health: Arc<Health>,
@@ -275,6 +292,7 @@ impl Service for Ingress {
         let state = Arc::new(AppState {
             producer: producer.clone(),
             urls: request::PublicUrl::new(config.public_url.as_deref(), config.trust_forwarded_headers, &bound),
+            account_sid: config.account_sid.clone(),
             auth_tokens: config.auth_tokens.clone(),
             api_tokens: config.api_tokens.clone(),
             senders: config.senders.clone(),
@@ -282,6 +300,10 @@ impl Service for Ingress {
             publishes: tokio::sync::Semaphore::new(config.max_in_flight),
             max_in_flight: config.max_in_flight,
             max_body_bytes: config.max_body_bytes,
+            quarantine_budget: request::QuarantineBudget::new(
+                config.quarantine_budget_per_minute,
+                std::time::Instant::now(),
+            ),
             inbound_dedupe: Arc::new(dedupe::Deduplicator::new(config.dedupe_horizon, config.dedupe_capacity)),
             outbound_dedupe: Arc::new(dedupe::Deduplicator::new(config.dedupe_horizon, config.dedupe_capacity)),
             health: health.clone(),

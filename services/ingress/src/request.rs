@@ -1,10 +1,11 @@
 //! What every Twilio webhook goes through before its fields are read: readiness, the body
 //! limit, the content type, the public URL Twilio signed, and the signature. A refusal is
 //! answered with a problem, counted per endpoint and reason, and logged without the message;
-//! a refused signature is also quarantined.
+//! a refused request that plausibly came from Twilio is also quarantined, within a byte budget.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
@@ -175,7 +176,7 @@ pub(crate) async fn verify(
 
     let Some(presented) = received.headers.get(signature::HEADER).and_then(|v| v.to_str().ok()) else {
         let detail = format!("{} header is required", signature::HEADER);
-        return Err(refuse_signature(state, &received, &url, "signature_missing", detail).await);
+        return Err(refuse_signature(state, &received, &params, &url, "signature_missing", detail).await);
     };
     let valid = match kind {
         BodyKind::Form => signature::verify(&state.auth_tokens, &url, &params, presented),
@@ -191,7 +192,7 @@ pub(crate) async fn verify(
                 )
             }
         };
-        return Err(refuse_signature(state, &received, &url, "signature_invalid", detail).await);
+        return Err(refuse_signature(state, &received, &params, &url, "signature_invalid", detail).await);
     }
     Ok((Verified { params, url }, received))
 }
@@ -199,11 +200,33 @@ pub(crate) async fn verify(
 async fn refuse_signature(
     state: &AppState,
     received: &Received,
+    params: &Params,
     url: &str,
     reason: &'static str,
     detail: String,
 ) -> Response {
-    if let Err(response) = quarantine(state, received, url, reason, &detail).await {
+    // Kept only when it plausibly came from Twilio: signed (if wrongly: a changed URL or token),
+    // for this account and, when the served senders are known, to one of them.
+    let from_twilio = if reason == "signature_missing" {
+        Err("unsigned")
+    } else if param(params, "AccountSid") != Some(state.account_sid.as_str()) {
+        Err("other_account")
+    } else if !param(params, "To")
+        .and_then(|to| wa_schemas::WhatsAppAddress::parse(to).ok())
+        .is_some_and(|to| state.serves(to.as_str()))
+    {
+        Err("unknown_sender")
+    } else {
+        Ok(())
+    };
+    let kept = match from_twilio {
+        Ok(()) => quarantine(state, received, url, reason, &detail).await,
+        Err(why) => {
+            not_quarantined(received.endpoint, why);
+            Ok(())
+        }
+    };
+    if let Err(response) = kept {
         return response;
     }
     let slug = reason.replace('_', "-");
@@ -211,8 +234,51 @@ async fn refuse_signature(
     reject(received.endpoint, reason, Problem::new(StatusCode::FORBIDDEN, &slug, title, detail))
 }
 
-/// Keeps a refused request whole on the quarantine topic. If that fails, the caller answers 503
-/// (Twilio retries) rather than drop what may be a customer's message.
+/// The first value of a parameter.
+fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
+    params.iter().find(|(key, _)| key == name).map(|(_, value)| value.trim())
+}
+
+/// Counts and logs a refused request left out of the quarantine, and why.
+fn not_quarantined(endpoint: &'static str, why: &'static str) {
+    metrics::counter!("wa_ingress_quarantine_skipped_total", "endpoint" => endpoint, "reason" => why).increment(1);
+    tracing::warn!(endpoint, reason = why, "refused request not quarantined");
+}
+
+/// Bytes the quarantine may take per minute, refilled continuously (a token bucket holding at
+/// most one minute's worth), so a flood of junk cannot fill the topic.
+pub(crate) struct QuarantineBudget {
+    per_minute: f64,
+    /// Bytes available and when that was computed.
+    available: Mutex<(f64, Instant)>,
+}
+
+impl QuarantineBudget {
+    /// A full budget at `now`.
+    pub(crate) fn new(bytes_per_minute: u64, now: Instant) -> Self {
+        let per_minute = bytes_per_minute as f64;
+        Self { per_minute, available: Mutex::new((per_minute, now)) }
+    }
+
+    /// Takes `bytes` from the budget at `now` if they are available.
+    pub(crate) fn take(&self, bytes: usize, now: Instant) -> bool {
+        if self.per_minute <= 0.0 {
+            return false;
+        }
+        let mut guard = self.available.lock().expect("budget lock");
+        let (available, since) = *guard;
+        let refilled = (available + now.saturating_duration_since(since).as_secs_f64() * self.per_minute / 60.0)
+            .min(self.per_minute);
+        let bytes = bytes as f64;
+        let taken = bytes <= refilled;
+        *guard = (if taken { refilled - bytes } else { refilled }, now.max(since));
+        taken
+    }
+}
+
+/// Keeps a refused request whole on the quarantine topic, within the budget. If publishing
+/// fails, the caller answers 503 (Twilio retries) rather than drop what may be a customer's
+/// message.
 pub(crate) async fn quarantine(
     state: &AppState,
     received: &Received,
@@ -220,6 +286,10 @@ pub(crate) async fn quarantine(
     reason: &'static str,
     detail: &str,
 ) -> Result<(), Response> {
+    if !state.quarantine_budget.take(received.body.len(), Instant::now()) {
+        not_quarantined(received.endpoint, "budget");
+        return Ok(());
+    }
     let headers: HashMap<String, String> = DIAGNOSTIC_HEADERS
         .iter()
         .filter_map(|name| {
@@ -270,6 +340,23 @@ pub(crate) fn unavailable(endpoint: &'static str, reason: NotPublished) -> Respo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quarantine_budget_refills_by_the_minute_and_never_beyond_one() {
+        let start = Instant::now();
+        let budget = QuarantineBudget::new(6_000, start);
+        assert!(budget.take(5_000, start));
+        assert!(!budget.take(2_000, start), "only 1,000 bytes left");
+        assert!(budget.take(1_000, start));
+        // 10 s refill a sixth of the minute's bytes.
+        assert!(!budget.take(1_001, start + std::time::Duration::from_secs(10)));
+        assert!(budget.take(1_000, start + std::time::Duration::from_secs(10)));
+        // An idle hour refills one minute's worth, not sixty.
+        let later = start + std::time::Duration::from_secs(3_600);
+        assert!(budget.take(6_000, later));
+        assert!(!budget.take(1, later));
+        assert!(!QuarantineBudget::new(0, start).take(0, later));
+    }
 
     fn headers(items: &[(&'static str, &'static str)]) -> HeaderMap {
         items.iter().map(|(k, v)| (header::HeaderName::from_static(k), header::HeaderValue::from_static(v))).collect()
