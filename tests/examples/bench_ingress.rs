@@ -247,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
         topic_prefix: format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         group_instance_id: None,
         fetch_wait: wa_platform::config::KafkaConfig::DEFAULT_FETCH_WAIT,
+        security: Vec::new(),
     };
     wa_platform::kafka::ensure_topics(&kafka, topics::ALL).await?;
     let stop = CancellationToken::new();

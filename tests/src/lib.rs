@@ -183,6 +183,7 @@ impl Channel {
             topic_prefix: format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]),
             group_instance_id: None,
             fetch_wait: wa_platform::config::KafkaConfig::DEFAULT_FETCH_WAIT,
+            security: Vec::new(),
         };
         wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await.expect("broker answers");
         wa_platform::kafka::ensure_topics(&kafka, topics::ALL).await.expect("topics created");

@@ -68,6 +68,7 @@ async fn keys_in_order_concurrently_once_and_committed_to_the_end() {
         topic_prefix: format!("c{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]),
         group_instance_id: None,
         fetch_wait: wa_platform::config::KafkaConfig::DEFAULT_FETCH_WAIT,
+        security: Vec::new(),
     };
     let spec: TopicSpec = OUTBOUND_REQUESTED;
     wa_platform::kafka::ensure_topics(&kafka, &[spec, wa_platform::topics::DEAD_LETTER]).await.unwrap();

@@ -129,13 +129,15 @@ fn run_to_exit(binary: &str, env: &[(&str, &str)]) -> (std::process::ExitStatus,
 }
 
 #[test]
-fn numeric_settings_out_of_range_stop_the_service_with_the_variable_named() {
+fn settings_out_of_range_stop_the_service_with_the_variable_named() {
     for (binary, name, value) in [
         ("outbound-dispatch", "DISPATCH_SENDER_RATE", "0"),
         ("outbound-dispatch", "DISPATCH_SENDER_RATE", "NaN"),
         ("outbound-dispatch", "DISPATCH_INSTANCES", "0"),
         ("ingress", "INGRESS_MAX_IN_FLIGHT", "0"),
         ("ingress", "KAFKA_FETCH_WAIT_MS", "0"),
+        ("session-window", "KAFKA_SECURITY_PROTOCOL", "tls"),
+        ("template-approval", "KAFKA_SASL_USERNAME", "wachannel"),
     ] {
         let (status, stderr) = run_to_exit(binary, &[(name, value)]);
         assert!(!status.success(), "{binary} started with {name}={value}");

@@ -648,6 +648,7 @@ async fn without_a_broker_twilio_gets_a_503_at_once_not_a_hang() {
         topic_prefix: "nobroker.".to_owned(),
         group_instance_id: None,
         fetch_wait: wa_platform::config::KafkaConfig::DEFAULT_FETCH_WAIT,
+        security: Vec::new(),
     };
     let bound = ingress::bind(e2e_tests::ingress_config(&kafka)).await.unwrap();
     let url = format!("http://{}/twilio/inbound", bound.local_addr());

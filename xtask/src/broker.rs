@@ -115,6 +115,7 @@ impl Broker {
             topic_prefix: wa_platform::config::var_or(&wa_platform::config::WA_TOPIC_PREFIX),
             group_instance_id: None,
             fetch_wait: wa_platform::config::KafkaConfig::DEFAULT_FETCH_WAIT,
+            security: Vec::new(),
         }
     }
 

@@ -90,6 +90,30 @@ pub const KAFKA_FETCH_WAIT_MS: EnvVar = EnvVar {
     default: Some("50"),
     doc: "longest the broker may hold a consumer's fetch (fetch.wait.max.ms). Apache Kafka answers as soon as records arrive, so this only paces idle polling; tansu answers when the wait runs out, so each hop costs up to 1.5 times this (decision 38)",
 };
+/// `KAFKA_SECURITY_PROTOCOL`: how clients reach the brokers.
+pub const KAFKA_SECURITY_PROTOCOL: EnvVar = EnvVar {
+    name: "KAFKA_SECURITY_PROTOCOL",
+    default: Some("plaintext"),
+    doc: "plaintext, ssl, sasl_plaintext or sasl_ssl (librdkafka's security.protocol), for every client of the service",
+};
+/// `KAFKA_SASL_MECHANISM`.
+pub const KAFKA_SASL_MECHANISM: EnvVar = EnvVar {
+    name: "KAFKA_SASL_MECHANISM",
+    default: None,
+    doc: "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with a sasl_* protocol (default PLAIN)",
+};
+/// `KAFKA_SASL_USERNAME`.
+pub const KAFKA_SASL_USERNAME: EnvVar =
+    EnvVar { name: "KAFKA_SASL_USERNAME", default: None, doc: "SASL user name, required with a sasl_* protocol" };
+/// `KAFKA_SASL_PASSWORD`.
+pub const KAFKA_SASL_PASSWORD: EnvVar =
+    EnvVar { name: "KAFKA_SASL_PASSWORD", default: None, doc: "SASL password, required with a sasl_* protocol" };
+/// `KAFKA_SSL_CA_LOCATION`.
+pub const KAFKA_SSL_CA_LOCATION: EnvVar = EnvVar {
+    name: "KAFKA_SSL_CA_LOCATION",
+    default: None,
+    doc: "PEM file of the CA that signed the brokers' certificates, with ssl or sasl_ssl (unset: the system's CAs)",
+};
 /// `WA_TOPIC_PREFIX`: prefix for every topic and consumer group name.
 pub const WA_TOPIC_PREFIX: EnvVar = EnvVar {
     name: "WA_TOPIC_PREFIX",
@@ -148,15 +172,92 @@ pub struct KafkaConfig {
     pub group_instance_id: Option<String>,
     /// How long the broker may hold a consumer's fetch (`fetch.wait.max.ms`) before answering.
     pub fetch_wait: std::time::Duration,
+    /// librdkafka security settings (`security.protocol`, `sasl.*`, `ssl.ca.location`) given to
+    /// every client; empty for plaintext.
+    pub security: Vec<(&'static str, String)>,
+}
+
+/// The librdkafka settings of the `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*` and
+/// `KAFKA_SSL_CA_LOCATION` variables, checked: an unknown protocol or mechanism, SASL without
+/// credentials or a CA file that is not there stops the service with the variable named.
+pub fn kafka_security() -> Result<Vec<(&'static str, String)>, ConfigError> {
+    kafka_security_from(var)
+}
+
+/// [`kafka_security`] with the variables looked up by `lookup` (unset or empty: `None`).
+fn kafka_security_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let invalid =
+        |var: &EnvVar, value: String, reason: &str| ConfigError { name: var.name, value, reason: reason.to_owned() };
+    let protocol = lookup(KAFKA_SECURITY_PROTOCOL.name)
+        .unwrap_or_else(|| KAFKA_SECURITY_PROTOCOL.default.unwrap_or_default().to_owned())
+        .trim()
+        .to_ascii_lowercase();
+    let (tls, sasl) = match protocol.as_str() {
+        "plaintext" => (false, false),
+        "ssl" => (true, false),
+        "sasl_plaintext" => (false, true),
+        "sasl_ssl" => (true, true),
+        _ => {
+            return Err(invalid(
+                &KAFKA_SECURITY_PROTOCOL,
+                protocol,
+                "must be plaintext, ssl, sasl_plaintext or sasl_ssl",
+            ))
+        }
+    };
+    let mut settings = Vec::new();
+    if protocol != "plaintext" {
+        settings.push(("security.protocol", protocol.clone()));
+    }
+    if sasl {
+        let mechanism =
+            lookup(KAFKA_SASL_MECHANISM.name).unwrap_or_else(|| "PLAIN".to_owned()).trim().to_ascii_uppercase();
+        if !matches!(mechanism.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
+            return Err(invalid(&KAFKA_SASL_MECHANISM, mechanism, "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"));
+        }
+        let required = |var: &EnvVar| {
+            lookup(var.name).ok_or_else(|| {
+                invalid(var, String::new(), &format!("required with KAFKA_SECURITY_PROTOCOL={protocol}"))
+            })
+        };
+        settings.push(("sasl.mechanism", mechanism));
+        settings.push(("sasl.username", required(&KAFKA_SASL_USERNAME)?));
+        settings.push(("sasl.password", required(&KAFKA_SASL_PASSWORD)?));
+    } else if lookup(KAFKA_SASL_USERNAME.name).is_some() {
+        return Err(invalid(
+            &KAFKA_SECURITY_PROTOCOL,
+            protocol,
+            "KAFKA_SASL_USERNAME is set: use sasl_plaintext or sasl_ssl",
+        ));
+    }
+    if let Some(ca) = lookup(KAFKA_SSL_CA_LOCATION.name) {
+        if !tls {
+            return Err(invalid(&KAFKA_SSL_CA_LOCATION, ca, "needs KAFKA_SECURITY_PROTOCOL=ssl or sasl_ssl"));
+        }
+        if !std::path::Path::new(&ca).is_file() {
+            return Err(invalid(&KAFKA_SSL_CA_LOCATION, ca, "no such file"));
+        }
+        settings.push(("ssl.ca.location", ca));
+    }
+    Ok(settings)
 }
 
 impl KafkaConfig {
     /// The variables this reads.
-    pub const ENV: &'static [EnvVar] =
-        &[KAFKA_BOOTSTRAP_SERVERS, WA_TOPIC_PREFIX, KAFKA_GROUP_INSTANCE_ID, KAFKA_FETCH_WAIT_MS];
+    pub const ENV: &'static [EnvVar] = &[
+        KAFKA_BOOTSTRAP_SERVERS,
+        WA_TOPIC_PREFIX,
+        KAFKA_GROUP_INSTANCE_ID,
+        KAFKA_FETCH_WAIT_MS,
+        KAFKA_SECURITY_PROTOCOL,
+        KAFKA_SASL_MECHANISM,
+        KAFKA_SASL_USERNAME,
+        KAFKA_SASL_PASSWORD,
+        KAFKA_SSL_CA_LOCATION,
+    ];
 
-    /// Reads `KAFKA_BOOTSTRAP_SERVERS`, `WA_TOPIC_PREFIX`, `KAFKA_GROUP_INSTANCE_ID` and
-    /// `KAFKA_FETCH_WAIT_MS` (1 to 10,000 ms).
+    /// Reads `KAFKA_BOOTSTRAP_SERVERS`, `WA_TOPIC_PREFIX`, `KAFKA_GROUP_INSTANCE_ID`,
+    /// `KAFKA_FETCH_WAIT_MS` (1 to 10,000 ms) and the security settings ([`kafka_security`]).
     pub fn from_env() -> Result<Self, ConfigError> {
         let fetch_wait_ms: u64 = parse_in(&KAFKA_FETCH_WAIT_MS, 1..=10_000)?;
         Ok(Self {
@@ -164,6 +265,7 @@ impl KafkaConfig {
             topic_prefix: var_or(&WA_TOPIC_PREFIX),
             group_instance_id: var(KAFKA_GROUP_INSTANCE_ID.name),
             fetch_wait: std::time::Duration::from_millis(fetch_wait_ms),
+            security: kafka_security()?,
         })
     }
 
@@ -175,6 +277,7 @@ impl KafkaConfig {
             topic_prefix: topic_prefix.into(),
             group_instance_id: None,
             fetch_wait: Self::DEFAULT_FETCH_WAIT,
+            security: Vec::new(),
         }
     }
 
@@ -264,5 +367,64 @@ mod secure_default_tests {
             error.contains("TEST_UNSET_API_TOKENS") && error.contains("TEST_UNSET_ALLOW_UNAUTHENTICATED=true"),
             "{error}"
         );
+    }
+}
+
+#[cfg(test)]
+mod kafka_security_tests {
+    use super::*;
+
+    fn security(vars: &[(&str, &str)]) -> Result<Vec<(&'static str, String)>, ConfigError> {
+        let vars: std::collections::HashMap<String, String> =
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        kafka_security_from(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn plaintext_needs_nothing_and_sasl_needs_credentials() {
+        assert!(security(&[]).unwrap().is_empty());
+        assert!(security(&[("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")]).unwrap().is_empty());
+        let settings = security(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_MECHANISM", "scram-sha-512"),
+            ("KAFKA_SASL_USERNAME", "wachannel"),
+            ("KAFKA_SASL_PASSWORD", "secret"),
+        ])
+        .unwrap();
+        assert_eq!(
+            settings,
+            [
+                ("security.protocol", "sasl_ssl".to_owned()),
+                ("sasl.mechanism", "SCRAM-SHA-512".to_owned()),
+                ("sasl.username", "wachannel".to_owned()),
+                ("sasl.password", "secret".to_owned()),
+            ]
+        );
+        let error = security(&[("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"), ("KAFKA_SASL_USERNAME", "u")]).unwrap_err();
+        assert_eq!(error.name, "KAFKA_SASL_PASSWORD");
+    }
+
+    #[test]
+    fn impossible_combinations_name_the_variable() {
+        for (vars, named) in [
+            (vec![("KAFKA_SECURITY_PROTOCOL", "tls")], "KAFKA_SECURITY_PROTOCOL"),
+            (
+                vec![
+                    ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext"),
+                    ("KAFKA_SASL_MECHANISM", "GSSAPI"),
+                    ("KAFKA_SASL_USERNAME", "u"),
+                    ("KAFKA_SASL_PASSWORD", "p"),
+                ],
+                "KAFKA_SASL_MECHANISM",
+            ),
+            (vec![("KAFKA_SASL_USERNAME", "u")], "KAFKA_SECURITY_PROTOCOL"),
+            (vec![("KAFKA_SSL_CA_LOCATION", "/etc/hostname")], "KAFKA_SSL_CA_LOCATION"),
+            (
+                vec![("KAFKA_SECURITY_PROTOCOL", "ssl"), ("KAFKA_SSL_CA_LOCATION", "/no/such/ca.pem")],
+                "KAFKA_SSL_CA_LOCATION",
+            ),
+        ] {
+            assert_eq!(security(&vars).unwrap_err().name, named, "{vars:?}");
+        }
     }
 }
