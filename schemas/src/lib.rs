@@ -160,6 +160,11 @@ pub const HISTORY: &[(&str, &str)] = &[
     ("history/inbound_message_received.1.avsc", include_str!("../history/inbound_message_received.1.avsc")),
     ("history/outbound_dispatched.1.avsc", include_str!("../history/outbound_dispatched.1.avsc")),
     ("history/session_state.1.avsc", include_str!("../history/session_state.1.avsc")),
+    ("history/outbound_requested.1.avsc", include_str!("../history/outbound_requested.1.avsc")),
+    ("history/outbound_window_checked.1.avsc", include_str!("../history/outbound_window_checked.1.avsc")),
+    ("history/outbound_authorized.1.avsc", include_str!("../history/outbound_authorized.1.avsc")),
+    ("history/outbound_rejected.1.avsc", include_str!("../history/outbound_rejected.1.avsc")),
+    ("history/outbound_dispatched.2.avsc", include_str!("../history/outbound_dispatched.2.avsc")),
 ];
 
 /// The parsed earlier versions, in the order of [`HISTORY`].
@@ -453,6 +458,9 @@ pub struct OutboundRequested {
     pub media_urls: Vec<String>,
     /// A template send instead of free-form content.
     pub template: Option<TemplateRequest>,
+    /// The CRM's metadata of the request (agent, case, tags), carried unchanged.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 event!(OutboundRequested, "outbound_requested.avsc", "wachannel.outbound.requested.v1");
 
@@ -485,6 +493,9 @@ pub struct OutboundWindowChecked {
     pub window_expires_at: Option<i64>,
     /// Whether the customer opted out of marketing messages.
     pub opted_out: bool,
+    /// The CRM's metadata of the request (agent, case, tags), carried unchanged.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 event!(OutboundWindowChecked, "outbound_window_checked.avsc", "wachannel.outbound.checked.v1");
 
@@ -519,6 +530,9 @@ pub struct OutboundAuthorized {
     pub template_language: Option<String>,
     /// The template body with its variables filled in.
     pub preview: Option<String>,
+    /// The CRM's metadata of the request (agent, case, tags), carried unchanged.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 event!(OutboundAuthorized, "outbound_authorized.avsc", "wachannel.outbound.authorized.v1");
 
@@ -543,6 +557,9 @@ pub struct OutboundRejected {
     pub message: String,
     /// The service that refused it.
     pub rejected_by: String,
+    /// The CRM's metadata of the request (agent, case, tags), carried unchanged.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 event!(OutboundRejected, "outbound_rejected.avsc", "wachannel.outbound.rejected.v1");
 
@@ -581,6 +598,9 @@ pub struct OutboundDispatched {
     pub claim_id: Option<String>,
     /// On `sending`: the dispatch instance that claims the send.
     pub claimed_by: Option<String>,
+    /// The CRM's metadata of the request (agent, case, tags), carried unchanged.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 event!(OutboundDispatched, "outbound_dispatched.avsc", "wachannel.outbound.dispatched.v1");
 

@@ -125,6 +125,22 @@ fn dispatch_outcomes_and_session_states_of_the_first_versions_still_decode() {
     assert!(state.recent_messages.is_empty());
 }
 
+/// Outbound events written before they carried the CRM's metadata still decode, with none.
+#[test]
+fn outbound_events_from_before_metadata_decode_with_none() {
+    let requested = OutboundRequested::decode(&fixture("history/outbound_requested.1.avsc").bytes).unwrap();
+    assert_eq!(requested.body.as_deref(), Some("Your parcel ships today."));
+    assert!(requested.metadata.is_empty());
+    let checked = OutboundWindowChecked::decode(&fixture("history/outbound_window_checked.1.avsc").bytes).unwrap();
+    assert!(checked.allowed && checked.metadata.is_empty());
+    let authorized = OutboundAuthorized::decode(&fixture("history/outbound_authorized.1.avsc").bytes).unwrap();
+    assert!(authorized.content_sid.is_some() && authorized.metadata.is_empty());
+    let rejected = OutboundRejected::decode(&fixture("history/outbound_rejected.1.avsc").bytes).unwrap();
+    assert_eq!((rejected.reason.as_str(), rejected.metadata.len()), ("no_window", 0));
+    let dispatched = OutboundDispatched::decode(&fixture("history/outbound_dispatched.2.avsc").bytes).unwrap();
+    assert_eq!((dispatched.outcome.as_str(), dispatched.metadata.len()), ("sending", 0));
+}
+
 #[test]
 fn consent_changed_matches_fastavro() {
     check_against_fastavro::<ConsentChanged>("consent_changed.avsc");

@@ -113,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             template_name: Some("order_update".to_owned()),
             template_language: Some("en".to_owned()),
             preview: None,
+            metadata: Default::default(),
         };
         published_at.insert(request_id, Utc::now());
         let producer = producer.clone();

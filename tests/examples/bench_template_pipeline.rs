@@ -77,6 +77,7 @@ fn verdict(i: usize, templates: usize) -> OutboundWindowChecked {
         refusal_reason: None,
         window_expires_at: None,
         opted_out: false,
+        metadata: Default::default(),
     }
 }
 

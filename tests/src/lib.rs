@@ -680,6 +680,7 @@ pub fn outbound_request(
         body: body.map(str::to_owned),
         media_urls: Vec::new(),
         template,
+        metadata: Default::default(),
     }
 }
 
@@ -701,6 +702,7 @@ pub fn refused_send(customer: &str, at: i64, error_code: i32) -> wa_schemas::Out
         attempts: 1,
         claim_id: None,
         claimed_by: None,
+        metadata: Default::default(),
     }
 }
 
@@ -727,6 +729,7 @@ pub fn template_authorization(
         template_name: Some("order_update".to_owned()),
         template_language: Some("en".to_owned()),
         preview: None,
+        metadata: Default::default(),
     }
 }
 

@@ -108,6 +108,7 @@ async fn a_redelivered_authorization_is_not_sent_twice() {
         template_name: Some("order_update".to_owned()),
         template_language: Some("en".to_owned()),
         preview: Some("Your order ships today.".to_owned()),
+        metadata: Default::default(),
     };
     // The same authorization three times (a redelivery after a crash, a replay), then another
     // request of the same conversation: handled in order, so once it is out, the repeats were
@@ -320,5 +321,62 @@ async fn failures_reported_in_callbacks_carry_their_reasons_and_refusals_opt_out
         metrics.lines().any(|l| l.starts_with("wa_window_disagreements_total") && !l.ends_with(" 0")),
         "the 63016 was not counted:\n{metrics}"
     );
+    channel.stop().await;
+}
+
+/// The CRM's metadata rides on every event its request causes, unchanged: the verdict, the
+/// authorization or refusal, and each dispatch outcome, status changes from callbacks included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crm_metadata_is_on_every_event_the_request_causes() {
+    let channel = Channel::start().await;
+    let metadata: std::collections::BTreeMap<String, String> =
+        [("agent", "ana.souza"), ("case", "CS-1042"), ("tags", "vip,late-delivery")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+    let customer = customer_who_wrote(&channel).await;
+    let request = json!({"request_id": "meta-sent", "from": BUSINESS, "to": customer, "body": "on its way", "metadata": metadata});
+    assert_eq!(channel.post_outbound(&request).await.status(), 202);
+    let cold = json!({"request_id": "meta-refused", "from": BUSINESS, "to": unique_customer(), "body": "hello", "metadata": metadata});
+    assert_eq!(channel.post_outbound(&cold).await.status(), 202);
+
+    // A status callback after the send: its status change carries the metadata too.
+    let delivered = channel
+        .await_record(&OUTBOUND_DISPATCHED, |r| {
+            let event: OutboundDispatched = r.decode();
+            event.request_id == "meta-sent" && event.outcome == "status_changed"
+        })
+        .await
+        .decode::<OutboundDispatched>();
+    assert_eq!(delivered.metadata, metadata);
+    let rejected: wa_schemas::OutboundRejected = channel
+        .await_record(&wa_platform::topics::OUTBOUND_REJECTED, |r| {
+            r.decode::<wa_schemas::OutboundRejected>().request_id == "meta-refused"
+        })
+        .await
+        .decode();
+    assert_eq!(rejected.metadata, metadata);
+
+    let requested: Vec<wa_schemas::OutboundRequested> =
+        channel.read_to_end(&wa_platform::topics::OUTBOUND_REQUESTED).await.iter().map(|r| r.decode()).collect();
+    let checked: Vec<wa_schemas::OutboundWindowChecked> =
+        channel.read_to_end(&wa_platform::topics::OUTBOUND_CHECKED).await.iter().map(|r| r.decode()).collect();
+    let authorized: Vec<OutboundAuthorized> =
+        channel.read_to_end(&OUTBOUND_AUTHORIZED).await.iter().map(|r| r.decode()).collect();
+    let dispatched: Vec<OutboundDispatched> =
+        channel.read_to_end(&OUTBOUND_DISPATCHED).await.iter().map(|r| r.decode()).collect();
+    let mut carried = Vec::new();
+    carried.extend(requested.iter().map(|e| (format!("requested {}", e.request_id), &e.metadata)));
+    carried.extend(checked.iter().map(|e| (format!("checked {}", e.request_id), &e.metadata)));
+    carried.extend(authorized.iter().map(|e| (format!("authorized {}", e.request_id), &e.metadata)));
+    carried.extend(dispatched.iter().map(|e| (format!("dispatched {} {}", e.request_id, e.outcome), &e.metadata)));
+    let kinds: Vec<&str> = carried.iter().map(|(what, _)| what.split(' ').next().unwrap()).collect();
+    for kind in ["requested", "checked", "authorized", "dispatched"] {
+        assert!(kinds.contains(&kind), "no {kind} event in {kinds:?}");
+    }
+    for (what, carried) in &carried {
+        assert_eq!(*carried, &metadata, "{what}");
+    }
+    assert!(dispatched.iter().any(|e| e.outcome == "sent"), "{dispatched:?}");
     channel.stop().await;
 }

@@ -1,5 +1,6 @@
 //! `POST /v1/outbound`: the CRM asks to send an agent's message.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -40,7 +41,17 @@ struct OutboundRequest {
     media_urls: Vec<String>,
     /// A template instead of free-form content.
     template: Option<TemplateRequest>,
+    /// The CRM's own pairs (agent, case, tags), carried on every event the request causes.
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
 }
+
+/// Most metadata pairs a request may carry.
+const MAX_METADATA_PAIRS: usize = 16;
+/// Longest metadata key, in characters.
+const MAX_METADATA_KEY_CHARS: usize = 64;
+/// Longest metadata value, in characters.
+const MAX_METADATA_VALUE_CHARS: usize = 256;
 
 /// What the CRM gets back.
 #[derive(Debug, Serialize)]
@@ -160,6 +171,27 @@ fn validate(request: OutboundRequest) -> Result<OutboundRequested, Problem> {
     {
         return Err(Problem::invalid_field("media_urls", format!("{bad:?} is not an http(s) URL")));
     }
+    if request.metadata.len() > MAX_METADATA_PAIRS {
+        return Err(Problem::invalid_field(
+            "metadata",
+            format!("metadata has {} pairs; at most {MAX_METADATA_PAIRS} are kept", request.metadata.len()),
+        ));
+    }
+    for (key, value) in &request.metadata {
+        let key_chars = key.chars().count();
+        if key.trim().is_empty() || key_chars > MAX_METADATA_KEY_CHARS || key.chars().any(char::is_control) {
+            return Err(Problem::invalid_field(
+                "metadata",
+                format!("metadata keys are 1 to {MAX_METADATA_KEY_CHARS} printable characters; {key:?} is not"),
+            ));
+        }
+        if value.chars().count() > MAX_METADATA_VALUE_CHARS {
+            return Err(Problem::invalid_field(
+                &format!("metadata.{key}"),
+                format!("metadata values are at most {MAX_METADATA_VALUE_CHARS} characters"),
+            ));
+        }
+    }
     let request_id = match request.request_id {
         Some(id)
             if id.trim().is_empty()
@@ -184,6 +216,7 @@ fn validate(request: OutboundRequest) -> Result<OutboundRequested, Problem> {
         body,
         media_urls: request.media_urls,
         template: request.template,
+        metadata: request.metadata,
     })
 }
 
@@ -205,6 +238,13 @@ mod tests {
         assert_eq!(event.from, "whatsapp:+14155238886");
         assert_eq!(event.conversation_id, conversation_id("whatsapp:+14155238886", "whatsapp:+15551234567"));
         assert_eq!(event.request_id, "r1");
+        assert!(event.metadata.is_empty());
+        let with = request(serde_json::json!({
+            "from": "whatsapp:+14155238886", "to": "whatsapp:+15551234567", "body": "hi",
+            "metadata": {"agent": "ana", "case": "x".repeat(256)}
+        }))
+        .unwrap();
+        assert_eq!(with.metadata["agent"], "ana");
         // One customer, however the CRM wrote the number.
         for to in ["15551234567", "whatsapp:1 (555) 123-4567", "+1.555.123.4567"] {
             let again = request(serde_json::json!({"from": "whatsapp:+14155238886", "to": to, "body": "hi"})).unwrap();
@@ -263,6 +303,20 @@ mod tests {
                 "template.language",
             ),
         ];
+        let many: serde_json::Map<String, serde_json::Value> =
+            (0..17).map(|i| (format!("k{i}"), serde_json::json!("v"))).collect();
+        let base = || serde_json::json!({"from": "whatsapp:+14155238886", "to": "whatsapp:+442079460958", "body": "x"});
+        let with_metadata = |metadata: serde_json::Value| {
+            let mut request = base();
+            request["metadata"] = metadata;
+            request
+        };
+        let cases = cases.into_iter().chain([
+            (with_metadata(serde_json::Value::Object(many)), "metadata"),
+            (with_metadata(serde_json::json!({"k".repeat(65): "v"})), "metadata"),
+            (with_metadata(serde_json::json!({"": "v"})), "metadata"),
+            (with_metadata(serde_json::json!({"case": "x".repeat(257)})), "metadata.case"),
+        ]);
         for (json, field) in cases {
             assert_eq!(request(json).unwrap_err()["field"], field);
         }

@@ -3,6 +3,7 @@
 //! answer by looking the message up, and publish the outcome. Also the folding of status
 //! callbacks into each request.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +88,11 @@ pub(crate) struct Identity<'a> {
     pub(crate) request_id: &'a str,
     pub(crate) from: &'a str,
     pub(crate) to: &'a str,
+    pub(crate) metadata: &'a BTreeMap<String, String>,
 }
+
+/// No metadata: for a status callback of a request this instance never knew.
+pub(crate) static NO_METADATA: BTreeMap<String, String> = BTreeMap::new();
 
 impl Identity<'_> {
     /// An event about this request; its id is derived from the request, the outcome and the
@@ -120,6 +125,7 @@ impl Identity<'_> {
             attempts: 0,
             claim_id: claim_id.map(str::to_owned),
             claimed_by: None,
+            metadata: self.metadata.clone(),
         }
     }
 }
@@ -262,6 +268,7 @@ impl Dispatch {
             request_id: &authorized.request_id,
             from: &authorized.from,
             to: &authorized.to,
+            metadata: &authorized.metadata,
         };
         if self.settled(&authorized.request_id) {
             return Ok(());
@@ -397,6 +404,7 @@ impl Dispatch {
             request_id: &request_id,
             from: entry.as_ref().map_or(&delivery.from, |e| &e.from),
             to: entry.as_ref().map_or(&delivery.to, |e| &e.to),
+            metadata: entry.as_ref().map_or(&NO_METADATA, |e| &e.metadata),
         };
         let unconfirmed = entry.as_ref().is_some_and(|e| matches!(e.stage, Stage::Sending | Stage::InDoubt));
         // A send still under way here will publish its own outcome from Twilio's answer.
@@ -466,6 +474,7 @@ mod tests {
             template_name: None,
             template_language: None,
             preview: preview.map(str::to_owned),
+            metadata: Default::default(),
         }
     }
 

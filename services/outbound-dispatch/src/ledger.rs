@@ -9,7 +9,7 @@
 //! ([`Ledger::apply_read`]), never written through: every instance reading the partition
 //! agrees on who sends.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use wa_schemas::OutboundDispatched;
@@ -52,6 +52,8 @@ pub(crate) struct Entry {
     pub(crate) conversation_id: String,
     pub(crate) from: String,
     pub(crate) to: String,
+    /// The CRM's metadata of the request, repeated on every event about it.
+    pub(crate) metadata: BTreeMap<String, String>,
 }
 
 /// The order of delivery statuses. `None` for statuses that do not move a message (unknown
@@ -98,6 +100,7 @@ impl Entry {
             conversation_id: event.conversation_id.clone(),
             from: event.from.clone(),
             to: event.to.clone(),
+            metadata: event.metadata.clone(),
         }
     }
 }
@@ -271,6 +274,7 @@ mod tests {
             attempts: 1,
             claim_id: None,
             claimed_by: None,
+            metadata: BTreeMap::new(),
         }
     }
 

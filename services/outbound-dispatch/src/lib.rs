@@ -234,6 +234,7 @@ async fn watch_unconfirmed(
                 request_id: &request_id,
                 from: &entry.from,
                 to: &entry.to,
+                metadata: &entry.metadata,
             };
             let mut in_doubt = identity.event("in_doubt", None);
             in_doubt.claim_id = entry.claim.as_ref().map(|claim| claim.id.clone());

@@ -746,6 +746,7 @@ impl Projector {
             refusal_reason: verdict.err().map(|refusal| refusal.code().to_owned()),
             window_expires_at: session.as_ref().and_then(Session::window_expires_at),
             opted_out: session.as_ref().is_some_and(Session::opted_out),
+            metadata: request.metadata,
         };
         self.queue(&OUTBOUND_CHECKED, &checked, None).await?;
         Ok(())

@@ -80,6 +80,7 @@ fn requests() -> Vec<OutboundWindowChecked> {
                 refusal_reason: None,
                 window_expires_at: None,
                 opted_out: false,
+                metadata: Default::default(),
             }
         })
         .collect()

@@ -91,6 +91,7 @@ pub fn decide(checked: OutboundWindowChecked, templates: &Templates, fallbacks: 
                 template_name,
                 template_language,
                 preview,
+                metadata: checked.metadata,
             })
         }
         Err((reason, message)) => Decision::Reject(OutboundRejected {
@@ -103,6 +104,7 @@ pub fn decide(checked: OutboundWindowChecked, templates: &Templates, fallbacks: 
             reason: reason.to_owned(),
             message,
             rejected_by: SERVICE.to_owned(),
+            metadata: checked.metadata,
         }),
     }
 }
@@ -221,6 +223,7 @@ mod tests {
             refusal_reason: reason.map(str::to_owned),
             window_expires_at: Some(0),
             opted_out: false,
+            metadata: Default::default(),
         }
     }
 
