@@ -494,14 +494,25 @@ impl Channel {
 
     /// Reads a topic from the beginning until a record matches `matches`; fails after
     /// [`EVENT_TIMEOUT`].
-    pub async fn await_record(&self, spec: &TopicSpec, mut matches: impl FnMut(&RawRecord) -> bool) -> RawRecord {
+    pub async fn await_record(&self, spec: &TopicSpec, matches: impl FnMut(&RawRecord) -> bool) -> RawRecord {
+        self.await_record_within(spec, EVENT_TIMEOUT, matches).await
+    }
+
+    /// [`Channel::await_record`] with its own time limit (after a burst, say, when the broker
+    /// may still be catching up).
+    pub async fn await_record_within(
+        &self,
+        spec: &TopicSpec,
+        timeout: Duration,
+        mut matches: impl FnMut(&RawRecord) -> bool,
+    ) -> RawRecord {
         let topic = self.topic(spec);
         let consumer = assign_from_beginning(&self.kafka, &topic).await;
-        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let message = tokio::time::timeout_at(deadline, consumer.recv())
                 .await
-                .unwrap_or_else(|_| panic!("no matching record on {topic} within {EVENT_TIMEOUT:?}"))
+                .unwrap_or_else(|_| panic!("no matching record on {topic} within {timeout:?}"))
                 .expect("consume");
             let record = raw(&message);
             if matches(&record) {
