@@ -380,3 +380,48 @@ async fn crm_metadata_is_on_every_event_the_request_causes() {
     assert!(dispatched.iter().any(|e| e.outcome == "sent"), "{dispatched:?}");
     channel.stop().await;
 }
+
+/// Media WhatsApp would refuse fails before the send, with `media_invalid` and why: a type it
+/// does not take, an image over 5 MB, a video over 16 MB told only by a ranged GET (the server
+/// refuses HEAD), a URL that answers 404. Media it takes goes out with its URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn media_is_checked_before_the_send() {
+    let channel = Channel::start().await;
+    let media = |query: &str| format!("{}/sim/media/file?{query}", channel.service_urls[twilio_sim::SERVICE]);
+    let customer = customer_who_wrote(&channel).await;
+    let cases = [
+        ("media-ok", media("type=image/png&size=204800"), None),
+        ("media-gif", media("type=image/gif&size=1024"), Some("\"image/gif\"")),
+        ("media-big-image", media("type=image/jpeg&size=5242881"), Some("at most 5242880 bytes")),
+        ("media-big-video", media("type=video/mp4&size=16777217&head=405"), Some("at most 16777216 bytes")),
+        ("media-missing", media("status=404"), Some("404")),
+    ];
+    for (request_id, url, _) in &cases {
+        let request = json!({"request_id": request_id, "from": BUSINESS, "to": customer, "media_urls": [url]});
+        assert_eq!(channel.post_outbound(&request).await.status(), 202);
+    }
+    for (request_id, url, refused) in &cases {
+        let outcome = channel.dispatch_outcome(request_id).await;
+        match refused {
+            None => {
+                assert_eq!(outcome.outcome, "sent", "{request_id}: {outcome:?}");
+                let sent = channel.sim_messages().await;
+                let carried = sent.iter().any(|m| {
+                    m["params"].as_array().is_some_and(|p| p.iter().any(|p| p[0] == "MediaUrl" && p[1] == url.as_str()))
+                });
+                assert!(carried, "{request_id}: no message with MediaUrl {url}");
+            }
+            Some(detail) => {
+                assert_eq!(
+                    (outcome.outcome.as_str(), outcome.failure_reason.as_deref()),
+                    ("failed", Some("media_invalid")),
+                    "{request_id}: {outcome:?}"
+                );
+                let message = outcome.error_message.unwrap_or_default();
+                assert!(message.contains(detail), "{request_id}: {message}");
+                assert_eq!(sim_messages_for(&channel, request_id).await, 0, "{request_id} reached Twilio");
+            }
+        }
+    }
+    channel.stop().await;
+}

@@ -15,6 +15,7 @@ use wa_schemas::{DeliveryStatusReceived, Event, OutboundAuthorized, OutboundDisp
 use wa_twilio::errors;
 
 use crate::ledger::{moves_forward, Ledger, Stage};
+use crate::media;
 use crate::rate::RateLimiter;
 use crate::twilio::{MessageResource, OutgoingMessage, SendFailure, TwilioClient, TwilioError};
 use crate::Config;
@@ -61,6 +62,18 @@ pub(crate) struct Dispatch {
     pub(crate) follower: Arc<TopicFollower>,
     pub(crate) limiter: RateLimiter,
     pub(crate) delivery_topic: String,
+    /// Asks media URLs for their type and size (no Twilio credentials on it).
+    pub(crate) media_http: reqwest::Client,
+}
+
+/// What checking a request's media found.
+enum MediaChecked {
+    /// Nothing to check, or WhatsApp takes it.
+    Sendable,
+    /// Not sendable: the failure reason and the detail.
+    NotSendable(&'static str, String),
+    /// Revoked while checking.
+    Interrupted,
 }
 
 /// Marks a request as being sent by this process until dropped.
@@ -242,6 +255,42 @@ impl Dispatch {
         }
     }
 
+    /// Asks the request's media URL (WhatsApp sends one per message) for its type and size;
+    /// an unreachable URL is retried like a Twilio outage, up to the retry deadline.
+    async fn check_media(&self, authorized: &OutboundAuthorized, revoked: &CancellationToken) -> MediaChecked {
+        let Some(url) = authorized.media_urls.first() else {
+            return MediaChecked::Sendable;
+        };
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let probe = tokio::select! {
+                () = revoked.cancelled() => return MediaChecked::Interrupted,
+                probe = media::probe(&self.media_http, url, self.config.request_timeout) => probe,
+            };
+            let detail = match probe {
+                media::Probe::Answered(info) => {
+                    return match media::media_problem(&info) {
+                        None => MediaChecked::Sendable,
+                        Some(problem) => MediaChecked::NotSendable("media_invalid", problem),
+                    };
+                }
+                media::Probe::Refused(detail) => return MediaChecked::NotSendable("media_invalid", detail),
+                media::Probe::Unreachable(detail) => detail,
+            };
+            let wait = backoff.mul_f64(0.5 + fastrand::f64());
+            if started.elapsed() + wait > self.config.retry_deadline {
+                return MediaChecked::NotSendable("media_unreachable", detail);
+            }
+            tracing::warn!(request_id = %authorized.request_id, detail = %detail, retry_in = ?wait, "media not reachable; retrying");
+            tokio::select! {
+                () = revoked.cancelled() => return MediaChecked::Interrupted,
+                () = tokio::time::sleep(wait) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
     /// Looks an ambiguous send up in Twilio's Messages list, a few times.
     async fn reconcile(&self, authorized: &OutboundAuthorized, since: i64) -> Option<MessageResource> {
         for lookup in 0..LOOKUPS {
@@ -279,6 +328,19 @@ impl Dispatch {
                 let mut failed = identity.event("failed", None);
                 failed.failure_reason = Some("window_closed".to_owned());
                 return self.outcome(failed).await;
+            }
+        }
+        // Media WhatsApp would refuse fails here, explained, before it costs a send.
+        match self.check_media(&authorized, revoked).await {
+            MediaChecked::Sendable => {}
+            MediaChecked::NotSendable(reason, detail) => {
+                let mut failed = identity.event("failed", None);
+                failed.failure_reason = Some(reason.to_owned());
+                failed.error_message = Some(detail);
+                return self.outcome(failed).await;
+            }
+            MediaChecked::Interrupted => {
+                return Err(HandleError::Interrupted("revoked while checking the media".to_owned()));
             }
         }
         // The sender's pace first, so the claim is written right before the call.

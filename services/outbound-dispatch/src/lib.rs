@@ -22,6 +22,7 @@
 
 mod dispatch;
 mod ledger;
+mod media;
 pub mod rate;
 pub mod twilio;
 
@@ -317,7 +318,8 @@ impl Service for OutboundDispatch {
             ));
             let delivery_topic = config.kafka.topic(&DELIVERY);
             let limiter = RateLimiter::new(config.rates.per_instance(config.instances));
-            let handler = Dispatch { producer, twilio, config, ledger, follower, limiter, delivery_topic };
+            let media_http = reqwest::Client::builder().user_agent("wachannel-dispatch (media check)").build()?;
+            let handler = Dispatch { producer, twilio, config, ledger, follower, limiter, delivery_topic, media_http };
             Ok(Prepared { handler, background: vec![following, watching] })
         };
         wa_platform::service::run_consumer_service(listener, Router::new(), kafka, settings, shutdown, setup).await

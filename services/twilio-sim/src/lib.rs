@@ -21,11 +21,14 @@
 //! - `GET`/`PATCH /sim/behaviour`: per-sender rate limit (429 with 20429 beyond it), the
 //!   window rule (63016), undeliverable recipients, callback delay, reordering and duplicates,
 //!   and faults per endpoint (error rate, latency, dropped connections), switchable at run time.
+//! - `HEAD`/`GET /sim/media/{name}?type=…&size=…`: media files of a chosen type and size, for
+//!   dispatch's media check (see `media.rs`).
 //!
 //! Production never talks to it: dispatch's `TWILIO_API_BASE_URL` points at api.twilio.com.
 
 mod behaviour;
 mod callbacks;
+mod media;
 
 pub use behaviour::{Behaviour, Fault};
 
@@ -731,6 +734,7 @@ impl Service for TwilioSim {
             .route("/sim/behaviour", get(get_behaviour).patch(patch_behaviour))
             .route("/sim/inbound", post(post_inbound))
             .route("/sim/stats", get(get_stats))
+            .route("/sim/media/{name}", get(media::get).head(media::head))
             .with_state(sim);
         let health = Health::new();
         health.set_ready(true);
