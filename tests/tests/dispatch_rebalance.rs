@@ -1,4 +1,4 @@
-//! Dispatch under rebalances: two instances send 2,000 authorized messages while a third joins
+//! Dispatch under rebalances: two instances send 1,000 authorized messages while a third joins
 //! and is SIGKILLed every few seconds (eight times), and the simulator throttles (429) so that
 //! sends wait long for their pace. Every rebalance revokes partitions whose handlers are
 //! waiting, retrying or calling Twilio. No request may reach the simulator twice, and every
@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_DISPATCHED};
 use wa_schemas::{Event as _, OutboundAuthorized, OutboundDispatched};
 
-const MESSAGES: usize = 2_000;
+const MESSAGES: usize = 1_000;
 const SENDERS: usize = 20;
 const CUSTOMERS: usize = 400;
 /// How many times the third instance joins and is killed.
