@@ -158,6 +158,7 @@ pub fn decode_to_json(bytes: &[u8]) -> Result<(String, serde_json::Value), Codec
 /// schema changed still decode: a reader resolves them against the current version.
 pub const HISTORY: &[(&str, &str)] = &[
     ("history/inbound_message_received.1.avsc", include_str!("../history/inbound_message_received.1.avsc")),
+    ("history/inbound_message_received.2.avsc", include_str!("../history/inbound_message_received.2.avsc")),
     ("history/outbound_dispatched.1.avsc", include_str!("../history/outbound_dispatched.1.avsc")),
     ("history/session_state.1.avsc", include_str!("../history/session_state.1.avsc")),
     ("history/outbound_requested.1.avsc", include_str!("../history/outbound_requested.1.avsc")),
@@ -182,7 +183,7 @@ pub fn registry() -> &'static HashMap<u64, &'static SchemaInfo> {
 }
 
 /// Every event schema, in a fixed order.
-pub fn all_schemas() -> [&'static SchemaInfo; 13] {
+pub fn all_schemas() -> [&'static SchemaInfo; 14] {
     [
         InboundMessageReceived::schema_info(),
         DeliveryStatusReceived::schema_info(),
@@ -197,6 +198,7 @@ pub fn all_schemas() -> [&'static SchemaInfo; 13] {
         SessionEvent::schema_info(),
         PartitionOwner::schema_info(),
         ConsentChanged::schema_info(),
+        IdentityLinked::schema_info(),
     ]
 }
 
@@ -371,6 +373,15 @@ pub struct InboundMessageReceived {
     pub original_replied_message_sid: Option<String>,
     /// `OriginalRepliedMessageSender`.
     pub original_replied_message_sender: Option<String>,
+    /// `ExternalUserId`: the customer's business-scoped user id (BSUID).
+    #[serde(default)]
+    pub external_user_id: Option<String>,
+    /// `ParentExternalUserId`: the parent BSUID across the business's portfolios.
+    #[serde(default)]
+    pub parent_external_user_id: Option<String>,
+    /// `ProfileUsername`: the customer's WhatsApp username.
+    #[serde(default)]
+    pub profile_username: Option<String>,
 }
 event!(InboundMessageReceived, "inbound_message_received.avsc", "wachannel.inbound.message.received.v1");
 
@@ -680,6 +691,22 @@ pub struct PartitionOwner {
     pub owner_url: String,
 }
 event!(PartitionOwner, "partition_owner.avsc", "wachannel.session.owner.v1", partition_key);
+
+/// A BSUID seen with a phone number (topic `wa.identities.v1`, compacted, keyed by BSUID).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityLinked {
+    /// UUIDv5 of the BSUID and the address.
+    pub event_id: String,
+    /// When ingress saw the pair, Unix millis.
+    pub occurred_at: i64,
+    /// The business-scoped user id (the record key).
+    pub bsuid: String,
+    /// The phone address it came with, `whatsapp:+E164`.
+    pub address: String,
+    /// The webhook that carried both.
+    pub message_sid: String,
+}
+event!(IdentityLinked, "identity_linked.avsc", "wachannel.identity.linked.v1", bsuid);
 
 /// A customer's opt-out or opt-in (topic `wa.consent.v1`, kept forever).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

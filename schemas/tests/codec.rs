@@ -142,6 +142,19 @@ fn outbound_events_from_before_metadata_decode_with_none() {
 }
 
 #[test]
+fn identity_linked_matches_fastavro() {
+    check_against_fastavro::<wa_schemas::IdentityLinked>("identity_linked.avsc");
+}
+
+/// Inbound messages written before the identity parameters were typed decode without them.
+#[test]
+fn inbound_messages_from_before_bsuids_decode_without_them() {
+    let event = InboundMessageReceived::decode(&fixture("history/inbound_message_received.2.avsc").bytes).unwrap();
+    assert_eq!(event.profile_name.as_deref(), Some("Ana"));
+    assert_eq!((event.external_user_id, event.parent_external_user_id, event.profile_username), (None, None, None));
+}
+
+#[test]
 fn consent_changed_matches_fastavro() {
     check_against_fastavro::<ConsentChanged>("consent_changed.avsc");
 }

@@ -731,3 +731,69 @@ async fn quarantine_keeps_only_plausible_webhooks_within_its_budget() {
     stop.cancel();
     serving.await.unwrap().unwrap();
 }
+
+/// A customer known by a business-scoped user id: a webhook with the phone number and the BSUID
+/// links them; later messages with the BSUID alone, CRM replies to the BSUID and another ingress
+/// instance (which reads the links from the topic) all key the phone number's conversation. A
+/// BSUID never seen with a number is its own conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bsuid_seen_with_a_phone_number_keys_its_conversation() {
+    let channel = Channel::start().await;
+    let phone = unique_customer();
+    let bsuid = format!("US.{}", uuid::Uuid::new_v4().as_u128() % 10u128.pow(20));
+    let with_identity = |sid: &str, from: &str, external: &str| {
+        let mut params = channel.inbound_params(sid, from, "hello");
+        params.push(("ExternalUserId".to_owned(), external.to_owned()));
+        params.push(("ParentExternalUserId".to_owned(), "US.ENT.11815799212886844830".to_owned()));
+        params.push(("ProfileUsername".to_owned(), "ana.souza".to_owned()));
+        params
+    };
+    let first = unique_sid();
+    assert_eq!(channel.post_inbound(&with_identity(&first, &phone, &bsuid), None).await.status(), 200);
+    let linked = published(&channel, &first).await.remove(0);
+    assert_eq!(linked.conversation_id, wa_schemas::conversation_id(BUSINESS, &phone));
+    assert_eq!(linked.external_user_id.as_deref(), Some(bsuid.as_str()));
+    assert_eq!(linked.parent_external_user_id.as_deref(), Some("US.ENT.11815799212886844830"));
+    assert_eq!(linked.profile_username.as_deref(), Some("ana.souza"));
+    assert!(!linked.other_params.contains_key("ExternalUserId"));
+    let links: Vec<wa_schemas::IdentityLinked> =
+        channel.read_to_end(&wa_platform::topics::IDENTITIES).await.iter().map(|r| r.decode()).collect();
+    assert!(links.iter().any(|l| l.bsuid == bsuid && l.address == phone && l.message_sid == first), "{links:?}");
+
+    // The BSUID alone, in From: the phone number's conversation.
+    let second = unique_sid();
+    let bsuid_address = format!("whatsapp:{bsuid}");
+    assert_eq!(channel.post_inbound(&with_identity(&second, &bsuid_address, &bsuid), None).await.status(), 200);
+    let alone = published(&channel, &second).await.remove(0);
+    assert_eq!((alone.from.as_str(), &alone.conversation_id), (bsuid_address.as_str(), &linked.conversation_id));
+
+    // The CRM answers the BSUID: the same conversation.
+    let reply = json!({"request_id": format!("bsuid-{second}"), "from": BUSINESS, "to": bsuid_address, "body": "hi"});
+    let answered: Value = channel.post_outbound(&reply).await.json().await.unwrap();
+    assert_eq!(answered["conversation_id"], linked.conversation_id.as_str());
+
+    // Another ingress instance knows the link from the topic.
+    let bound = ingress::bind(e2e_tests::ingress_config(&channel.kafka)).await.unwrap();
+    let base = format!("http://{}", bound.local_addr());
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(bound.run(stop.clone()));
+    wait_ready(&base).await;
+    let third = unique_sid();
+    let url = format!("{base}/twilio/inbound");
+    let params = with_identity(&third, &bsuid_address, &bsuid);
+    assert_eq!(post_form(&url, &url, Some(AUTH_TOKEN), &params, &[]).await.status(), 200);
+    assert_eq!(published(&channel, &third).await.remove(0).conversation_id, linked.conversation_id);
+    stop.cancel();
+    serving.await.unwrap().unwrap();
+
+    // A BSUID never seen with a number is its own conversation.
+    let stranger = format!("whatsapp:BR.{}", uuid::Uuid::new_v4().simple());
+    let fourth = unique_sid();
+    let params = with_identity(&fourth, &stranger, stranger.trim_start_matches("whatsapp:"));
+    assert_eq!(channel.post_inbound(&params, None).await.status(), 200);
+    assert_eq!(
+        published(&channel, &fourth).await.remove(0).conversation_id,
+        wa_schemas::conversation_id(BUSINESS, &stranger)
+    );
+    channel.stop().await;
+}

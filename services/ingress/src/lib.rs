@@ -12,6 +12,7 @@
 //! `wa.ingress.quarantine.v1`, so a misconfigured proxy cannot silently drop customer messages.
 
 mod dedupe;
+mod identities;
 mod outbound_api;
 mod request;
 mod webhook;
@@ -230,6 +231,8 @@ pub(crate) struct AppState {
     pub(crate) quarantine_budget: request::QuarantineBudget,
     pub(crate) inbound_dedupe: Arc<dedupe::Deduplicator>,
     pub(crate) outbound_dedupe: Arc<dedupe::Deduplicator>,
+    /// BSUIDs seen with phone numbers.
+    pub(crate) identities: Arc<identities::Identities>,
     pub(crate) health: Arc<Health>,
 }
 
@@ -311,6 +314,7 @@ impl Service for Ingress {
             ),
             inbound_dedupe: Arc::new(dedupe::Deduplicator::new(config.dedupe_horizon, config.dedupe_capacity)),
             outbound_dedupe: Arc::new(dedupe::Deduplicator::new(config.dedupe_horizon, config.dedupe_capacity)),
+            identities: Arc::default(),
             health: health.clone(),
         });
         let routes = Router::new()
@@ -327,6 +331,7 @@ impl Service for Ingress {
             let followers = [
                 state.inbound_dedupe.follow(&config.kafka, &INBOUND, &stopped).await?,
                 state.outbound_dedupe.follow(&config.kafka, &OUTBOUND_REQUESTED, &stopped).await?,
+                state.identities.follow(&config.kafka, &stopped).await?,
             ];
             state.health.set_ready(!stopped.is_cancelled());
             let probe = wa_platform::kafka::watch_broker(

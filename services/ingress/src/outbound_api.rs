@@ -84,10 +84,14 @@ pub(crate) async fn create(State(state): State<Arc<AppState>>, headers: HeaderMa
         }
         Err(problem) => return reject(ENDPOINT, "malformed_body", problem),
     };
-    let event = match validate(request) {
+    let mut event = match validate(request) {
         Ok(event) => event,
         Err(problem) => return reject(ENDPOINT, "invalid_field", problem),
     };
+    // A reply to a BSUID joins the conversation of the phone number it came with.
+    if let Some(phone) = crate::identities::phone_behind(&state.identities, &event.to, None) {
+        event.conversation_id = conversation_id(&event.from, &phone);
+    }
     if !state.serves(&event.from) {
         let problem = Problem::invalid_field(
             "from",

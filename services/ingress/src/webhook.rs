@@ -9,12 +9,12 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument as _;
 use wa_platform::http::Problem;
-use wa_platform::topics::{DELIVERY, INBOUND};
+use wa_platform::topics::{DELIVERY, IDENTITIES, INBOUND};
 use wa_twilio::{inbound, signature, status, FieldError};
 
 use crate::dedupe::Outcome;
 use crate::request::{self, reject, unavailable};
-use crate::{mask, AppState};
+use crate::{identities, mask, AppState};
 
 /// The empty TwiML document: "received, nothing to reply".
 const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
@@ -41,10 +41,14 @@ pub(crate) async fn inbound(
         Ok(verified) => verified,
         Err(response) => return response,
     };
-    let event = match inbound::inbound_event(&verified.params, wa_platform::now_millis()) {
+    let mut event = match inbound::inbound_event(&verified.params, wa_platform::now_millis()) {
         Ok(event) => event,
         Err(error) => return unreadable(&state, &received, &verified.url, error).await,
     };
+    // A customer known by a BSUID only is keyed to the phone number it came with before.
+    if let Some(phone) = identities::phone_behind(&state.identities, &event.from, event.external_user_id.as_deref()) {
+        event.conversation_id = wa_schemas::conversation_id(&event.to, &phone);
+    }
     let span = tracing::info_span!("inbound_webhook", message_sid = %event.message_sid, from = %mask(&event.from), to = %mask(&event.to));
     if !state.serves(&event.to) {
         let detail = format!("{} is not a sender this channel serves (INGRESS_SENDERS)", mask(&event.to));
@@ -55,6 +59,21 @@ pub(crate) async fn inbound(
         return span.in_scope(|| reject(ENDPOINT, "unknown_sender", problem));
     }
 
+    // A BSUID with its phone number: the pair is durable before the message, so a later
+    // message with the BSUID alone finds it.
+    let link = identities::new_link(
+        &state.identities,
+        &event.from,
+        event.external_user_id.as_deref(),
+        &event.message_sid,
+        event.occurred_at,
+    );
+    if let Some(link) = link {
+        if let Err(reason) = state.publish(&IDENTITIES, &link).instrument(span.clone()).await {
+            return span.in_scope(|| unavailable(ENDPOINT, reason));
+        }
+        state.identities.remember(&link.bsuid, &link.address);
+    }
     match state
         .inbound_dedupe
         .publish_once(&event.event_id, || state.publish(&INBOUND, &event))

@@ -111,6 +111,13 @@ pub const QUARANTINE: TopicSpec = TopicSpec {
     configs: &[("retention.ms", "2592000000")],
     doc: "refused webhooks kept whole for 30 days: bad or missing signature, unknown sender (QuarantinedRequest; personal data)",
 };
+/// Business-scoped user ids seen with phone numbers (ingress → ingress).
+pub const IDENTITIES: TopicSpec = TopicSpec {
+    name: "wa.identities.v1",
+    partitions: 1,
+    configs: &[("cleanup.policy", "compact")],
+    doc: "each BSUID (ExternalUserId) seen with a phone number, keyed by BSUID (IdentityLinked): a later message with only the BSUID joins that number's conversation",
+};
 /// Records no handler could process, with the reason in headers.
 pub const DEAD_LETTER: TopicSpec = TopicSpec {
     name: "wa.deadletter.v1",
@@ -134,6 +141,7 @@ pub const ALL: &[TopicSpec] = &[
     CONSENT,
     TEMPLATES,
     QUARANTINE,
+    IDENTITIES,
     DEAD_LETTER,
 ];
 

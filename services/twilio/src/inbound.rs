@@ -34,6 +34,9 @@ const TYPED: &[&str] = &[
     "FlowData",
     "OriginalRepliedMessageSid",
     "OriginalRepliedMessageSender",
+    "ExternalUserId",
+    "ParentExternalUserId",
+    "ProfileUsername",
 ];
 
 /// The `Referral*` parameters of a click-to-WhatsApp ad, with the field each fills.
@@ -129,6 +132,9 @@ pub fn inbound_event(params: &[(String, String)], received_at: i64) -> Result<In
         button_type: optional("ButtonType"),
         interactive_data: optional("InteractiveData"),
         flow_data: optional("FlowData"),
+        external_user_id: optional("ExternalUserId").map(|id| id.trim().to_owned()),
+        parent_external_user_id: optional("ParentExternalUserId").map(|id| id.trim().to_owned()),
+        profile_username: optional("ProfileUsername"),
         location: location(&fields)?,
         referral,
         original_replied_message_sid: optional("OriginalRepliedMessageSid"),
