@@ -183,7 +183,7 @@ pub fn registry() -> &'static HashMap<u64, &'static SchemaInfo> {
 }
 
 /// Every event schema, in a fixed order.
-pub fn all_schemas() -> [&'static SchemaInfo; 14] {
+pub fn all_schemas() -> [&'static SchemaInfo; 15] {
     [
         InboundMessageReceived::schema_info(),
         DeliveryStatusReceived::schema_info(),
@@ -199,6 +199,7 @@ pub fn all_schemas() -> [&'static SchemaInfo; 14] {
         PartitionOwner::schema_info(),
         ConsentChanged::schema_info(),
         IdentityLinked::schema_info(),
+        InboundMediaStored::schema_info(),
     ]
 }
 
@@ -691,6 +692,33 @@ pub struct PartitionOwner {
     pub owner_url: String,
 }
 event!(PartitionOwner, "partition_owner.avsc", "wachannel.session.owner.v1", partition_key);
+
+/// One customer media item, stored (topic `wa.inbound.media.v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundMediaStored {
+    /// UUIDv5 of the message sid and the index.
+    pub event_id: String,
+    /// When it was stored, Unix millis.
+    pub occurred_at: i64,
+    /// The message's conversation (the record key).
+    pub conversation_id: String,
+    /// The message the media came with.
+    pub message_sid: String,
+    /// Which item of the message.
+    pub index: i32,
+    /// Its content type.
+    pub content_type: String,
+    /// Bytes stored.
+    pub size: i64,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
+    /// Where it is stored.
+    pub url: String,
+    /// Whether it was deleted at Twilio once stored.
+    #[serde(default)]
+    pub deleted_at_twilio: bool,
+}
+event!(InboundMediaStored, "inbound_media_stored.avsc", "wachannel.inbound.media.stored.v1");
 
 /// A BSUID seen with a phone number (topic `wa.identities.v1`, compacted, keyed by BSUID).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

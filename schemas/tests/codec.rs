@@ -142,6 +142,11 @@ fn outbound_events_from_before_metadata_decode_with_none() {
 }
 
 #[test]
+fn inbound_media_stored_matches_fastavro() {
+    check_against_fastavro::<wa_schemas::InboundMediaStored>("inbound_media_stored.avsc");
+}
+
+#[test]
 fn identity_linked_matches_fastavro() {
     check_against_fastavro::<wa_schemas::IdentityLinked>("identity_linked.avsc");
 }

@@ -124,6 +124,10 @@ pub fn session_window_config(kafka: &KafkaConfig) -> session_window::Config {
 pub fn ingress_config(kafka: &KafkaConfig) -> ingress::Config {
     let mut config = ingress::Config::new(loopback(), kafka.clone(), AUTH_TOKEN);
     config.account_sid = ACCOUNT_SID.to_owned();
+    config.twilio_credentials = (ACCOUNT_SID.to_owned(), AUTH_TOKEN.to_owned());
+    // Each ingress keeps customers' media in a directory of its own.
+    config.media_store_url =
+        std::env::temp_dir().join(format!("wa-e2e-media-{}", uuid::Uuid::new_v4().simple())).display().to_string();
     config.senders = vec![BUSINESS.to_owned()];
     config.api_tokens = vec![API_TOKEN.to_owned()];
     config.max_body_bytes = 16 * 1024;

@@ -797,3 +797,69 @@ async fn a_bsuid_seen_with_a_phone_number_keys_its_conversation() {
     );
     channel.stop().await;
 }
+
+/// A customer's photo and PDF are downloaded from "Twilio" (Basic auth, then a redirect),
+/// stored with their SHA-256 and size, and announced; a media URL that answers 404 is
+/// dead-lettered with the reason while the message itself was published at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn customers_media_is_downloaded_stored_and_announced() {
+    use sha2::Digest as _;
+    let channel = Channel::start().await;
+    let customer = unique_customer();
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/sim/inbound", channel.sim_url))
+        .json(&json!({
+            "from": customer, "to": BUSINESS, "body": "here is the receipt",
+            "url": format!("{}/twilio/inbound", channel.ingress_url),
+            "media": [{"content_type": "image/jpeg", "size": 48213}, {"content_type": "application/pdf", "size": 1000}],
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["webhook_status"], 200, "{answer}");
+    let sid = answer["message_sid"].as_str().unwrap().to_owned();
+    for (index, sent) in answer["media"].as_array().unwrap().iter().enumerate() {
+        let stored: wa_schemas::InboundMediaStored = channel
+            .await_record(&wa_platform::topics::INBOUND_MEDIA, |r| {
+                let event: wa_schemas::InboundMediaStored = r.decode();
+                event.message_sid == sid && event.index == index as i32
+            })
+            .await
+            .decode();
+        assert_eq!(stored.conversation_id, wa_schemas::conversation_id(BUSINESS, &customer));
+        assert_eq!(
+            (stored.size, stored.sha256.as_str()),
+            (sent["size"].as_i64().unwrap(), sent["sha256"].as_str().unwrap())
+        );
+        assert_eq!(stored.content_type, if index == 0 { "image/jpeg" } else { "application/pdf" });
+        let path = stored.url.strip_prefix("file://").expect("a local store");
+        let bytes = std::fs::read(path).unwrap();
+        let on_disk: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!((bytes.len() as i64, on_disk), (stored.size, stored.sha256.clone()));
+        assert!(!stored.deleted_at_twilio);
+    }
+
+    // Media Twilio no longer has: dead-lettered with why; the message was published anyway.
+    let missing_sid = unique_sid();
+    let mut params = channel.inbound_params(&missing_sid, &customer, "and this one");
+    params.retain(|(k, _)| k != "NumMedia");
+    let gone = format!("{}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{missing_sid}/Media/MEgone", channel.sim_url);
+    params.extend([
+        ("NumMedia".to_owned(), "1".to_owned()),
+        ("MediaUrl0".to_owned(), gone.clone()),
+        ("MediaContentType0".to_owned(), "image/png".to_owned()),
+    ]);
+    assert_eq!(channel.post_inbound(&params, None).await.status(), 200);
+    assert_eq!(published(&channel, &missing_sid).await.len(), 1);
+    let dead = channel
+        .await_record(&wa_platform::topics::DEAD_LETTER, |r| {
+            r.headers.get("dlq.service").map(String::as_str) == Some("ingress")
+        })
+        .await;
+    let reason = &dead.headers["dlq.reason"];
+    assert!(reason.contains("404") && reason.contains(&gone), "{reason}");
+    channel.stop().await;
+}

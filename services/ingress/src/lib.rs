@@ -13,6 +13,7 @@
 
 mod dedupe;
 mod identities;
+mod media;
 mod outbound_api;
 mod request;
 mod webhook;
@@ -122,6 +123,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Most bytes of refused webhooks quarantined per minute.
     pub quarantine_budget_per_minute: u64,
+    /// Where customers' media is stored (`MEDIA_STORE_URL`).
+    pub media_store_url: String,
+    /// Whether media is deleted at Twilio once stored.
+    pub media_delete_at_twilio: bool,
+    /// Basic-auth user and password for downloading media from Twilio.
+    pub twilio_credentials: (String, String),
     /// How long a published id counts as a duplicate.
     pub dedupe_horizon: Duration,
     /// Most ids remembered per topic.
@@ -141,6 +148,8 @@ impl Config {
         config::KAFKA_SSL_CA_LOCATION,
         config::TWILIO_ACCOUNT_SID,
         config::TWILIO_AUTH_TOKEN,
+        config::TWILIO_API_KEY_SID,
+        config::TWILIO_API_KEY_SECRET,
         EXTRA_AUTH_TOKENS,
         PUBLIC_URL,
         TRUST_FORWARDED,
@@ -151,6 +160,8 @@ impl Config {
         MAX_IN_FLIGHT,
         MAX_BODY_BYTES,
         QUARANTINE_BUDGET,
+        media::STORE_URL,
+        media::DELETE_AT_TWILIO,
         DEDUPE_HORIZON_HOURS,
         DEDUPE_CAPACITY,
     ];
@@ -175,6 +186,7 @@ impl Config {
             })
             .collect::<Result<_, _>>()?;
         let max_in_flight: usize = config::parse_in(&MAX_IN_FLIGHT, 1..=1_000_000)?;
+        let (media_store_url, media_delete_at_twilio) = media::from_env()?;
         Ok(Self {
             http_addr,
             kafka: KafkaConfig::from_env()?,
@@ -188,6 +200,9 @@ impl Config {
             max_in_flight,
             max_body_bytes: config::parse(&MAX_BODY_BYTES)?,
             quarantine_budget_per_minute: config::parse_in(&QUARANTINE_BUDGET, 0..=1 << 40)?,
+            media_store_url,
+            media_delete_at_twilio,
+            twilio_credentials: config::twilio_credentials()?,
             dedupe_horizon: Duration::from_secs(3600 * config::parse::<u64>(&DEDUPE_HORIZON_HOURS)?),
             dedupe_capacity: config::parse(&DEDUPE_CAPACITY)?,
         })
@@ -209,6 +224,12 @@ impl Config {
             max_in_flight: 256,
             max_body_bytes: 64 * 1024,
             quarantine_budget_per_minute: 5 * 1024 * 1024,
+            media_store_url: media::STORE_URL.default.unwrap_or_default().to_owned(),
+            media_delete_at_twilio: false,
+            twilio_credentials: (
+                config::TWILIO_ACCOUNT_SID.default.unwrap_or_default().to_owned(),
+                auth_token.to_owned(),
+            ),
             dedupe_horizon: Duration::from_secs(24 * 3600),
             dedupe_capacity: 2_000_000,
         }
@@ -296,6 +317,8 @@ impl Service for Ingress {
         if config.api_tokens.is_empty() {
             tracing::warn!("INGRESS_API_TOKENS is unset: /v1/outbound accepts requests without a token");
         }
+        // A store that cannot be opened stops ingress at start, not at the first photo.
+        let media_store = media::Store::open(&config.media_store_url)?;
         let health = Health::new();
         let state = Arc::new(AppState {
             producer: producer.clone(),
@@ -340,7 +363,26 @@ impl Service for Ingress {
                 state.health.clone(),
                 stopped.clone(),
             );
-            probe.await?;
+            // Customers' media, downloaded and stored beside the webhooks, never in their way.
+            let keeper = media::MediaKeeper {
+                store: media_store,
+                http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+                credentials: config.twilio_credentials.clone(),
+                delete_at_twilio: config.media_delete_at_twilio,
+                producer: producer.clone(),
+            };
+            let media_settings = wa_platform::kafka::ConsumerSettings {
+                group: "ingress-media".to_owned(),
+                topics: vec![INBOUND],
+                service: SERVICE,
+                assignment: Default::default(),
+                max_in_flight: 16,
+            };
+            let keeping =
+                wa_platform::kafka::run_consumer(&config.kafka, &media_settings, &producer, &keeper, &stopped);
+            let (probed, kept) = tokio::join!(probe, keeping);
+            probed?;
+            kept?;
             for follower in followers {
                 follower.await??;
             }

@@ -111,6 +111,13 @@ pub const QUARANTINE: TopicSpec = TopicSpec {
     configs: &[("retention.ms", "2592000000")],
     doc: "refused webhooks kept whole for 30 days: bad or missing signature, unknown sender (QuarantinedRequest; personal data)",
 };
+/// Customers' media, stored (ingress → CRM, analytics).
+pub const INBOUND_MEDIA: TopicSpec = TopicSpec {
+    name: "wa.inbound.media.v1",
+    partitions: MESSAGE_PARTITIONS,
+    configs: &[("retention.ms", "-1")],
+    doc: "each media item of a customer's message, downloaded from Twilio and stored (InboundMediaStored): where, its type, size and SHA-256",
+};
 /// Business-scoped user ids seen with phone numbers (ingress → ingress).
 pub const IDENTITIES: TopicSpec = TopicSpec {
     name: "wa.identities.v1",
@@ -142,6 +149,7 @@ pub const ALL: &[TopicSpec] = &[
     TEMPLATES,
     QUARANTINE,
     IDENTITIES,
+    INBOUND_MEDIA,
     DEAD_LETTER,
 ];
 

@@ -23,6 +23,9 @@
 //!   and faults per endpoint (error rate, latency, dropped connections), switchable at run time.
 //! - `HEAD`/`GET /sim/media/{name}?type=…&size=…`: media files of a chosen type and size, for
 //!   dispatch's media check (see `media.rs`).
+//! - Customers' media (`"media": [{"content_type": …, "size": …}]` on `POST /sim/inbound`):
+//!   `GET`/`DELETE /2010-04-01/Accounts/{sid}/Messages/{sid}/Media/{sid}` behind Basic auth, the
+//!   `GET` redirecting to the bytes as Twilio's does.
 //!
 //! Production never talks to it: dispatch's `TWILIO_API_BASE_URL` points at api.twilio.com.
 
@@ -115,7 +118,7 @@ pub struct SimMessage {
     pub resource: serde_json::Value,
 }
 
-struct Sim {
+pub(crate) struct Sim {
     config: Config,
     messages: Mutex<Vec<SimMessage>>,
     /// WhatsApp approval of each Content SID.
@@ -125,6 +128,10 @@ struct Sim {
     rate_limits: Mutex<RateLimits>,
     windows: Mutex<Windows>,
     client: reqwest::Client,
+    /// Media the simulated customers sent, by media sid (`ME…`): content type and bytes.
+    customer_media: Mutex<HashMap<String, (String, Vec<u8>)>>,
+    /// This simulator's base URL, for the media URLs it hands out.
+    base_url: String,
 }
 
 /// What this simulator did, for assertions (`GET /sim/stats`).
@@ -343,7 +350,7 @@ async fn set_approval(State(sim): State<Arc<Sim>>, Path(sid): Path<String>, Json
 }
 
 /// Twilio's error response.
-fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
+pub(crate) fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
     let body = json!({
         "code": code,
         "message": message,
@@ -353,7 +360,7 @@ fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn authenticated(sim: &Sim, headers: &HeaderMap) -> bool {
+pub(crate) fn authenticated(sim: &Sim, headers: &HeaderMap) -> bool {
     let Some(encoded) =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Basic "))
     else {
@@ -663,6 +670,9 @@ struct InboundRequest {
     params: Vec<(String, String)>,
     /// Where to post it; the configured webhook URL when absent.
     url: Option<String>,
+    /// Media the customer sends: served behind Basic auth at Twilio's Media resource path.
+    #[serde(default)]
+    media: Vec<media::CustomerMedia>,
 }
 
 /// Posts a customer's message to ingress as Twilio would (signed), and opens the customer's
@@ -690,6 +700,7 @@ async fn post_inbound(State(sim): State<Arc<Sim>>, Json(request): Json<InboundRe
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
+    let media = media::attach(&sim, &sid, &request.media, &mut params);
     for (name, value) in request.params {
         params.retain(|(k, _)| *k != name);
         params.push((name, value));
@@ -699,7 +710,7 @@ async fn post_inbound(State(sim): State<Arc<Sim>>, Json(request): Json<InboundRe
     let signed = wa_twilio::signature::compute(&sim.config.auth_token, &url, &params);
     let answer = sim.client.post(&url).header(wa_twilio::signature::HEADER, signed).form(&params).send().await;
     let webhook_status = answer.map_or(0, |response| response.status().as_u16());
-    Json(json!({ "message_sid": sid, "webhook_status": webhook_status })).into_response()
+    Json(json!({ "message_sid": sid, "webhook_status": webhook_status, "media": media })).into_response()
 }
 
 /// The simulator.
@@ -723,6 +734,8 @@ impl Service for TwilioSim {
             rate_limits: Mutex::default(),
             windows: Mutex::default(),
             client: reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?,
+            customer_media: Mutex::default(),
+            base_url: format!("http://{}", listener.local_addr()?),
         });
         let routes = Router::new()
             .route("/2010-04-01/Accounts/{account_sid}/Messages.json", post(create_message).get(list_messages_api))
@@ -735,6 +748,11 @@ impl Service for TwilioSim {
             .route("/sim/inbound", post(post_inbound))
             .route("/sim/stats", get(get_stats))
             .route("/sim/media/{name}", get(media::get).head(media::head))
+            .route(
+                "/2010-04-01/Accounts/{account_sid}/Messages/{message_sid}/Media/{media_sid}",
+                get(media::customer_media).delete(media::delete_customer_media),
+            )
+            .route("/sim/media-bytes/{media_sid}", get(media::customer_media_bytes))
             .with_state(sim);
         let health = Health::new();
         health.set_ready(true);
