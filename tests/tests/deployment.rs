@@ -145,8 +145,9 @@ fn settings_out_of_range_stop_the_service_with_the_variable_named() {
     }
 }
 
-/// Off loopback, a service with an API refuses to start open, and ingress refuses the local
-/// default Twilio auth token (anyone could sign webhooks with it); each error names what to set.
+/// Off loopback, a service with an API refuses to start open, and the services that use the
+/// Twilio auth token refuse the local default (anyone could sign webhooks with it); each error
+/// names what to set.
 #[test]
 fn services_off_loopback_refuse_to_start_without_tokens() {
     let off_loopback = ("HTTP_ADDR", "0.0.0.0:0");
@@ -158,8 +159,14 @@ fn services_off_loopback_refuse_to_start_without_tokens() {
             vec!["INGRESS_API_TOKENS", "INGRESS_ALLOW_UNAUTHENTICATED=true"],
         ),
         ("ingress", vec![off_loopback, ("INGRESS_API_TOKENS", "crm-token")], vec!["TWILIO_AUTH_TOKEN"]),
-        ("template-approval", vec![off_loopback], vec!["TEMPLATE_ADMIN_TOKENS", "TEMPLATE_ALLOW_UNAUTHENTICATED=true"]),
+        (
+            "template-approval",
+            vec![off_loopback, real_twilio_token],
+            vec!["TEMPLATE_ADMIN_TOKENS", "TEMPLATE_ALLOW_UNAUTHENTICATED=true"],
+        ),
         ("session-window", vec![off_loopback], vec!["SESSION_QUERY_TOKENS", "SESSION_ALLOW_UNAUTHENTICATED=true"]),
+        ("outbound-dispatch", vec![off_loopback], vec!["TWILIO_AUTH_TOKEN"]),
+        ("template-approval", vec![off_loopback, ("TEMPLATE_ADMIN_TOKENS", "admin-token")], vec!["TWILIO_AUTH_TOKEN"]),
     ] {
         let (status, stderr) = run_to_exit(binary, &env);
         assert!(!status.success(), "{binary} started open with {env:?}");

@@ -202,7 +202,7 @@ impl Config {
             quarantine_budget_per_minute: config::parse_in(&QUARANTINE_BUDGET, 0..=1 << 40)?,
             media_store_url,
             media_delete_at_twilio,
-            twilio_credentials: config::twilio_credentials()?,
+            twilio_credentials: config::twilio_credentials(http_addr)?,
             dedupe_horizon: Duration::from_secs(3600 * config::parse::<u64>(&DEDUPE_HORIZON_HOURS)?),
             dedupe_capacity: config::parse(&DEDUPE_CAPACITY)?,
         })

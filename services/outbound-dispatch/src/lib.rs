@@ -162,9 +162,10 @@ impl Config {
     /// Reads the configuration from the environment.
     pub fn from_env() -> Result<Self, config::ConfigError> {
         let account_sid = config::var_or(&config::TWILIO_ACCOUNT_SID);
-        let (auth_username, auth_password) = config::twilio_credentials()?;
+        let http_addr = config::http_addr(Self::DEFAULT_HTTP_ADDR)?;
+        let (auth_username, auth_password) = config::twilio_credentials(http_addr)?;
         Ok(Self {
-            http_addr: config::http_addr(Self::DEFAULT_HTTP_ADDR)?,
+            http_addr,
             kafka: KafkaConfig::from_env()?,
             twilio_base_url: config::var_or(&API_BASE_URL),
             account_sid,

@@ -146,8 +146,9 @@ pub const TWILIO_API_KEY_SECRET: EnvVar =
     EnvVar { name: "TWILIO_API_KEY_SECRET", default: None, doc: "the API key's secret, with TWILIO_API_KEY_SID" };
 
 /// The Basic-auth user and password for Twilio's APIs: the API key pair when both are set,
-/// otherwise the account SID and auth token.
-pub fn twilio_credentials() -> Result<(String, String), ConfigError> {
+/// otherwise the account SID and auth token, which off loopback must not be the local default
+/// (see [`twilio_auth_token_off_loopback`]).
+pub fn twilio_credentials(http_addr: std::net::SocketAddr) -> Result<(String, String), ConfigError> {
     match (var(TWILIO_API_KEY_SID.name), var(TWILIO_API_KEY_SECRET.name)) {
         (Some(key), Some(secret)) => Ok((key, secret)),
         (Some(_), None) | (None, Some(_)) => Err(ConfigError {
@@ -155,7 +156,7 @@ pub fn twilio_credentials() -> Result<(String, String), ConfigError> {
             value: String::new(),
             reason: "TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET go together".to_owned(),
         }),
-        (None, None) => Ok((var_or(&TWILIO_ACCOUNT_SID), var_or(&TWILIO_AUTH_TOKEN))),
+        (None, None) => Ok((var_or(&TWILIO_ACCOUNT_SID), twilio_auth_token_off_loopback(http_addr)?)),
     }
 }
 

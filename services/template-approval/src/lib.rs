@@ -108,14 +108,14 @@ impl Config {
 
     /// Reads the configuration from the environment.
     pub fn from_env() -> Result<Self, config::ConfigError> {
-        let (auth_username, auth_password) = config::twilio_credentials()?;
+        let http_addr = config::http_addr(Self::DEFAULT_HTTP_ADDR)?;
+        let (auth_username, auth_password) = config::twilio_credentials(http_addr)?;
         let fallbacks_text = config::var_or(&LANGUAGE_FALLBACKS);
         let fallbacks = Fallbacks::parse(&fallbacks_text).map_err(|reason| config::ConfigError {
             name: LANGUAGE_FALLBACKS.name,
             value: fallbacks_text.clone(),
             reason,
         })?;
-        let http_addr = config::http_addr(Self::DEFAULT_HTTP_ADDR)?;
         let admin_tokens = config::list(&ADMIN_TOKENS);
         config::require_tokens_off_loopback(http_addr, &admin_tokens, &ADMIN_TOKENS, &ALLOW_UNAUTHENTICATED)?;
         Ok(Self {
