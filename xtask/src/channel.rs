@@ -258,6 +258,10 @@ impl Totals {
             self.binary = running.split_whitespace().next().unwrap_or_default().to_owned();
         } else if let Some(test) = line.strip_prefix("test ").and_then(|rest| rest.strip_suffix(" ... FAILED")) {
             self.failed_tests.push(format!("{}: {test}", self.binary));
+        } else if line.contains("process didn't exit successfully") && line.contains("(signal: ") {
+            // A test binary that crashed (a signal) names no failed test: name the binary.
+            let signal = line.rsplit_once("(signal: ").map_or("", |(_, s)| s.trim_end_matches(')'));
+            self.failed_tests.push(format!("{}: crashed ({signal})", self.binary));
         } else if self.panic_message_next {
             self.panic_message_next = false;
             if self.panics.len() < MAX_PANIC_LINES {
@@ -548,7 +552,14 @@ mod tests {
         ] {
             totals.read_line(line);
         }
-        assert_eq!(totals.failed_tests, ["tests/sessions.rs: window_closes"]);
+        totals.read_line("     Running tests/readiness.rs (target/debug/deps/readiness-01a9)");
+        totals.read_line(
+            "  process didn't exit successfully: `target/debug/deps/readiness-01a9` (signal: 11, SIGSEGV: invalid memory reference)",
+        );
+        assert_eq!(
+            totals.failed_tests,
+            ["tests/sessions.rs: window_closes", "tests/readiness.rs: crashed (11, SIGSEGV: invalid memory reference)"]
+        );
         assert_eq!(
             totals.panics,
             ["thread 'window_closes' panicked at tests/tests/sessions.rs:10:5:", "    window still open"]
