@@ -103,8 +103,9 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
-/// The run's own broker: tansu with SQLite storage in `dir`, so its data outlives a SIGKILL.
-fn start_broker(port: u16, dir: &std::path::Path) -> Child {
+/// A broker of the caller's own: tansu with SQLite storage (and its log) in `dir`, so its data
+/// outlives a SIGKILL, as a real broker's would.
+pub fn start_broker(port: u16, dir: &std::path::Path) -> Child {
     let listener = format!("tcp://127.0.0.1:{port}");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("tansu.log")).expect("broker log");
     tokio::process::Command::new(crate::tansu_binary())

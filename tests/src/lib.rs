@@ -367,23 +367,27 @@ impl Channel {
     /// A customer's message sent through the simulator, which posts it to ingress signed, as
     /// Twilio would; returns the MessageSid and ingress's status.
     pub async fn sim_inbound(&self, customer: &str, body: &str) -> (String, u16) {
-        let answer: serde_json::Value = self
-            .http
+        let answer =
+            self.sim_inbound_request(serde_json::json!({"from": customer, "to": BUSINESS, "body": body})).await;
+        (
+            answer["message_sid"].as_str().unwrap_or_default().to_owned(),
+            answer["webhook_status"].as_u64().unwrap_or(0) as u16,
+        )
+    }
+
+    /// `POST /sim/inbound` with `request` (media, more parameters, ...), posted to this
+    /// channel's ingress; the simulator's whole answer.
+    pub async fn sim_inbound_request(&self, mut request: serde_json::Value) -> serde_json::Value {
+        request["url"] = format!("{}/twilio/inbound", self.ingress_url).into();
+        self.http
             .post(format!("{}/sim/inbound", self.sim_url))
-            .json(&serde_json::json!({
-                "from": customer, "to": BUSINESS, "body": body,
-                "url": format!("{}/twilio/inbound", self.ingress_url),
-            }))
+            .json(&request)
             .send()
             .await
             .expect("simulator answers")
             .json()
             .await
-            .expect("simulator answers json");
-        (
-            answer["message_sid"].as_str().unwrap_or_default().to_owned(),
-            answer["webhook_status"].as_u64().unwrap_or(0) as u16,
-        )
+            .expect("simulator answers json")
     }
 
     /// An HTTP client for requests the helpers do not cover.

@@ -806,19 +806,12 @@ async fn customers_media_is_downloaded_stored_and_announced() {
     use sha2::Digest as _;
     let channel = Channel::start().await;
     let customer = unique_customer();
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{}/sim/inbound", channel.sim_url))
-        .json(&json!({
+    let answer = channel
+        .sim_inbound_request(json!({
             "from": customer, "to": BUSINESS, "body": "here is the receipt",
-            "url": format!("{}/twilio/inbound", channel.ingress_url),
             "media": [{"content_type": "image/jpeg", "size": 48213}, {"content_type": "application/pdf", "size": 1000}],
         }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(answer["webhook_status"], 200, "{answer}");
     let sid = answer["message_sid"].as_str().unwrap().to_owned();
     for (index, sent) in answer["media"].as_array().unwrap().iter().enumerate() {

@@ -8,25 +8,6 @@ use e2e_tests::{loopback, unique_customer, BUSINESS};
 use wa_platform::config::KafkaConfig;
 use wa_platform::CancellationToken;
 
-/// The test's own broker, with SQLite storage in `dir`: like a real broker's, its topics
-/// outlive the kill. (With the memory engine they vanished, and librdkafka 2.12 can crash in its
-/// metadata cache when a subscribed topic disappears: a test artifact, not an outage.)
-fn start_broker(port: u16, dir: &std::path::Path) -> tokio::process::Child {
-    let listener = format!("tcp://127.0.0.1:{port}");
-    tokio::process::Command::new(e2e_tests::tansu_binary())
-        .arg("broker")
-        .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .current_dir(dir)
-        .env("RUST_LOG", "error")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|err| panic!("tansu at {} does not start: {err}", e2e_tests::tansu_binary().display()))
-}
-
-/// Polls `url` until its status is `status`; returns the body.
 async fn await_status(http: &reqwest::Client, url: &str, status: u16, within: Duration) -> String {
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -45,7 +26,10 @@ async fn a_service_whose_broker_stops_serving_is_not_ready_until_it_serves_again
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = std::env::temp_dir().join(format!("wa-readiness-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut broker = start_broker(port, &dir);
+    // SQLite, so the topics outlive the kill as a real broker's do. (With the memory engine they
+    // vanished, and librdkafka 2.12 can crash in its metadata cache when a subscribed topic
+    // disappears: a test artifact, not an outage.)
+    let mut broker = e2e_tests::chaos::start_broker(port, &dir);
     let kafka = KafkaConfig::new(format!("127.0.0.1:{port}"), "ready.");
     wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await.expect("own broker answers");
     wa_platform::kafka::ensure_topics(&kafka, wa_platform::topics::ALL).await.expect("topics");
@@ -89,7 +73,7 @@ async fn a_service_whose_broker_stops_serving_is_not_ready_until_it_serves_again
     assert!(problem["detail"].as_str().unwrap_or_default().contains("broker"), "{problem}");
 
     // It comes back (empty: in-memory storage), the topics are created again: ready again.
-    let mut broker = start_broker(port, &dir);
+    let mut broker = e2e_tests::chaos::start_broker(port, &dir);
     wa_platform::kafka::wait_for_broker(&kafka, Duration::from_secs(60)).await.expect("broker back");
     for url in [&ingress_url, &approval_url] {
         await_status(&http, &format!("{url}/readyz"), 200, Duration::from_secs(60)).await;

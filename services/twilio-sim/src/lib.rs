@@ -360,7 +360,7 @@ pub(crate) fn twilio_error(status: StatusCode, code: u32, message: &str) -> Resp
     (status, Json(body)).into_response()
 }
 
-pub(crate) fn authenticated(sim: &Sim, headers: &HeaderMap) -> bool {
+fn authenticated(sim: &Sim, headers: &HeaderMap) -> bool {
     let Some(encoded) =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Basic "))
     else {
@@ -374,7 +374,7 @@ pub(crate) fn authenticated(sim: &Sim, headers: &HeaderMap) -> bool {
 }
 
 /// Twilio's answer to a Messages API call with wrong credentials or another account's path.
-fn messages_account(sim: &Sim, headers: &HeaderMap, account_sid: &str) -> Option<Response> {
+pub(crate) fn messages_account(sim: &Sim, headers: &HeaderMap, account_sid: &str) -> Option<Response> {
     if !authenticated(sim, headers) {
         return Some(twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate"));
     }

@@ -117,8 +117,8 @@ pub(crate) async fn customer_media(
     axum::extract::Path((account_sid, _message_sid, media_sid)): axum::extract::Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if !crate::authenticated(&sim, &headers) || account_sid != sim.config.account_sid {
-        return crate::twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    if let Some(refused) = crate::messages_account(&sim, &headers, &account_sid) {
+        return refused;
     }
     if !sim.customer_media.lock().expect("media lock").contains_key(&media_sid) {
         return crate::twilio_error(StatusCode::NOT_FOUND, 20404, "The requested resource was not found");
@@ -145,8 +145,8 @@ pub(crate) async fn delete_customer_media(
     axum::extract::Path((account_sid, _message_sid, media_sid)): axum::extract::Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if !crate::authenticated(&sim, &headers) || account_sid != sim.config.account_sid {
-        return crate::twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    if let Some(refused) = crate::messages_account(&sim, &headers, &account_sid) {
+        return refused;
     }
     let media_sid = media_sid.trim_end_matches(".json");
     match sim.customer_media.lock().expect("media lock").remove(media_sid) {
