@@ -50,8 +50,12 @@ pub struct Report {
     pub webhooks: usize,
     /// Webhook attempts answered otherwise and retried.
     pub webhook_retries: usize,
-    /// Extra copies of webhooks on `wa.inbound.v1` (same event id).
+    /// Extra copies of webhooks on `wa.inbound.v1` that a later attempt published (another
+    /// receive time): a broken promise.
     pub webhooks_published_again: usize,
+    /// Extra copies the broker wrote of one publish (the same bytes: its idempotent-producer
+    /// check let a retried produce request through), counted and reported.
+    pub webhooks_written_twice_by_broker: usize,
     /// CRM requests accepted (202 or 200 duplicate), and the attempts refused and retried.
     pub accepted: usize,
     /// CRM attempts answered 503 or not answered, then retried with the same `request_id`.
@@ -77,8 +81,8 @@ impl std::fmt::Display for Report {
         writeln!(f, "  time to ready after a restart: median {median:.1} s, max {max:.1} s")?;
         writeln!(
             f,
-            "  webhooks answered 200: {} ({} attempts retried; {} published again under the same event id)",
-            self.webhooks, self.webhook_retries, self.webhooks_published_again
+            "  webhooks answered 200: {} ({} attempts retried; {} published again by a later attempt, {} written twice by the broker)",
+            self.webhooks, self.webhook_retries, self.webhooks_published_again, self.webhooks_written_twice_by_broker
         )?;
         writeln!(f, "  CRM requests accepted: {} ({} attempts retried)", self.accepted, self.request_retries)?;
         writeln!(f, "  terminal outcomes: {:?}; messages at Twilio: {}", self.outcomes, self.messages_at_twilio)?;
@@ -430,23 +434,26 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
         }
     }
 
-    // Every webhook answered 200 is on wa.inbound.v1, under one event id. A copy published
-    // again is counted: ingress can publish a webhook twice when the broker acknowledged the
-    // first attempt too late and Twilio's retry came first (decision 41); consumers dedupe on
-    // the event id.
-    let mut published: HashMap<String, (usize, HashSet<String>)> = HashMap::new();
+    // Every webhook answered 200 is on wa.inbound.v1 exactly once. Each attempt stamps its
+    // receive time, so a copy with another receive time was published by a later attempt
+    // (ingress's failure), and a copy with the same one is the broker writing one publish twice.
+    let mut published: HashMap<String, (usize, HashSet<String>, HashSet<i64>)> = HashMap::new();
     for record in channel.read_to_end(&INBOUND).await {
         let event: InboundMessageReceived = record.decode();
         let entry = published.entry(event.message_sid).or_default();
         entry.0 += 1;
         entry.1.insert(event.event_id);
+        entry.2.insert(event.occurred_at);
     }
     let missing = answered.iter().filter(|sid| !published.contains_key(*sid)).count();
-    let two_ids = published.values().filter(|(_, ids)| ids.len() > 1).count();
-    report.webhooks_published_again = published.values().map(|(n, _)| n - 1).sum();
-    if missing > 0 || two_ids > 0 {
+    let two_ids = published.values().filter(|(_, ids, _)| ids.len() > 1).count();
+    report.webhooks_published_again = published.values().map(|(_, _, attempts)| attempts.len() - 1).sum();
+    report.webhooks_written_twice_by_broker = published.values().map(|(n, _, attempts)| n - attempts.len()).sum();
+    if missing > 0 || two_ids > 0 || report.webhooks_published_again > 0 {
         report.broken.push(format!(
-            "webhooks answered 200: {missing} not on wa.inbound.v1, {two_ids} published under two event ids"
+            "webhooks answered 200: {missing} not on wa.inbound.v1, {two_ids} published under two event ids, {} \
+             published again by a later attempt",
+            report.webhooks_published_again
         ));
     }
 

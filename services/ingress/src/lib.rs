@@ -246,12 +246,12 @@ pub(crate) struct AppState {
     pub(crate) senders: Vec<String>,
     pub(crate) publish_timeout: Duration,
     /// One permit per publish waiting for the broker.
-    pub(crate) publishes: tokio::sync::Semaphore,
+    pub(crate) publishes: Arc<tokio::sync::Semaphore>,
     pub(crate) max_in_flight: usize,
     pub(crate) max_body_bytes: usize,
     pub(crate) quarantine_budget: request::QuarantineBudget,
-    pub(crate) inbound_dedupe: Arc<dedupe::Deduplicator>,
-    pub(crate) outbound_dedupe: Arc<dedupe::Deduplicator>,
+    pub(crate) inbound_dedupe: Arc<dedupe::Deduplicator<NotPublished>>,
+    pub(crate) outbound_dedupe: Arc<dedupe::Deduplicator<NotPublished>>,
     /// BSUIDs seen with phone numbers.
     pub(crate) identities: Arc<identities::Identities>,
     pub(crate) health: Arc<Health>,
@@ -260,22 +260,34 @@ pub(crate) struct AppState {
 impl AppState {
     /// Publishes `event` and waits for the broker's acknowledgement, at most the publish
     /// timeout; refused at once when `max_in_flight` publishes are already waiting.
-    pub(crate) async fn publish<E: wa_schemas::Event>(
+    pub(crate) async fn publish<E: wa_schemas::Event + Clone + Send + Sync + 'static>(
         &self,
-        topic: &wa_platform::topics::TopicSpec,
+        topic: &'static wa_platform::topics::TopicSpec,
         event: &E,
     ) -> Result<(), NotPublished> {
-        let Ok(_permit) = self.publishes.try_acquire() else {
+        let started = self.start_publish(topic, event.clone())?;
+        tokio::time::timeout(self.publish_timeout, started).await.unwrap_or_else(|_| Err(NotPublished::timed_out()))
+    }
+
+    /// Starts publishing `event`, refused at once when `max_in_flight` publishes are already
+    /// waiting for the broker. The publish keeps its place among them until the broker
+    /// answers, whoever stopped waiting for it.
+    pub(crate) fn start_publish<E: wa_schemas::Event + Send + Sync + 'static>(
+        &self,
+        topic: &'static wa_platform::topics::TopicSpec,
+        event: E,
+    ) -> Result<dedupe::Started<NotPublished>, NotPublished> {
+        let Ok(permit) = self.publishes.clone().try_acquire_owned() else {
             return Err(NotPublished::Overloaded { limit: self.max_in_flight });
         };
         metrics::gauge!("wa_ingress_publishes_in_flight").increment(1.0);
-        let result = match tokio::time::timeout(self.publish_timeout, self.producer.publish(topic, event)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(NotPublished::NotDurable(err.to_string())),
-            Err(_) => Err(NotPublished::NotDurable("broker did not acknowledge in time".to_owned())),
-        };
-        metrics::gauge!("wa_ingress_publishes_in_flight").decrement(1.0);
-        result
+        let producer = self.producer.clone();
+        Ok(Box::pin(async move {
+            let result = producer.publish(topic, &event).await;
+            metrics::gauge!("wa_ingress_publishes_in_flight").decrement(1.0);
+            drop(permit);
+            result.map(|_| ()).map_err(|err| NotPublished::NotDurable(err.to_string()))
+        }))
     }
 
     /// Whether `sender` is a business sender this channel serves.
@@ -291,6 +303,13 @@ pub(crate) enum NotPublished {
     Overloaded { limit: usize },
     /// The broker did not acknowledge it (the reason).
     NotDurable(String),
+}
+
+impl NotPublished {
+    /// No acknowledgement within the publish timeout.
+    pub(crate) fn timed_out() -> Self {
+        Self::NotDurable("broker did not acknowledge in time".to_owned())
+    }
 }
 
 /// The ingress service.
@@ -328,7 +347,7 @@ impl Service for Ingress {
             api_tokens: config.api_tokens.clone(),
             senders: config.senders.clone(),
             publish_timeout: config.publish_timeout,
-            publishes: tokio::sync::Semaphore::new(config.max_in_flight),
+            publishes: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
             max_in_flight: config.max_in_flight,
             max_body_bytes: config.max_body_bytes,
             quarantine_budget: request::QuarantineBudget::new(

@@ -17,6 +17,7 @@ use wa_schemas::{conversation_id, OutboundRequested, TemplateRequest, WhatsAppAd
 
 use crate::dedupe::Outcome;
 use crate::request::{read_body, refuse_until_ready, reject, unavailable};
+use crate::NotPublished;
 use crate::{mask, AppState};
 
 use wa_twilio::limits::{template_value_problem, MAX_BODY_CHARS, MAX_MEDIA};
@@ -102,7 +103,9 @@ pub(crate) async fn create(State(state): State<Arc<AppState>>, headers: HeaderMa
     let span = tracing::info_span!("outbound_request", request_id = %event.request_id, to = %mask(&event.to));
     match state
         .outbound_dedupe
-        .publish_once(&event.event_id, || state.publish(&OUTBOUND_REQUESTED, &event))
+        .publish_once(&event.event_id, state.publish_timeout, NotPublished::timed_out(), || {
+            state.start_publish(&OUTBOUND_REQUESTED, event.clone())
+        })
         .instrument(span.clone())
         .await
     {

@@ -14,6 +14,7 @@ use wa_twilio::{inbound, signature, status, FieldError};
 
 use crate::dedupe::Outcome;
 use crate::request::{self, reject, unavailable};
+use crate::NotPublished;
 use crate::{identities, mask, AppState};
 
 /// The empty TwiML document: "received, nothing to reply".
@@ -76,7 +77,9 @@ pub(crate) async fn inbound(
     }
     match state
         .inbound_dedupe
-        .publish_once(&event.event_id, || state.publish(&INBOUND, &event))
+        .publish_once(&event.event_id, state.publish_timeout, NotPublished::timed_out(), || {
+            state.start_publish(&INBOUND, event.clone())
+        })
         .instrument(span.clone())
         .await
     {
@@ -117,11 +120,8 @@ pub(crate) async fn status(
     );
     match state.publish(&DELIVERY, &event).instrument(span.clone()).await {
         Ok(()) => {
-            let status = if status::KNOWN_STATUSES.contains(&event.message_status.as_str()) {
-                event.message_status.clone()
-            } else {
-                "other".to_owned()
-            };
+            let status =
+                status::MessageStatus::parse(&event.message_status).map_or("other", status::MessageStatus::as_str);
             metrics::counter!("wa_ingress_accepted_total", "endpoint" => ENDPOINT, "outcome" => "published")
                 .increment(1);
             metrics::counter!("wa_ingress_status_callbacks_total", "status" => status).increment(1);
