@@ -8,6 +8,7 @@
 
 mod address;
 mod ids;
+mod kinds;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use address::{AddressError, WhatsAppAddress};
 pub use ids::conversation_id;
+pub use kinds::{Actor, DispatchOutcome, RejectionReason, SessionChange, TemplateChange};
 
 /// The two marker bytes that open every single-object encoded value.
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -249,8 +251,7 @@ pub struct TemplateEvent {
     pub occurred_at: i64,
     /// `<name>:<language>` (record key).
     pub template_id: String,
-    /// What happened: registered, submitted, approved, rejected, paused, unpaused, disabled,
-    /// deleted or replaced.
+    /// What happened: a [`TemplateChange`]'s wire string (read it with [`TemplateEvent::change`]).
     #[serde(rename = "type")]
     pub kind: String,
     /// Template name.
@@ -269,7 +270,7 @@ pub struct TemplateEvent {
     pub examples: BTreeMap<String, String>,
     /// Why (rejections, pauses, disables).
     pub reason: Option<String>,
-    /// `admin` or `twilio`.
+    /// Who made the change: an [`Actor`]'s wire string.
     pub actor: String,
 }
 event!(TemplateEvent, "template_event.avsc", "wachannel.template.changed.v1", template_id);
@@ -499,7 +500,8 @@ pub struct OutboundWindowChecked {
     pub template: Option<TemplateRequest>,
     /// Whether the window allows a free-form send.
     pub allowed: bool,
-    /// Why not, when not allowed (`no_window`, `window_closed`).
+    /// Why not, when not allowed: a [`RejectionReason`]'s wire string (`no_window`,
+    /// `window_closed`, `opted_out`).
     pub refusal_reason: Option<String>,
     /// When the window closes, Unix millis, if there is one.
     pub window_expires_at: Option<i64>,
@@ -563,7 +565,7 @@ pub struct OutboundRejected {
     pub from: String,
     /// Customer address.
     pub to: String,
-    /// Machine-readable reason.
+    /// Machine-readable reason: a [`RejectionReason`]'s wire string.
     pub reason: String,
     /// Human-readable explanation.
     pub message: String,
@@ -590,7 +592,7 @@ pub struct OutboundDispatched {
     pub from: String,
     /// Customer address.
     pub to: String,
-    /// `sending`, `sent`, `failed`, `in_doubt`, `released` or `status_changed`.
+    /// What happened: a [`DispatchOutcome`]'s wire string (read it with [`OutboundDispatched::kind`]).
     pub outcome: String,
     /// Twilio's message sid when sent.
     pub message_sid: Option<String>,
@@ -662,8 +664,7 @@ pub struct SessionEvent {
     pub occurred_at: i64,
     /// The conversation (the record key).
     pub conversation_id: String,
-    /// window_opened, window_extended, window_expiring, window_closed, entry_point_opened,
-    /// opted_out or opted_in.
+    /// What happened: a [`SessionChange`]'s wire string (read it with [`SessionEvent::change`]).
     #[serde(rename = "type")]
     pub kind: String,
     /// When the 24-hour window closes, after this event.

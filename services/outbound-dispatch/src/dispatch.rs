@@ -11,10 +11,11 @@ use uuid::Uuid;
 use wa_platform::kafka::{EventProducer, HandleError, Handler, Record, TopicFollower};
 use wa_platform::topics::OUTBOUND_DISPATCHED;
 use wa_platform::CancellationToken;
-use wa_schemas::{DeliveryStatusReceived, Event, OutboundAuthorized, OutboundDispatched};
+use wa_schemas::{DeliveryStatusReceived, DispatchOutcome, Event, OutboundAuthorized, OutboundDispatched};
 use wa_twilio::errors;
+use wa_twilio::status::MessageStatus;
 
-use crate::ledger::{moves_forward, Ledger, Stage};
+use crate::ledger::{Ledger, Stage};
 use crate::media;
 use crate::rate::RateLimiter;
 use crate::twilio::{MessageResource, OutgoingMessage, SendFailure, TwilioClient, TwilioError};
@@ -110,12 +111,17 @@ pub(crate) static NO_METADATA: BTreeMap<String, String> = BTreeMap::new();
 impl Identity<'_> {
     /// An event about this request; its id is derived from the request, the outcome and the
     /// status, so the same move published twice (two instances, a redelivery) has one id.
-    pub(crate) fn event(&self, outcome: &str, status: Option<&str>) -> OutboundDispatched {
+    pub(crate) fn event(&self, outcome: DispatchOutcome, status: Option<&str>) -> OutboundDispatched {
         self.event_with_claim(outcome, status, None)
     }
 
     /// A claim or its release: each claim's events have their own ids.
-    fn event_with_claim(&self, outcome: &str, status: Option<&str>, claim_id: Option<&str>) -> OutboundDispatched {
+    fn event_with_claim(
+        &self,
+        outcome: DispatchOutcome,
+        status: Option<&str>,
+        claim_id: Option<&str>,
+    ) -> OutboundDispatched {
         let name = format!(
             "wachannel:dispatched:{}:{outcome}:{}{}",
             self.request_id,
@@ -129,7 +135,7 @@ impl Identity<'_> {
             request_id: self.request_id.to_owned(),
             from: self.from.to_owned(),
             to: self.to.to_owned(),
-            outcome: outcome.to_owned(),
+            outcome: outcome.as_str().to_owned(),
             message_sid: None,
             twilio_status: status.map(str::to_owned),
             error_code: None,
@@ -325,7 +331,7 @@ impl Dispatch {
         // Free-form content needs the window still open; templates do not.
         if let (None, Some(expires_at)) = (&authorized.content_sid, authorized.window_expires_at) {
             if wa_platform::now_millis() >= expires_at {
-                let mut failed = identity.event("failed", None);
+                let mut failed = identity.event(DispatchOutcome::Failed, None);
                 failed.failure_reason = Some("window_closed".to_owned());
                 return self.outcome(failed).await;
             }
@@ -334,7 +340,7 @@ impl Dispatch {
         match self.check_media(&authorized, revoked).await {
             MediaChecked::Sendable => {}
             MediaChecked::NotSendable(reason, detail) => {
-                let mut failed = identity.event("failed", None);
+                let mut failed = identity.event(DispatchOutcome::Failed, None);
                 failed.failure_reason = Some(reason.to_owned());
                 failed.error_message = Some(detail);
                 return self.outcome(failed).await;
@@ -353,7 +359,7 @@ impl Dispatch {
             return Ok(());
         }
         let claim_id = Uuid::new_v4().to_string();
-        let mut claim = identity.event_with_claim("sending", None, Some(&claim_id));
+        let mut claim = identity.event_with_claim(DispatchOutcome::Sending, None, Some(&claim_id));
         claim.claimed_by = Some(self.config.instance_id.clone());
         let (partition, offset) = self.producer.publish(&OUTBOUND_DISPATCHED, &claim).await?;
         let read_back = tokio::select! {
@@ -382,14 +388,14 @@ impl Dispatch {
         let _working = Working::start(&self.ledger, &authorized.request_id);
         let mut event = match self.send_with_retries(&authorized, revoked).await {
             Attempted::Sent { resource, attempts } => {
-                let mut sent = identity.event("sent", None);
+                let mut sent = identity.event(DispatchOutcome::Sent, None);
                 sent.message_sid = Some(resource.sid);
                 sent.twilio_status = Some(resource.status);
                 sent.attempts = attempts;
                 sent
             }
             Attempted::Failed { reason, error, attempts } => {
-                let mut failed = identity.event("failed", None);
+                let mut failed = identity.event(DispatchOutcome::Failed, None);
                 failed.failure_reason = Some(reason.to_owned());
                 failed.error_code = error.as_ref().and_then(TwilioError::code);
                 failed.error_message = error.map(|err| err.to_string());
@@ -403,7 +409,7 @@ impl Dispatch {
                     Some(resource) => {
                         tracing::warn!(request_id = %authorized.request_id, sid = %resource.sid, error = %error,
                             "ambiguous answer from twilio; the message was found in its messages list");
-                        let mut sent = identity.event("sent", None);
+                        let mut sent = identity.event(DispatchOutcome::Sent, None);
                         sent.message_sid = Some(resource.sid);
                         sent.twilio_status = Some(resource.status);
                         sent.error_message = Some(format!("{error}; found in Twilio's Messages list"));
@@ -413,7 +419,7 @@ impl Dispatch {
                     None => {
                         tracing::warn!(request_id = %authorized.request_id, error = %error,
                             "ambiguous answer from twilio and the message is not in its list; in doubt, never resent");
-                        let mut in_doubt = identity.event("in_doubt", None);
+                        let mut in_doubt = identity.event(DispatchOutcome::InDoubt, None);
                         in_doubt.failure_reason =
                             Some(if error.status().is_some() { "ambiguous_answer" } else { "no_answer" }.to_owned());
                         in_doubt.error_code = error.code();
@@ -439,7 +445,7 @@ impl Dispatch {
     }
 
     async fn release(&self, identity: &Identity<'_>, claim_id: &str) -> Result<(), HandleError> {
-        let released = identity.event_with_claim("released", None, Some(claim_id));
+        let released = identity.event_with_claim(DispatchOutcome::Released, None, Some(claim_id));
         self.producer.publish(&OUTBOUND_DISPATCHED, &released).await?;
         Ok(())
     }
@@ -472,22 +478,22 @@ impl Dispatch {
         // A send still under way here will publish its own outcome from Twilio's answer.
         if unconfirmed && !self.ledger.is_working_on(&request_id) {
             // The answer that never came: Twilio did create the message.
-            let mut sent = identity.event("sent", None);
+            let mut sent = identity.event(DispatchOutcome::Sent, None);
             sent.message_sid = Some(delivery.message_sid.clone());
             sent.twilio_status = Some("resolved_by_callback".to_owned());
             sent.claim_id = entry.as_ref().and_then(|e| e.claim.as_ref()).map(|c| c.id.clone());
             self.outcome(sent).await?;
         }
         let current = entry.as_ref().and_then(|e| e.status.clone());
-        if !moves_forward(current.as_deref(), &delivery.message_status) {
+        if !MessageStatus::moves_forward(current.as_deref(), &delivery.message_status) {
             metrics::counter!("wa_dispatch_callbacks_total", "outcome" => "not_forward").increment(1);
             return Ok(());
         }
-        let mut moved = identity.event("status_changed", Some(&delivery.message_status));
+        let mut moved = identity.event(DispatchOutcome::StatusChanged, Some(&delivery.message_status));
         moved.message_sid = Some(delivery.message_sid.clone());
         moved.error_code = delivery.error_code.as_deref().and_then(|code| code.trim().parse().ok());
         moved.error_message = delivery.channel_status_message.clone().or(delivery.error_message.clone());
-        if matches!(delivery.message_status.as_str(), "failed" | "undelivered") {
+        if MessageStatus::parse(&delivery.message_status).is_some_and(MessageStatus::is_failure) {
             moved.failure_reason =
                 Some(moved.error_code.map_or(errors::UNKNOWN_REASON, errors::failure_reason).to_owned());
             if moved.error_code == Some(errors::OUTSIDE_WINDOW) {

@@ -12,7 +12,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use wa_schemas::OutboundDispatched;
+use wa_schemas::{DispatchOutcome, OutboundDispatched};
+use wa_twilio::status::MessageStatus;
 
 /// How far dispatch got with a request. Later stages win: a stage never goes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -56,38 +57,6 @@ pub(crate) struct Entry {
     pub(crate) metadata: BTreeMap<String, String>,
 }
 
-/// The order of delivery statuses. `None` for statuses that do not move a message (unknown
-/// ones are published by ingress as received but not folded).
-pub(crate) fn status_rank(status: &str) -> Option<u8> {
-    Some(match status {
-        "accepted" | "scheduled" => 1,
-        "queued" => 2,
-        "sending" => 3,
-        "sent" => 4,
-        "delivered" => 5,
-        "read" => 6,
-        "failed" | "undelivered" | "canceled" => 7,
-        _ => return None,
-    })
-}
-
-/// Whether nothing moves a message after `status`.
-fn is_final(status: &str) -> bool {
-    matches!(status, "read" | "failed" | "undelivered" | "canceled")
-}
-
-/// Whether `next` is a forward move from `current`.
-pub(crate) fn moves_forward(current: Option<&str>, next: &str) -> bool {
-    let Some(next_rank) = status_rank(next) else {
-        return false;
-    };
-    match current {
-        None => true,
-        Some(current) if is_final(current) => false,
-        Some(current) => status_rank(current).is_none_or(|rank| next_rank > rank),
-    }
-}
-
 impl Entry {
     fn new(event: &OutboundDispatched) -> Self {
         Self {
@@ -124,8 +93,8 @@ impl Ledger {
     /// Folds in an event read back from `partition` of the topic, in partition order: claims
     /// and releases, then everything [`Ledger::apply`] folds.
     pub(crate) fn apply_read(&self, event: &OutboundDispatched, partition: i32) {
-        match event.outcome.as_str() {
-            "sending" => {
+        match event.kind() {
+            Some(DispatchOutcome::Sending) => {
                 let mut inner = self.inner.lock().expect("ledger lock");
                 let claim = Claim {
                     id: event.claim_id.clone().unwrap_or_default(),
@@ -147,7 +116,7 @@ impl Ledger {
                     }
                 }
             }
-            "released" => {
+            Some(DispatchOutcome::Released) => {
                 // A claim given up before anything reached Twilio: forget it, so the
                 // redelivered authorization is claimed again. Only the claim that counts can
                 // be released (a marker without a claim id is from before claims existed).
@@ -171,19 +140,20 @@ impl Ledger {
     /// Applying an outcome twice, or an older one after a newer one, changes nothing.
     pub(crate) fn apply(&self, event: &OutboundDispatched) {
         let mut inner = self.inner.lock().expect("ledger lock");
-        if matches!(event.outcome.as_str(), "sending" | "released") {
+        let Some(outcome) = event.kind() else { return };
+        if matches!(outcome, DispatchOutcome::Sending | DispatchOutcome::Released) {
             return;
         }
         let entry = inner.entries.entry(event.request_id.clone()).or_insert_with(|| Entry::new(event));
-        let stage = match event.outcome.as_str() {
-            "in_doubt" => Stage::InDoubt,
-            "sent" | "failed" | "status_changed" => Stage::Done,
-            _ => entry.stage,
+        let stage = match outcome {
+            DispatchOutcome::InDoubt => Stage::InDoubt,
+            DispatchOutcome::Sent | DispatchOutcome::Failed | DispatchOutcome::StatusChanged => Stage::Done,
+            DispatchOutcome::Sending | DispatchOutcome::Released => entry.stage,
         };
         entry.stage = entry.stage.max(stage);
-        if event.outcome == "status_changed" {
+        if outcome == DispatchOutcome::StatusChanged {
             if let Some(status) = &event.twilio_status {
-                if moves_forward(entry.status.as_deref(), status) {
+                if MessageStatus::moves_forward(entry.status.as_deref(), status) {
                     entry.status = Some(status.clone());
                 }
             }
@@ -257,7 +227,7 @@ mod tests {
 
     use super::*;
 
-    fn event(request_id: &str, outcome: &str, status: Option<&str>) -> OutboundDispatched {
+    fn event(request_id: &str, outcome: DispatchOutcome, status: Option<&str>) -> OutboundDispatched {
         OutboundDispatched {
             event_id: String::new(),
             occurred_at: 1,
@@ -265,7 +235,7 @@ mod tests {
             request_id: request_id.into(),
             from: "f".into(),
             to: "t".into(),
-            outcome: outcome.into(),
+            outcome: outcome.as_str().into(),
             message_sid: Some("SM1".into()),
             twilio_status: status.map(str::to_owned),
             error_code: None,
@@ -279,7 +249,7 @@ mod tests {
     }
 
     fn claim(request_id: &str, claim_id: &str, by: &str) -> OutboundDispatched {
-        let mut claim = event(request_id, "sending", None);
+        let mut claim = event(request_id, DispatchOutcome::Sending, None);
         claim.message_sid = None;
         claim.claim_id = Some(claim_id.into());
         claim.claimed_by = Some(by.into());
@@ -287,23 +257,10 @@ mod tests {
     }
 
     fn release(request_id: &str, claim_id: &str) -> OutboundDispatched {
-        let mut release = event(request_id, "released", None);
+        let mut release = event(request_id, DispatchOutcome::Released, None);
         release.message_sid = None;
         release.claim_id = Some(claim_id.into());
         release
-    }
-
-    #[test]
-    fn statuses_only_move_forward_and_stop_at_final_ones() {
-        assert!(moves_forward(None, "queued"));
-        assert!(moves_forward(Some("queued"), "delivered"));
-        assert!(!moves_forward(Some("delivered"), "sent"));
-        assert!(!moves_forward(Some("delivered"), "delivered"));
-        assert!(moves_forward(Some("delivered"), "read"));
-        assert!(!moves_forward(Some("read"), "failed"));
-        assert!(!moves_forward(Some("undelivered"), "read"));
-        assert!(moves_forward(Some("sent"), "undelivered"));
-        assert!(!moves_forward(Some("sent"), "some_future_status"));
     }
 
     #[test]
@@ -311,9 +268,9 @@ mod tests {
         let ledger = Ledger::default();
         ledger.apply_read(&claim("r", "c1", "a"), 0);
         assert_eq!(ledger.get("r").unwrap().stage, Stage::Sending);
-        ledger.apply(&event("r", "sent", Some("queued")));
+        ledger.apply(&event("r", DispatchOutcome::Sent, Some("queued")));
         ledger.apply_read(&claim("r", "c2", "b"), 0);
-        ledger.apply(&event("r", "in_doubt", None));
+        ledger.apply(&event("r", DispatchOutcome::InDoubt, None));
         assert_eq!(ledger.get("r").unwrap().stage, Stage::Done);
         assert_eq!(ledger.request_of("SM1").as_deref(), Some("r"));
         assert!(ledger.unconfirmed_since(i64::MAX).is_empty());
@@ -339,7 +296,7 @@ mod tests {
         ledger.apply_read(&claim("r", "b-again", "b"), 0);
         assert!(ledger.holds_claim("r", "b-again"));
         // Once an outcome is known, no claim counts any more.
-        ledger.apply(&event("r", "failed", None));
+        ledger.apply(&event("r", DispatchOutcome::Failed, None));
         ledger.apply_read(&release("r", "b-again"), 0);
         ledger.apply_read(&claim("r", "late", "a"), 0);
         assert!(!ledger.holds_claim("r", "late"));
@@ -362,22 +319,20 @@ mod tests {
         ledger.apply_read(&claim("r", "c1", "a"), 0);
         ledger.apply_read(&release("r", "c1"), 0);
         assert!(ledger.get("r").is_none());
-        ledger.apply(&event("d", "sent", None));
+        ledger.apply(&event("d", DispatchOutcome::Sent, None));
         ledger.apply_read(&release("d", "c1"), 0);
         assert!(ledger.get("d").is_some());
     }
 
+    /// Any status that moves an outbound message, final ones included.
     fn any_status() -> impl Strategy<Value = &'static str> {
-        prop::sample::select(vec![
-            "accepted",
-            "queued",
-            "sending",
-            "sent",
-            "delivered",
-            "read",
-            "failed",
-            "undelivered",
-        ])
+        prop::sample::select(
+            MessageStatus::ALL
+                .iter()
+                .filter(|status| status.rank().is_some())
+                .map(|status| status.as_str())
+                .collect::<Vec<_>>(),
+        )
     }
 
     proptest! {
@@ -388,16 +343,16 @@ mod tests {
             let ledger = Ledger::default();
             let mut expected: Option<&str> = None;
             for status in &statuses {
-                ledger.apply(&event("r", "status_changed", Some(status)));
-                if moves_forward(expected, status) {
+                ledger.apply(&event("r", DispatchOutcome::StatusChanged, Some(status)));
+                if MessageStatus::moves_forward(expected, status) {
                     expected = Some(status);
                 }
             }
             let folded = ledger.get("r").unwrap().status;
             prop_assert_eq!(folded.as_deref(), expected);
-            let rank = |s: &str| status_rank(s).unwrap();
+            let rank = |s: &str| MessageStatus::parse(s).and_then(MessageStatus::rank).unwrap();
             let furthest = statuses.iter().map(|s| rank(s)).max().unwrap();
-            let first_final = statuses.iter().position(|s| is_final(s));
+            let first_final = statuses.iter().position(|s| MessageStatus::parse(s).unwrap().is_final());
             match first_final {
                 // Nothing moves after the first final status, so it is where the fold ends.
                 Some(i) => prop_assert_eq!(rank(expected.unwrap()), statuses[..=i].iter().map(|s| rank(s)).max().unwrap()),

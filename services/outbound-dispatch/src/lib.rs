@@ -38,7 +38,7 @@ use wa_platform::kafka::{ConsumerSettings, EventProducer};
 use wa_platform::service::{Bound, Prepared, Service};
 use wa_platform::topics::{DELIVERY, OUTBOUND_AUTHORIZED, OUTBOUND_DISPATCHED};
 use wa_platform::CancellationToken;
-use wa_schemas::{Event, OutboundDispatched};
+use wa_schemas::{DispatchOutcome, Event, OutboundDispatched};
 
 use crate::dispatch::{Dispatch, Identity};
 use crate::ledger::Ledger;
@@ -238,7 +238,7 @@ async fn watch_unconfirmed(
                 to: &entry.to,
                 metadata: &entry.metadata,
             };
-            let mut in_doubt = identity.event("in_doubt", None);
+            let mut in_doubt = identity.event(DispatchOutcome::InDoubt, None);
             in_doubt.claim_id = entry.claim.as_ref().map(|claim| claim.id.clone());
             in_doubt.failure_reason = Some("no_answer".to_owned());
             in_doubt.error_message = Some(format!(
@@ -247,7 +247,7 @@ async fn watch_unconfirmed(
             match producer.publish(&OUTBOUND_DISPATCHED, &in_doubt).await {
                 Ok(_) => {
                     ledger.apply(&in_doubt);
-                    metrics::counter!("wa_dispatch_outcomes_total", "outcome" => "in_doubt", "reason" => "no_answer")
+                    metrics::counter!("wa_dispatch_outcomes_total", "outcome" => DispatchOutcome::InDoubt.as_str(), "reason" => "no_answer")
                         .increment(1);
                     tracing::warn!(request_id = %request_id, "send published in doubt");
                 }

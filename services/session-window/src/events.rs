@@ -2,13 +2,13 @@
 //! conversation, the type and the cause, so an event republished after a restart keeps its id.
 
 use uuid::Uuid;
-use wa_schemas::SessionEvent;
+use wa_schemas::{SessionChange, SessionEvent};
 
 use crate::session::{Change, Consent, Notice, Session, WindowChange};
 
 fn event(
     conversation: &Uuid,
-    kind: &str,
+    kind: SessionChange,
     cause: &str,
     occurred_at: i64,
     session: &Session,
@@ -23,7 +23,7 @@ fn event(
         .to_string(),
         occurred_at,
         conversation_id: conversation.to_string(),
-        kind: kind.to_owned(),
+        kind: kind.as_str().to_owned(),
         window_expires_at: session.window_expires_at(),
         entry_point_expires_at: session.entry_point_expires_at(),
         cause_event_id: cause_event_id.map(str::to_owned),
@@ -43,23 +43,36 @@ pub(crate) fn for_change(
     historic: bool,
 ) -> Vec<SessionEvent> {
     let mut events = Vec::new();
-    let caused = |kind: &str| event(conversation, kind, cause_event_id, at, session, Some(cause_event_id), None);
+    let caused =
+        |kind: SessionChange| event(conversation, kind, cause_event_id, at, session, Some(cause_event_id), None);
     match change.window {
         Some(_) if historic => {}
-        Some(WindowChange::Opened) => events.push(caused("window_opened")),
-        Some(WindowChange::Extended) => events.push(caused("window_extended")),
+        Some(WindowChange::Opened) => events.push(caused(SessionChange::WindowOpened)),
+        Some(WindowChange::Extended) => events.push(caused(SessionChange::WindowExtended)),
         None => {}
     }
     if change.entry_point && !historic {
-        events.push(caused("entry_point_opened"));
+        events.push(caused(SessionChange::EntryPointOpened));
     }
     match change.consent {
-        Some(Consent::OptOut) => {
-            events.push(event(conversation, "opted_out", cause_event_id, at, session, Some(cause_event_id), reason))
-        }
-        Some(Consent::OptIn) => {
-            events.push(event(conversation, "opted_in", cause_event_id, at, session, Some(cause_event_id), reason))
-        }
+        Some(Consent::OptOut) => events.push(event(
+            conversation,
+            SessionChange::OptedOut,
+            cause_event_id,
+            at,
+            session,
+            Some(cause_event_id),
+            reason,
+        )),
+        Some(Consent::OptIn) => events.push(event(
+            conversation,
+            SessionChange::OptedIn,
+            cause_event_id,
+            at,
+            session,
+            Some(cause_event_id),
+            reason,
+        )),
         None => {}
     }
     events
@@ -70,8 +83,8 @@ pub(crate) fn for_change(
 pub(crate) fn notice(conversation: &Uuid, notice: Notice, session: &Session, lead_millis: i64) -> SessionEvent {
     let expires = session.window_expires_at().unwrap_or_default();
     let (kind, at) = match notice {
-        Notice::Expiring => ("window_expiring", expires - lead_millis),
-        Notice::Closed => ("window_closed", expires),
+        Notice::Expiring => (SessionChange::WindowExpiring, expires - lead_millis),
+        Notice::Closed => (SessionChange::WindowClosed, expires),
     };
     event(conversation, kind, &expires.to_string(), at, session, None, None)
 }

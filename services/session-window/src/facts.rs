@@ -2,7 +2,8 @@
 //! rebuild share, so both fold the same facts.
 
 use uuid::Uuid;
-use wa_schemas::{CodecError, ConsentChanged, Event, InboundMessageReceived, OutboundDispatched};
+use wa_schemas::{CodecError, ConsentChanged, DispatchOutcome, Event, InboundMessageReceived, OutboundDispatched};
+use wa_twilio::status::MessageStatus;
 
 use crate::session::{Consent, Fact, Keywords};
 
@@ -35,9 +36,11 @@ pub(crate) enum Source {
 /// messages: a `failed` send, or a `status_changed` to `failed` or `undelivered`, with 21610
 /// or 63014 (whether the error came in Twilio's answer or in a status callback).
 pub(crate) fn refusal_code(event: &OutboundDispatched) -> Option<i32> {
-    let failed = match event.outcome.as_str() {
-        "failed" => true,
-        "status_changed" => matches!(event.twilio_status.as_deref(), Some("failed" | "undelivered")),
+    let failed = match event.kind() {
+        Some(DispatchOutcome::Failed) => true,
+        Some(DispatchOutcome::StatusChanged) => {
+            event.twilio_status.as_deref().and_then(MessageStatus::parse).is_some_and(MessageStatus::is_failure)
+        }
         _ => false,
     };
     event.error_code.filter(|code| failed && wa_twilio::errors::is_consent(*code))

@@ -361,10 +361,15 @@ pub enum Refusal {
 impl Refusal {
     /// The machine-readable reason carried by events.
     pub fn code(self) -> &'static str {
+        self.reason().as_str()
+    }
+
+    /// The reason, as the events' type.
+    pub fn reason(self) -> wa_schemas::RejectionReason {
         match self {
-            Self::NoWindow => "no_window",
-            Self::WindowClosed => "window_closed",
-            Self::OptedOut => "opted_out",
+            Self::NoWindow => wa_schemas::RejectionReason::NoWindow,
+            Self::WindowClosed => wa_schemas::RejectionReason::WindowClosed,
+            Self::OptedOut => wa_schemas::RejectionReason::OptedOut,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
-use wa_schemas::{OutboundAuthorized, OutboundRejected, OutboundWindowChecked, TemplateRequest};
+use wa_schemas::{OutboundAuthorized, OutboundRejected, OutboundWindowChecked, RejectionReason, TemplateRequest};
 
 use crate::template::{Category, Status, Template, Templates};
 
@@ -45,7 +45,7 @@ pub enum Decision {
 }
 
 /// A refusal's machine-readable reason and readable message.
-type Refusal = (&'static str, String);
+type Refusal = (RejectionReason, String);
 
 /// Decides on a window verdict.
 pub fn decide(checked: OutboundWindowChecked, templates: &Templates, fallbacks: &Fallbacks, now: i64) -> Decision {
@@ -55,11 +55,18 @@ pub fn decide(checked: OutboundWindowChecked, templates: &Templates, fallbacks: 
         // session-window refused the template itself: the customer opted out of every
         // business-initiated message (SESSION_OPT_OUT_SCOPE=all_business_initiated).
         // A window reason never stops a template.
-        Some(_) if !checked.allowed && checked.refusal_reason.as_deref() == Some("opted_out") => Err((
-            "opted_out",
-            "the customer opted out of messages the business starts; only replies inside the 24-hour window may be sent"
-                .to_owned(),
-        )),
+        Some(_)
+            if !checked.allowed
+                && checked.refusal_reason.as_deref().and_then(RejectionReason::parse)
+                    == Some(RejectionReason::OptedOut) =>
+        {
+            Err((
+                RejectionReason::OptedOut,
+                "the customer opted out of messages the business starts; only replies inside the 24-hour window may \
+                 be sent"
+                    .to_owned(),
+            ))
+        }
         Some(request) => choose_template(request, checked.opted_out, templates, fallbacks).map(Some),
         None => free_form(&checked).map(|()| None),
     };
@@ -101,7 +108,7 @@ pub fn decide(checked: OutboundWindowChecked, templates: &Templates, fallbacks: 
             request_id: checked.request_id,
             from: checked.from,
             to: checked.to,
-            reason: reason.to_owned(),
+            reason: reason.as_str().to_owned(),
             message,
             rejected_by: SERVICE.to_owned(),
             metadata: checked.metadata,
@@ -113,12 +120,12 @@ fn free_form(checked: &OutboundWindowChecked) -> Result<(), Refusal> {
     if checked.allowed {
         return Ok(());
     }
-    let reason = match checked.refusal_reason.as_deref() {
-        Some("no_window") => "no_window",
-        _ => "window_closed",
+    let reason = match checked.refusal_reason.as_deref().and_then(RejectionReason::parse) {
+        Some(RejectionReason::NoWindow) => RejectionReason::NoWindow,
+        _ => RejectionReason::WindowClosed,
     };
     let message = match (reason, checked.window_expires_at) {
-        ("no_window", _) => {
+        (RejectionReason::NoWindow, _) => {
             "the customer has not written to this sender, so only an approved template may be sent".to_owned()
         }
         (_, Some(expires_at)) => {
@@ -145,28 +152,30 @@ fn choose_template<'a, 'r>(
         chain.iter().filter_map(|language| templates.get(&request.name, language)).collect();
     let Some(first) = candidates.first() else {
         return Err((
-            "template_not_found",
+            RejectionReason::TemplateNotFound,
             format!("no template {:?} is registered in {}", request.name, chain.join(", ")),
         ));
     };
     let Some(template) = candidates.iter().find(|t| t.status == Status::Approved) else {
         let why = first.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
         let (reason, state) = match first.status {
-            Status::Paused => ("template_paused", "paused by WhatsApp"),
-            Status::Disabled => ("template_disabled", "disabled"),
-            Status::Rejected => ("template_rejected", "rejected by WhatsApp"),
-            Status::Draft | Status::Pending | Status::Approved => ("template_not_approved", "not approved yet"),
+            Status::Paused => (RejectionReason::TemplatePaused, "paused by WhatsApp"),
+            Status::Disabled => (RejectionReason::TemplateDisabled, "disabled"),
+            Status::Rejected => (RejectionReason::TemplateRejected, "rejected by WhatsApp"),
+            Status::Draft | Status::Pending | Status::Approved => {
+                (RejectionReason::TemplateNotApproved, "not approved yet")
+            }
         };
         return Err((reason, format!("template {} is {state}{why}", first.id())));
     };
     if template.category == Category::Marketing && opted_out {
-        return Err(("opted_out", "the customer opted out of marketing messages".to_owned()));
+        return Err((RejectionReason::OptedOut, "the customer opted out of marketing messages".to_owned()));
     }
     let expected = template.variables();
     if let Some(unknown) = request.variables.keys().find(|k| k.parse::<u32>().map_or(true, |n| !expected.contains(&n)))
     {
         return Err((
-            "template_variables_invalid",
+            RejectionReason::TemplateVariablesInvalid,
             format!("template {} has no variable {{{{{unknown}}}}}", template.id()),
         ));
     }
@@ -174,19 +183,19 @@ fn choose_template<'a, 'r>(
         expected.iter().find(|n| request.variables.get(&n.to_string()).is_none_or(|v| v.trim().is_empty()))
     {
         return Err((
-            "template_variables_invalid",
+            RejectionReason::TemplateVariablesInvalid,
             format!("template {} needs a value for {{{{{missing}}}}}", template.id()),
         ));
     }
     for (key, value) in &request.variables {
         if let Some(problem) = wa_twilio::limits::template_value_problem(value) {
-            return Err(("template_variables_invalid", format!("the value of {{{{{key}}}}} {problem}")));
+            return Err((RejectionReason::TemplateVariablesInvalid, format!("the value of {{{{{key}}}}} {problem}")));
         }
     }
     let length = template.render(&request.variables).chars().count();
     if length > wa_twilio::limits::MAX_TEMPLATE_BODY_CHARS {
         return Err((
-            "template_variables_invalid",
+            RejectionReason::TemplateVariablesInvalid,
             format!(
                 "template {} filled in is {length} characters; WhatsApp accepts at most {}",
                 template.id(),

@@ -50,6 +50,14 @@ impl Store {
         self.follower
             .run(shutdown, |message| match TemplateEvent::decode(message.payload().unwrap_or_default()) {
                 Ok(event) => {
+                    if event.change().is_none() {
+                        metrics::counter!("wa_templates_unknown_changes_total").increment(1);
+                        tracing::warn!(
+                            offset = message.offset(),
+                            change = %event.kind,
+                            "template change this build does not know; the template stays as it was"
+                        );
+                    }
                     let mut templates = self.templates.write().expect("templates lock");
                     template::apply(&mut templates, &event);
                     metrics::gauge!("wa_templates").set(templates.len() as f64);

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use uuid::Uuid;
-use wa_schemas::TemplateEvent;
+use wa_schemas::{TemplateChange, TemplateEvent};
 
 use crate::languages;
 
@@ -166,23 +166,8 @@ pub struct Definition {
     pub examples: BTreeMap<String, String>,
 }
 
-/// Who issues a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Actor {
-    /// The admin API.
-    Admin,
-    /// The status sync with Twilio.
-    Twilio,
-}
-
-impl Actor {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Twilio => "twilio",
-        }
-    }
-}
+/// Who issues a command (the admin API or the status sync).
+pub use wa_schemas::Actor;
 
 /// What may be asked of the aggregate. `name` and `language` name the template; `reason` says
 /// why, for the record.
@@ -327,14 +312,14 @@ struct EventBuilder<'a> {
 }
 
 impl EventBuilder<'_> {
-    fn event(&self, kind: &str, version: i32, reason: Option<String>) -> TemplateEvent {
+    fn event(&self, kind: TemplateChange, version: i32, reason: Option<String>) -> TemplateEvent {
         let template_id = template_id(self.name, self.language);
         let seed = format!("{template_id}:{version}:{kind}:{}", self.now);
         TemplateEvent {
             event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, seed.as_bytes()).to_string(),
             occurred_at: self.now,
             template_id,
-            kind: kind.to_owned(),
+            kind: kind.as_str().to_owned(),
             name: self.name.to_owned(),
             language: self.language.to_owned(),
             version,
@@ -347,12 +332,18 @@ impl EventBuilder<'_> {
         }
     }
 
-    fn status_change(&self, kind: &str, reason: Option<String>) -> Vec<TemplateEvent> {
+    fn status_change(&self, kind: TemplateChange, reason: Option<String>) -> Vec<TemplateEvent> {
         let version = self.template.map_or(1, |t| t.version);
         vec![self.event(kind, version, reason)]
     }
 
-    fn definition(&self, kind: &str, version: i32, definition: &Definition, category: Category) -> Vec<TemplateEvent> {
+    fn definition(
+        &self,
+        kind: TemplateChange,
+        version: i32,
+        definition: &Definition,
+        category: Category,
+    ) -> Vec<TemplateEvent> {
         let mut event = self.event(kind, version, None);
         event.category = Some(category.as_str().to_owned());
         event.content_sid = Some(definition.content_sid.clone());
@@ -387,7 +378,7 @@ pub fn handle(state: &Templates, command: Command, actor: Actor, now: i64) -> Re
                     template_id(&name, &language)
                 )));
             }
-            Ok(build.definition("registered", 1, &definition, category))
+            Ok(build.definition(TemplateChange::Registered, 1, &definition, category))
         }
         Command::Replace(definition) => {
             let template = existing()?;
@@ -398,10 +389,10 @@ pub fn handle(state: &Templates, command: Command, actor: Actor, now: i64) -> Re
                     "a new version needs a new Content SID (Twilio content is immutable)",
                 ));
             }
-            Ok(build.definition("replaced", template.version + 1, &definition, category))
+            Ok(build.definition(TemplateChange::Replaced, template.version + 1, &definition, category))
         }
         Command::Submit { .. } => match existing()?.status {
-            Status::Draft | Status::Rejected => Ok(build.status_change("submitted", None)),
+            Status::Draft | Status::Rejected => Ok(build.status_change(TemplateChange::Submitted, None)),
             Status::Pending => Ok(vec![]),
             other => Err(CommandError::Conflict(format!("cannot submit a template that is {other:?}").to_lowercase())),
         },
@@ -411,34 +402,34 @@ pub fn handle(state: &Templates, command: Command, actor: Actor, now: i64) -> Re
                 // A verdict on a version that has since been replaced.
                 return Ok(vec![]);
             }
-            let admin_hold = template.paused_by.as_deref() == Some(Actor::Admin.as_str());
+            let admin_hold = template.paused_by.as_deref().and_then(Actor::parse) == Some(Actor::Admin);
             match (meta, template.status) {
                 (MetaStatus::Approved, Status::Approved) => Ok(vec![]),
                 // An admin's hold outlasts Meta's approval; only an admin lifts it.
                 (MetaStatus::Approved, Status::Paused) if admin_hold => Ok(vec![]),
-                (MetaStatus::Approved, Status::Paused) => Ok(build.status_change("unpaused", None)),
-                (MetaStatus::Approved, _) => Ok(build.status_change("approved", None)),
+                (MetaStatus::Approved, Status::Paused) => Ok(build.status_change(TemplateChange::Unpaused, None)),
+                (MetaStatus::Approved, _) => Ok(build.status_change(TemplateChange::Approved, None)),
                 (MetaStatus::Rejected(reason), Status::Rejected) if template.reason == reason => Ok(vec![]),
-                (MetaStatus::Rejected(reason), _) => Ok(build.status_change("rejected", reason)),
-                (MetaStatus::Paused(reason), Status::Approved) => {
-                    Ok(build.status_change("paused", reason.or_else(|| Some("paused by WhatsApp".to_owned()))))
-                }
+                (MetaStatus::Rejected(reason), _) => Ok(build.status_change(TemplateChange::Rejected, reason)),
+                (MetaStatus::Paused(reason), Status::Approved) => Ok(build
+                    .status_change(TemplateChange::Paused, reason.or_else(|| Some("paused by WhatsApp".to_owned())))),
                 (MetaStatus::Paused(_), _) => Ok(vec![]),
                 (MetaStatus::Disabled(_), Status::Disabled) => Ok(vec![]),
-                (MetaStatus::Disabled(reason), _) => {
-                    Ok(build.status_change("disabled", reason.or_else(|| Some("disabled by WhatsApp".to_owned()))))
-                }
+                (MetaStatus::Disabled(reason), _) => Ok(build.status_change(
+                    TemplateChange::Disabled,
+                    reason.or_else(|| Some("disabled by WhatsApp".to_owned())),
+                )),
             }
         }
         Command::Pause { reason, .. } => match existing()?.status {
-            Status::Approved => Ok(build.status_change("paused", reason)),
+            Status::Approved => Ok(build.status_change(TemplateChange::Paused, reason)),
             Status::Paused => Ok(vec![]),
             other => Err(CommandError::Conflict(
                 format!("only an approved template can be paused; this one is {other:?}").to_lowercase(),
             )),
         },
         Command::Unpause { .. } => match existing()?.status {
-            Status::Paused => Ok(build.status_change("unpaused", None)),
+            Status::Paused => Ok(build.status_change(TemplateChange::Unpaused, None)),
             Status::Approved => Ok(vec![]),
             other => Err(CommandError::Conflict(
                 format!("only a paused template can be unpaused; this one is {other:?}").to_lowercase(),
@@ -447,20 +438,22 @@ pub fn handle(state: &Templates, command: Command, actor: Actor, now: i64) -> Re
         Command::Disable { reason, .. } => match status {
             None => Err(CommandError::NotFound(template_id(&name, &language))),
             Some(Status::Disabled) => Ok(vec![]),
-            Some(_) => Ok(build.status_change("disabled", reason)),
+            Some(_) => Ok(build.status_change(TemplateChange::Disabled, reason)),
         },
         Command::Delete { .. } => {
             existing()?;
-            Ok(build.status_change("deleted", None))
+            Ok(build.status_change(TemplateChange::Deleted, None))
         }
     }
 }
 
-/// Folds one event into the state.
+/// Folds one event into the state. A change this build does not know (from a newer producer)
+/// leaves the state as it was; the store that follows the topic reports it.
 pub fn apply(state: &mut Templates, event: &TemplateEvent) {
+    let Some(change) = event.change() else { return };
     let id = template_id(&event.name, &event.language);
-    match event.kind.as_str() {
-        "registered" | "replaced" => {
+    let status = match change {
+        TemplateChange::Registered | TemplateChange::Replaced => {
             let template = Template {
                 name: event.name.clone(),
                 language: event.language.clone(),
@@ -475,28 +468,25 @@ pub fn apply(state: &mut Templates, event: &TemplateEvent) {
                 updated_at: event.occurred_at,
             };
             state.by_id.insert(id, template);
+            return;
         }
-        "deleted" => {
+        TemplateChange::Deleted => {
             state.by_id.remove(&id);
+            return;
         }
-        kind => {
-            let Some(template) = state.by_id.get_mut(&id) else {
-                return;
-            };
-            let status = match kind {
-                "submitted" => Status::Pending,
-                "approved" | "unpaused" => Status::Approved,
-                "rejected" => Status::Rejected,
-                "paused" => Status::Paused,
-                "disabled" => Status::Disabled,
-                _ => return,
-            };
-            template.status = status;
-            template.reason = event.reason.clone();
-            template.paused_by = (status == Status::Paused).then(|| event.actor.clone());
-            template.updated_at = event.occurred_at;
-        }
-    }
+        TemplateChange::Submitted => Status::Pending,
+        TemplateChange::Approved | TemplateChange::Unpaused => Status::Approved,
+        TemplateChange::Rejected => Status::Rejected,
+        TemplateChange::Paused => Status::Paused,
+        TemplateChange::Disabled => Status::Disabled,
+    };
+    let Some(template) = state.by_id.get_mut(&id) else {
+        return;
+    };
+    template.status = status;
+    template.reason = event.reason.clone();
+    template.paused_by = (status == Status::Paused).then(|| event.actor.clone());
+    template.updated_at = event.occurred_at;
 }
 
 #[cfg(test)]

@@ -10,22 +10,80 @@ use wa_schemas::{conversation_id, DeliveryStatusReceived};
 use crate::params::by_name;
 use crate::FieldError;
 
-/// Every `MessageStatus` Twilio documents for outbound messages.
-pub const KNOWN_STATUSES: &[&str] = &[
-    "queued",
-    "sending",
-    "sent",
-    "delivered",
-    "read",
-    "failed",
-    "undelivered",
-    "accepted",
-    "scheduled",
-    "canceled",
-    "partially_delivered",
-    "receiving",
-    "received",
-];
+wa_schemas::wire_strings! {
+    /// A message's status as Twilio reports it (`MessageStatus` on callbacks, `status` in the
+    /// Messages API): every value of Twilio's `message_enum_status`. Callbacks are published
+    /// as received, whatever their status; this type is how the channel reads one.
+    pub enum MessageStatus {
+        /// Outbound: waiting in Twilio's queue.
+        Queued = "queued",
+        /// Outbound: being handed to WhatsApp.
+        Sending = "sending",
+        /// Outbound: WhatsApp took it.
+        Sent = "sent",
+        /// Outbound: on the customer's phone.
+        Delivered = "delivered",
+        /// Outbound: the customer opened it.
+        Read = "read",
+        /// Outbound: Twilio could not send it (`ErrorCode`).
+        Failed = "failed",
+        /// Outbound: WhatsApp could not deliver it (`ErrorCode`).
+        Undelivered = "undelivered",
+        /// Outbound through a Messaging Service: accepted, sender not yet chosen.
+        Accepted = "accepted",
+        /// Outbound: scheduled for later.
+        Scheduled = "scheduled",
+        /// Outbound: a scheduled message canceled.
+        Canceled = "canceled",
+        /// Outbound, SMS only: some segments delivered.
+        PartiallyDelivered = "partially_delivered",
+        /// Inbound: being received.
+        Receiving = "receiving",
+        /// Inbound: received.
+        Received = "received",
+    }
+}
+
+impl MessageStatus {
+    /// Where an outbound message is in its life: a later status has a higher rank. `None` for
+    /// statuses that do not move an outbound message (inbound ones, `partially_delivered`).
+    pub const fn rank(self) -> Option<u8> {
+        Some(match self {
+            Self::Accepted | Self::Scheduled => 1,
+            Self::Queued => 2,
+            Self::Sending => 3,
+            Self::Sent => 4,
+            Self::Delivered => 5,
+            Self::Read => 6,
+            Self::Failed | Self::Undelivered | Self::Canceled => 7,
+            Self::PartiallyDelivered | Self::Receiving | Self::Received => return None,
+        })
+    }
+
+    /// Whether nothing moves a message after it.
+    pub const fn is_final(self) -> bool {
+        matches!(self, Self::Read | Self::Failed | Self::Undelivered | Self::Canceled)
+    }
+
+    /// Whether the message did not reach the customer (`failed`, `undelivered`).
+    pub const fn is_failure(self) -> bool {
+        matches!(self, Self::Failed | Self::Undelivered)
+    }
+
+    /// Whether `next` (Twilio's string) moves a message forward from `current`: a known
+    /// status of a higher rank, after a status that is not final.
+    pub fn moves_forward(current: Option<&str>, next: &str) -> bool {
+        let Some(next_rank) = Self::parse(next).and_then(Self::rank) else {
+            return false;
+        };
+        let Some(current) = current else { return true };
+        match Self::parse(current) {
+            Some(current) if current.is_final() => false,
+            // After a status this build does not know, any known one moves the message.
+            current => current.and_then(Self::rank).is_none_or(|rank| next_rank > rank),
+        }
+    }
+}
 
 const TYPED: &[&str] = &[
     "MessageSid",
@@ -119,12 +177,12 @@ mod tests {
 
     #[test]
     fn every_documented_status_and_unknown_ones_are_accepted() {
-        for status in KNOWN_STATUSES.iter().chain(&["some_future_status"]) {
+        for status in MessageStatus::ALL.iter().map(|status| status.as_str()).chain(["some_future_status"]) {
             let event = status_event(&callback(status), Some("r1".into()), 5).unwrap();
-            assert_eq!(event.message_status, *status);
+            assert_eq!(event.message_status, status);
             assert_eq!(event.request_id.as_deref(), Some("r1"));
             assert_eq!(event.conversation_id, conversation_id("whatsapp:+14155238886", "whatsapp:+15551234567"));
-            assert_eq!(event.other_params.get("SmsStatus").map(String::as_str), Some(*status));
+            assert_eq!(event.other_params.get("SmsStatus").map(String::as_str), Some(status));
         }
     }
 
@@ -145,6 +203,21 @@ mod tests {
         assert_eq!(event.event_type.as_deref(), Some("UNDELIVERED"));
         assert_eq!(event.other_params.get("ChannelPrefix").map(String::as_str), Some("whatsapp"));
         assert_eq!(event.request_id, None);
+    }
+
+    #[test]
+    fn statuses_only_move_forward_and_stop_at_final_ones() {
+        let moves = MessageStatus::moves_forward;
+        assert!(moves(None, "queued"));
+        assert!(moves(Some("queued"), "delivered"));
+        assert!(!moves(Some("delivered"), "sent"));
+        assert!(!moves(Some("delivered"), "delivered"));
+        assert!(moves(Some("delivered"), "read"));
+        assert!(!moves(Some("read"), "failed"));
+        assert!(!moves(Some("undelivered"), "read"));
+        assert!(moves(Some("sent"), "undelivered"));
+        assert!(!moves(Some("sent"), "some_future_status"));
+        assert!(!moves(Some("sent"), "received"), "an inbound status never moves an outbound message");
     }
 
     #[test]
