@@ -14,7 +14,7 @@ use tokio::process::Child;
 use wa_platform::config::KafkaConfig;
 use wa_platform::topics::{DEAD_LETTER, INBOUND, OUTBOUND_DISPATCHED, OUTBOUND_REJECTED};
 use wa_platform::CancellationToken;
-use wa_schemas::{InboundMessageReceived, OutboundDispatched, OutboundRejected};
+use wa_schemas::{DispatchOutcome, InboundMessageReceived, OutboundDispatched, OutboundRejected};
 
 use crate::{sim_request_id, Channel};
 
@@ -22,8 +22,6 @@ const ACCOUNT: &str = "AC22222222222222222222222222222222";
 const TOKEN: &str = "chaos-auth-token";
 const TEMPLATE: &str = "order_update";
 const SENDERS: usize = 4;
-/// Terminal outcomes on `wa.outbound.dispatched.v1`.
-const TERMINAL: [&str; 3] = ["sent", "failed", "in_doubt"];
 
 /// How big a run is.
 #[derive(Debug, Clone)]
@@ -44,6 +42,9 @@ pub struct Settings {
 pub struct Report {
     /// Kills per victim.
     pub kills: BTreeMap<&'static str, usize>,
+    /// Processes that exited on their own (a service whose broker did not answer within its
+    /// start-up limit exits), restarted as an orchestrator would; a panic is a broken promise.
+    pub exits: BTreeMap<&'static str, usize>,
     /// Seconds from each restart to the victim being ready again (the broker: to ingress ready).
     pub recoveries: Vec<f64>,
     /// Webhooks answered 200 (after Twilio-like retries), and the retries they took.
@@ -79,6 +80,7 @@ impl std::fmt::Display for Report {
         writeln!(f, "chaos run: {:.0} s", self.seconds)?;
         writeln!(f, "  kills: {:?} ({} in all)", self.kills, self.kills.values().sum::<usize>())?;
         writeln!(f, "  time to ready after a restart: median {median:.1} s, max {max:.1} s")?;
+        writeln!(f, "  exited on their own and restarted: {:?}", self.exits)?;
         writeln!(
             f,
             "  webhooks answered 200: {} ({} attempts retried; {} published again by a later attempt, {} written twice by the broker)",
@@ -308,6 +310,43 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
         })
     };
 
+    // As an orchestrator would, a process that exits on its own is started again.
+    let stop_supervising = CancellationToken::new();
+    let supervisor = {
+        let (components, stop, report, dir, broker) =
+            (components.clone(), stop_supervising.clone(), report.clone(), dir.clone(), broker.clone());
+        let kafka = channel.kafka.clone();
+        tokio::spawn(async move {
+            let noted = |name: &'static str, status: std::process::ExitStatus| {
+                let mut report = report.lock().expect("report lock");
+                *report.exits.entry(name).or_default() += 1;
+                if status.code() == Some(101) {
+                    report.broken.push(format!("{name} panicked"));
+                }
+            };
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => return,
+                }
+                let exited =
+                    broker.lock().expect("broker lock").as_mut().and_then(|child| child.try_wait().ok().flatten());
+                if let Some(status) = exited {
+                    *broker.lock().expect("broker lock") = Some(start_broker(broker_port, &dir));
+                    noted("broker", status);
+                }
+                let mut components = components.lock().await;
+                for c in components.iter_mut() {
+                    let Some(status) = c.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) else {
+                        continue;
+                    };
+                    c.child = Some(crate::spawn_service_process(&kafka, c.binary, &c.env));
+                    noted(c.name, status);
+                }
+            }
+        })
+    };
+
     // The load: each conversation a customer message, then one or two replies or templates.
     let answered: Arc<Mutex<Vec<String>>> = Arc::default();
     let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -395,7 +434,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
 
     let answered = std::mem::take(&mut *answered.lock().expect("lock"));
     let accepted = std::mem::take(&mut *accepted.lock().expect("lock"));
-    let mut report = std::mem::take(&mut *report.lock().expect("report lock"));
+    let shared_report = report;
+    let mut report = std::mem::take(&mut *shared_report.lock().expect("report lock"));
     report.webhooks = answered.len();
     report.accepted = accepted.len();
     report.webhook_retries = *webhook_retries.lock().expect("lock");
@@ -410,7 +450,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
         }
         for record in channel.read_to_end(&OUTBOUND_DISPATCHED).await {
             let event: OutboundDispatched = record.decode();
-            if TERMINAL.contains(&event.outcome.as_str()) {
+            if event.kind().is_some_and(DispatchOutcome::is_terminal) {
                 outcomes.entry(event.request_id).or_default().insert(event.outcome);
             }
         }
@@ -487,6 +527,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     if dead > 0 {
         report.broken.push(format!("{dead} dead letters"));
     }
+
+    // What the supervisor saw while the run drained and was checked.
+    stop_supervising.cancel();
+    supervisor.await?;
+    let late = std::mem::take(&mut *shared_report.lock().expect("report lock"));
+    for (name, exits) in late.exits {
+        *report.exits.entry(name).or_default() += exits;
+    }
+    report.broken.extend(late.broken);
 
     for c in components.lock().await.iter_mut() {
         if let Some(mut child) = c.child.take() {

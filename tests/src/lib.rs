@@ -764,9 +764,11 @@ pub fn sim_request_id(message: &serde_json::Value) -> Option<String> {
 /// directory) as a child process on `kafka`'s broker and topics, with `env` added. Its output
 /// goes to this process's standard error, each line labelled; it is killed when dropped.
 pub fn spawn_service_process(kafka: &KafkaConfig, binary: &str, env: &[(&str, String)]) -> tokio::process::Child {
-    let path = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join(binary)))
+    // WA_SERVICE_BIN_DIR: binaries copied aside (`cargo xtask chaos`), so a long run keeps its
+    // versions while target/ is rebuilt.
+    let path = std::env::var_os("WA_SERVICE_BIN_DIR")
+        .map(|dir| std::path::PathBuf::from(dir).join(binary))
+        .or_else(|| std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.join(binary))))
         .filter(|path| path.exists())
         .unwrap_or_else(|| {
             panic!("target/debug/{binary} is missing: run the tests with `cargo xtask test`, which builds it")

@@ -68,6 +68,80 @@ fn every_service_gets_every_variable_it_reads() {
     assert!(environment(&doc, "outbound-dispatch")["TWILIO_API_BASE_URL"].contains("twilio-sim:8090"));
 }
 
+/// The README's configuration table names exactly the variables the services read: none
+/// missing, none that nothing reads.
+#[test]
+fn the_readme_configuration_table_names_exactly_the_variables_the_services_read() {
+    let read: std::collections::BTreeSet<&str> = [
+        ingress::Config::ENV,
+        session_window::Config::ENV,
+        template_approval::Config::ENV,
+        outbound_dispatch::Config::ENV,
+        twilio_sim::Config::ENV,
+        wa_platform::config::KafkaConfig::ENV,
+        wa_platform::telemetry::ENV,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|var| var.name)
+    .chain([wa_platform::config::HTTP_ADDR])
+    .collect();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let table = readme.split("## Configuration").nth(1).expect("README has a Configuration section");
+    let table = table.split("\n## ").next().unwrap_or_default();
+    let documented: std::collections::BTreeSet<&str> = table
+        .lines()
+        .filter_map(|line| line.strip_prefix("| "))
+        .filter_map(|row| row.split(" | ").next())
+        .flat_map(|names| names.split('`').skip(1).step_by(2))
+        .filter(|name| name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .collect();
+    let undocumented: Vec<_> = read.difference(&documented).collect();
+    let unread: Vec<_> = documented.difference(&read).collect();
+    assert!(undocumented.is_empty(), "read but not in README's configuration table: {undocumented:?}");
+    assert!(unread.is_empty(), "in README's configuration table but read by no service: {unread:?}");
+}
+
+/// The README's layout table names paths that exist, and every crate and top-level directory.
+#[test]
+fn the_readme_layout_table_matches_the_tree() {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let table = readme.split("## Layout").nth(1).expect("README has a Layout section");
+    let table = table.split("\n## ").next().unwrap_or_default();
+    let paths: Vec<std::path::PathBuf> = table
+        .lines()
+        .filter_map(|line| line.strip_prefix("| "))
+        .filter_map(|row| row.split(" | ").next())
+        .flat_map(|names| names.split('`').skip(1).step_by(2))
+        .map(|name| {
+            // `session-window/` after `services/ingress/` is short for `services/session-window/`.
+            let path = root.join(name);
+            if path.exists() {
+                path
+            } else {
+                root.join("services").join(name)
+            }
+        })
+        .collect();
+    for path in &paths {
+        assert!(path.exists(), "README's layout names {}, which does not exist", path.display());
+    }
+    let named = |dir: &std::path::Path| paths.iter().any(|path| path.starts_with(dir));
+    let dirs = |parent: &std::path::Path| {
+        std::fs::read_dir(parent)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.is_dir())
+            .filter(|path| !path.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .filter(|path| !path.ends_with("target"))
+            .collect::<Vec<_>>()
+    };
+    for dir in dirs(root).into_iter().filter(|dir| !dir.ends_with("services")).chain(dirs(&root.join("services"))) {
+        assert!(named(&dir), "README's layout does not mention {}", dir.display());
+    }
+}
+
 #[test]
 fn each_service_runs_its_own_binary_from_the_project_image() {
     let doc = compose();

@@ -510,12 +510,20 @@ pub(crate) async fn chaos() -> anyhow::Result<ExitCode> {
     let status = cargo().args(["build", "--quiet", "--workspace", "--bins"]).status().await?;
     anyhow::ensure!(status.success(), "building the service binaries failed");
     let tansu = crate::broker::ensure_tansu().await?;
-    let status = cargo()
-        .args(["run", "--quiet", "-p", "e2e-tests", "--example", "chaos"])
-        .env("TANSU_BIN", tansu)
-        .status()
-        .await?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let status = cargo().args(["build", "--quiet", "-p", "e2e-tests", "--example", "chaos"]).status().await?;
+    anyhow::ensure!(status.success(), "building the chaos run failed");
+    // The run takes long: it starts copies of the binaries, so target/ can be rebuilt meanwhile.
+    let debug = root().join("target").join("debug");
+    let copies = root().join("target").join(format!("chaos-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&copies)?;
+    for binary in ["ingress", "session-window", "template-approval", "outbound-dispatch", "twilio-sim"] {
+        std::fs::copy(debug.join(binary), copies.join(binary)).with_context(|| format!("copying {binary}"))?;
+    }
+    let chaos = copies.join("chaos");
+    std::fs::copy(debug.join("examples").join("chaos"), &chaos).context("copying the chaos run")?;
+    let status = Command::new(&chaos).env("TANSU_BIN", tansu).env("WA_SERVICE_BIN_DIR", &copies).status().await;
+    let _ = std::fs::remove_dir_all(&copies);
+    Ok(if status?.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Runs an `e2e-tests` example in release mode against a throwaway tansu with `storage`.

@@ -114,6 +114,12 @@ pub const KAFKA_SSL_CA_LOCATION: EnvVar = EnvVar {
     default: None,
     doc: "PEM file of the CA that signed the brokers' certificates, with ssl or sasl_ssl (unset: the system's CAs)",
 };
+/// `KAFKA_DEBUG`: librdkafka's own debug contexts, for operators chasing a broker issue.
+pub const KAFKA_DEBUG: EnvVar = EnvVar {
+    name: "KAFKA_DEBUG",
+    default: None,
+    doc: "librdkafka debug contexts (e.g. cgrp,topic), logged under the librdkafka target",
+};
 /// `WA_TOPIC_PREFIX`: prefix for every topic and consumer group name.
 pub const WA_TOPIC_PREFIX: EnvVar = EnvVar {
     name: "WA_TOPIC_PREFIX",
@@ -255,6 +261,7 @@ impl KafkaConfig {
         KAFKA_SASL_USERNAME,
         KAFKA_SASL_PASSWORD,
         KAFKA_SSL_CA_LOCATION,
+        KAFKA_DEBUG,
     ];
 
     /// Reads `KAFKA_BOOTSTRAP_SERVERS`, `WA_TOPIC_PREFIX`, `KAFKA_GROUP_INSTANCE_ID`,

@@ -37,7 +37,7 @@ pub fn client_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
         config.set(*key, value);
     }
     // librdkafka's own debug contexts (e.g. `cgrp,topic`), for operators chasing a broker issue.
-    if let Some(debug) = crate::config::var("KAFKA_DEBUG") {
+    if let Some(debug) = crate::config::var(crate::config::KAFKA_DEBUG.name) {
         config.set("debug", debug);
     }
     config
