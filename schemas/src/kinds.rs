@@ -145,6 +145,16 @@ wire_strings! {
 }
 
 wire_strings! {
+    /// A customer's consent as `wa.consent.v1` keeps it (`ConsentChanged.consent`).
+    pub enum ConsentChange {
+        /// The customer opted out.
+        OptedOut = "opted_out",
+        /// The customer opted back in.
+        OptedIn = "opted_in",
+    }
+}
+
+wire_strings! {
     /// Who made a template change (`TemplateEvent.actor`).
     pub enum Actor {
         /// The admin API.
@@ -208,6 +218,8 @@ mod tests {
         round_trips_and_is_documented(Actor::ALL, Actor::as_str, Actor::parse, template);
         let rejected = include_str!("../outbound_rejected.avsc");
         round_trips_and_is_documented(RejectionReason::ALL, RejectionReason::as_str, RejectionReason::parse, rejected);
+        let consent = include_str!("../consent_changed.avsc");
+        round_trips_and_is_documented(ConsentChange::ALL, ConsentChange::as_str, ConsentChange::parse, consent);
         let session = include_str!("../session_event.avsc");
         round_trips_and_is_documented(SessionChange::ALL, SessionChange::as_str, SessionChange::parse, session);
     }

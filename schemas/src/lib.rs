@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use address::{AddressError, WhatsAppAddress};
 pub use ids::conversation_id;
-pub use kinds::{Actor, DispatchOutcome, RejectionReason, SessionChange, TemplateChange};
+pub use kinds::{Actor, ConsentChange, DispatchOutcome, RejectionReason, SessionChange, TemplateChange};
 
 /// The two marker bytes that open every single-object encoded value.
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];

@@ -2,7 +2,9 @@
 //! rebuild share, so both fold the same facts.
 
 use uuid::Uuid;
-use wa_schemas::{CodecError, ConsentChanged, DispatchOutcome, Event, InboundMessageReceived, OutboundDispatched};
+use wa_schemas::{
+    CodecError, ConsentChange, ConsentChanged, DispatchOutcome, Event, InboundMessageReceived, OutboundDispatched,
+};
 use wa_twilio::status::MessageStatus;
 
 use crate::session::{Consent, Fact, Keywords};
@@ -79,10 +81,10 @@ pub(crate) fn read(source: Source, payload: &[u8], keywords: &Keywords) -> Resul
         }
         Source::Consent => {
             let event = ConsentChanged::decode(payload)?;
-            let consent = match event.consent.as_str() {
-                "opted_out" => Consent::OptOut,
-                "opted_in" => Consent::OptIn,
-                other => return Err(CodecError::Avro(format!("unknown consent {other:?}"))),
+            let consent = match ConsentChange::parse(&event.consent) {
+                Some(ConsentChange::OptedOut) => Consent::OptOut,
+                Some(ConsentChange::OptedIn) => Consent::OptIn,
+                None => return Err(CodecError::Avro(format!("unknown consent {:?}", event.consent))),
             };
             Ok(Some(ReadFact {
                 fact: Fact::ConsentRecorded { at: event.occurred_at, consent },
@@ -99,15 +101,15 @@ pub(crate) fn read(source: Source, payload: &[u8], keywords: &Keywords) -> Resul
 /// id derives from the event that carried the fact, so a fact read twice gives one id.
 pub(crate) fn consent_record(conversation_id: &str, consent: Consent, read: &ReadFact) -> ConsentChanged {
     let kind = match consent {
-        Consent::OptOut => "opted_out",
-        Consent::OptIn => "opted_in",
+        Consent::OptOut => ConsentChange::OptedOut,
+        Consent::OptIn => ConsentChange::OptedIn,
     };
     ConsentChanged {
         event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("wachannel:consent:{}:{kind}", read.event_id).as_bytes())
             .to_string(),
         occurred_at: read.at,
         conversation_id: conversation_id.to_owned(),
-        consent: kind.to_owned(),
+        consent: kind.as_str().to_owned(),
         reason: read.reason.clone().unwrap_or_default(),
         cause_event_id: read.event_id.clone(),
     }

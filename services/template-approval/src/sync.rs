@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use wa_platform::CancellationToken;
+use wa_twilio::content::ApprovalStatus;
 
 use crate::store::Store;
 use crate::template::{Actor, Command, MetaStatus, Status, Template};
@@ -23,7 +24,7 @@ pub(crate) struct ContentClient {
 /// The WhatsApp part of an approval request.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub(crate) struct WhatsAppApproval {
-    /// `received`, `pending`, `approved`, `rejected`, `paused`, `disabled`, `unsubmitted`.
+    /// An [`ApprovalStatus`]'s string (kept as Twilio sent it: one added later is not a verdict).
     pub(crate) status: String,
     /// Meta's reason, when rejected.
     #[serde(default)]
@@ -114,12 +115,12 @@ fn may_change(template: &Template) -> bool {
 /// is a verdict (not `received`, `pending` or `unsubmitted`).
 pub(crate) fn command_for(template: &Template, approval: &WhatsAppApproval) -> Option<Command> {
     let reason = approval.rejection_reason.clone().filter(|r| !r.is_empty());
-    let status = match approval.status.as_str() {
-        "approved" => MetaStatus::Approved,
-        "rejected" => MetaStatus::Rejected(reason),
-        "paused" => MetaStatus::Paused(reason),
-        "disabled" => MetaStatus::Disabled(reason),
-        _ => return None,
+    let status = match ApprovalStatus::parse(&approval.status)? {
+        ApprovalStatus::Approved => MetaStatus::Approved,
+        ApprovalStatus::Rejected => MetaStatus::Rejected(reason),
+        ApprovalStatus::Paused => MetaStatus::Paused(reason),
+        ApprovalStatus::Disabled => MetaStatus::Disabled(reason),
+        ApprovalStatus::Received | ApprovalStatus::Pending | ApprovalStatus::Unsubmitted => return None,
     };
     Some(Command::RecordMetaStatus {
         name: template.name.clone(),

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use wa_twilio::signature;
+use wa_twilio::status::MessageStatus;
 
 use crate::behaviour::Behaviour;
 
@@ -69,11 +70,10 @@ impl Plan {
                 push("ApiVersion", "2010-04-01");
                 push("ChannelPrefix", "whatsapp");
                 push("ChannelToAddress", to.trim_start_matches("whatsapp:"));
-                if status == "read" {
-                    push("EventType", "READ");
-                }
-                if status == "delivered" {
-                    push("EventType", "DELIVERED");
+                match MessageStatus::parse(status) {
+                    Some(MessageStatus::Read) => push("EventType", "READ"),
+                    Some(MessageStatus::Delivered) => push("EventType", "DELIVERED"),
+                    _ => {}
                 }
                 if let Some(code) = code {
                     push("ErrorCode", &code.to_string());

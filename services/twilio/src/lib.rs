@@ -1,11 +1,13 @@
 //! Twilio's webhook wire formats, with no IO: request signatures ([`signature`]), the
 //! parameters of form and JSON bodies ([`params`]), and the WhatsApp fields of inbound messages
 //! and status callbacks turned into the channel's events ([`inbound`], [`status`]), and what
-//! Twilio's error codes mean ([`errors`]), and the limits an outbound message must keep ([`limits`]).
+//! Twilio's error codes mean ([`errors`]), the limits an outbound message must keep ([`limits`]),
+//! and the Content API's approval statuses ([`content`]).
 //!
 //! Kept apart from the services so that the parsers can be fuzzed (`tests/fuzz`) and so that
 //! the simulator and the tests sign requests with the very code ingress verifies them with.
 
+pub mod content;
 pub mod errors;
 pub mod inbound;
 pub mod limits;

@@ -1,0 +1,67 @@
+//! Rules of the code that a reader relies on, checked over the sources.
+
+use std::path::{Path, PathBuf};
+
+use wa_schemas::{Actor, ConsentChange, DispatchOutcome, RejectionReason, SessionChange, TemplateChange};
+use wa_twilio::content::ApprovalStatus;
+use wa_twilio::status::MessageStatus;
+
+fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, found);
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            found.push(path);
+        }
+    }
+}
+
+/// Outcomes, reasons, kinds and Twilio's statuses are matched through their types: no service
+/// compares one of their wire strings as a literal (tests may, to check the wire).
+#[test]
+fn no_service_compares_a_wire_string_outside_its_type() {
+    let wire: Vec<&str> = [
+        DispatchOutcome::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>(),
+        RejectionReason::ALL.iter().map(|v| v.as_str()).collect(),
+        TemplateChange::ALL.iter().map(|v| v.as_str()).collect(),
+        SessionChange::ALL.iter().map(|v| v.as_str()).collect(),
+        ConsentChange::ALL.iter().map(|v| v.as_str()).collect(),
+        Actor::ALL.iter().map(|v| v.as_str()).collect(),
+        MessageStatus::ALL.iter().map(|v| v.as_str()).collect(),
+        ApprovalStatus::ALL.iter().map(|v| v.as_str()).collect(),
+    ]
+    .concat();
+    let services = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../services"));
+    let mut files = Vec::new();
+    rust_files(services, &mut files);
+    assert!(files.len() > 20, "found the services' sources");
+    let mut comparisons = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        // Unit tests sit at the end of a file, after `#[cfg(test)]`.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (n, line) in code.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for w in &wire {
+                let literal = format!("\"{w}\"");
+                let compared = [
+                    format!("== {literal}"),
+                    format!("!= {literal}"),
+                    format!("{literal} =>"),
+                    format!("{literal} |"),
+                    format!("| {literal}"),
+                    format!("Some({literal})"),
+                ]
+                .iter()
+                .any(|pattern| line.contains(pattern.as_str()));
+                if compared {
+                    comparisons.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(comparisons.is_empty(), "wire strings compared as literals:\n{}", comparisons.join("\n"));
+}
