@@ -532,9 +532,14 @@ impl Channel {
     /// The outcome dispatch published for `request_id`: `sent`, `failed` or `in_doubt` (not
     /// the `sending` marker nor later status moves).
     pub async fn dispatch_outcome(&self, request_id: &str) -> wa_schemas::OutboundDispatched {
-        self.await_record(&topics::OUTBOUND_DISPATCHED, |r| {
+        self.dispatch_outcome_within(request_id, EVENT_TIMEOUT).await
+    }
+
+    /// [`Channel::dispatch_outcome`] with its own time limit.
+    pub async fn dispatch_outcome_within(&self, request_id: &str, within: Duration) -> wa_schemas::OutboundDispatched {
+        self.await_record_within(&topics::OUTBOUND_DISPATCHED, within, |r| {
             let event: wa_schemas::OutboundDispatched = r.decode();
-            event.request_id == request_id && matches!(event.outcome.as_str(), "sent" | "failed" | "in_doubt")
+            event.request_id == request_id && event.kind().is_some_and(wa_schemas::DispatchOutcome::is_terminal)
         })
         .await
         .decode()

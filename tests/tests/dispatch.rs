@@ -89,6 +89,24 @@ async fn retryable_errors_are_retried_and_permanent_ones_fail_once_with_their_re
     channel.stop().await;
 }
 
+/// Twilio never takes the message (503 on every attempt): dispatch retries until the next wait
+/// would pass its retry deadline (20 s here), then fails the request as `retries_exhausted`,
+/// with Twilio's last error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_send_twilio_never_takes_fails_as_retries_exhausted_at_the_deadline() {
+    let channel = Channel::start().await;
+    channel.sim_behaviour(json!({"faults": {"messages": {"error_rate": 1.0, "error_status": 503}}})).await;
+    let customer = customer_who_wrote(&channel).await;
+    reply(&channel, "exhausted-1", &customer).await;
+    let failed = channel.dispatch_outcome_within("exhausted-1", std::time::Duration::from_secs(60)).await;
+    assert_eq!(failed.outcome, "failed", "{failed:?}");
+    assert_eq!(failed.failure_reason.as_deref(), Some("retries_exhausted"));
+    assert!(failed.attempts >= 2, "retried before giving up: {} attempts", failed.attempts);
+    assert!(failed.error_message.is_some(), "Twilio's last error is kept: {failed:?}");
+    assert_eq!(sim_messages_for(&channel, "exhausted-1").await, 0);
+    channel.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redelivered_authorization_is_not_sent_twice() {
     let channel = Channel::start().await;

@@ -402,3 +402,71 @@ async fn a_message_replayed_after_its_window_closed_does_not_reopen_it() {
     assert!(!announced.iter().any(|k| k == "window_opened" || k == "window_extended"), "{announced:?}");
     channel.stop().await;
 }
+
+/// WhatsApp's window runs 24 hours from the customer's latest message: the business's replies,
+/// even sent ones, never move it; the customer's next message does (`window_extended`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn business_replies_never_extend_the_window_and_the_customers_next_message_does() {
+    let channel = Channel::start().await;
+    let customer = unique_customer();
+    let wrote_at = wa_platform::now_millis() - 23 * HOUR;
+    channel.publish(&INBOUND, &customer_message(&customer, wrote_at, "where is my order?")).await;
+    let opened_until = wrote_at + 24 * HOUR;
+
+    for n in 0..2 {
+        let request_id = format!("reply-{n}-{}", uuid::Uuid::new_v4().simple());
+        channel
+            .publish(&OUTBOUND_REQUESTED, &outbound_request(&request_id, &customer, Some("It ships today."), None))
+            .await;
+        let checked = verdict(&channel, &request_id).await;
+        assert!(checked.allowed, "{checked:?}");
+        assert_eq!(checked.window_expires_at, Some(opened_until), "reply {n} saw a window moved by a reply");
+        channel
+            .await_record(&OUTBOUND_DISPATCHED, |r| {
+                let event: wa_schemas::OutboundDispatched = r.decode();
+                event.request_id == request_id && event.kind() == Some(wa_schemas::DispatchOutcome::Sent)
+            })
+            .await;
+    }
+    let (_, state) = query(&channel, &customer).await;
+    assert_eq!(state["window_expires_at"].as_i64(), Some(opened_until), "{state}");
+    assert_eq!(state["last_customer_message_at"].as_i64(), Some(wrote_at), "{state}");
+
+    let (_, status) = channel.sim_inbound(&customer, "thanks!").await;
+    assert_eq!(status, 200);
+    let (extended, _) = session_event(&channel, &customer, "window_extended").await;
+    let (_, state) = query(&channel, &customer).await;
+    let wrote_again_at = state["last_customer_message_at"].as_i64().expect("the new message is the latest");
+    assert!(wrote_again_at > wrote_at);
+    assert_eq!(extended.window_expires_at, Some(wrote_again_at + 24 * HOUR));
+    assert_eq!(state["window_expires_at"].as_i64(), extended.window_expires_at);
+    channel.stop().await;
+}
+
+/// A customer who came from a click-to-WhatsApp ad opens a free entry point beside the window
+/// (`entry_point_opened`, 72 hours); free-form replies still follow the 24-hour window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_customer_from_an_ad_opens_an_entry_point_announced_with_its_end() {
+    let channel = Channel::start().await;
+    let customer = unique_customer();
+    let at = wa_platform::now_millis();
+    let mut message = customer_message(&customer, at, "I saw your ad");
+    message.referral = Some(wa_schemas::Referral {
+        source_id: Some("120207373428450123".into()),
+        source_type: Some("ad".into()),
+        source_url: Some("https://fb.me/3cr4Wqqkv".into()),
+        headline: Some("Spring sale".into()),
+        ctwa_clid: Some(
+            "ARAkLkA8rmlFeiCktEJQ-QTwRiyYHAFDLMNDBH0CD3qpjd0HR4irJ6LEkR7JwFF4XvnO2E4Nx0-eM-ZABEGSHBaHoHtqDMqEeQ".into(),
+        ),
+        num_media: Some("0".into()),
+        ..Default::default()
+    });
+    channel.publish(&INBOUND, &message).await;
+    let (opened, _) = session_event(&channel, &customer, "entry_point_opened").await;
+    assert_eq!(opened.entry_point_expires_at, Some(at + 72 * HOUR));
+    assert_eq!(opened.window_expires_at, Some(at + 24 * HOUR));
+    let (_, state) = query(&channel, &customer).await;
+    assert_eq!(state["entry_point_expires_at"].as_i64(), Some(at + 72 * HOUR), "{state}");
+    channel.stop().await;
+}
