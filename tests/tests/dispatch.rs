@@ -443,3 +443,34 @@ async fn media_is_checked_before_the_send() {
     }
     channel.stop().await;
 }
+
+/// Production setups send through a Messaging Service and authenticate with an API key instead
+/// of the auth token: dispatch sends `MessagingServiceSid` beside `From`, and Twilio takes the
+/// key (the process's auth token is wrong, so only the key can have been accepted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dispatch_sends_through_a_messaging_service_with_an_api_key() {
+    let channel = Channel::start_without_dispatch().await;
+    let (key, secret) = ("SK0123456789abcdef0123456789abcdef", "an-api-key-secret");
+    let service = "MG0123456789abcdef0123456789abcdef";
+    channel.sim_behaviour(json!({"api_keys": {key: secret}})).await;
+    let _dispatch = channel.dispatch_process(&[
+        ("TWILIO_AUTH_TOKEN", "not-this-accounts-token".to_owned()),
+        ("TWILIO_API_KEY_SID", key.to_owned()),
+        ("TWILIO_API_KEY_SECRET", secret.to_owned()),
+        ("TWILIO_MESSAGING_SERVICE_SID", service.to_owned()),
+    ]);
+    let customer = customer_who_wrote(&channel).await;
+    reply(&channel, "service-1", &customer).await;
+    let sent = channel.dispatch_outcome("service-1").await;
+    assert_eq!(sent.outcome, "sent", "{sent:?}");
+    let messages = channel.sim_messages().await;
+    let message = messages
+        .iter()
+        .find(|m| m["sid"].as_str() == sent.message_sid.as_deref())
+        .expect("the simulator has the message");
+    let param =
+        |name: &str| message["params"].as_array().unwrap().iter().find(|p| p[0] == name).and_then(|p| p[1].as_str());
+    assert_eq!(param("MessagingServiceSid"), Some(service));
+    assert_eq!(param("From"), Some(BUSINESS));
+    channel.stop().await;
+}

@@ -35,6 +35,9 @@ pub struct Behaviour {
     /// Faults per endpoint: `messages` (creating messages), `messages_list` (listing them) and
     /// `content` (the Content API).
     pub faults: HashMap<String, Fault>,
+    /// API keys of the account (`SK…` SID to secret): Basic auth with one of them is accepted
+    /// as with the account SID and auth token, as Twilio accepts its API keys.
+    pub api_keys: HashMap<String, String>,
 }
 
 impl Default for Behaviour {
@@ -49,6 +52,7 @@ impl Default for Behaviour {
             undeliverable: HashMap::new(),
             refuse: HashMap::new(),
             faults: HashMap::new(),
+            api_keys: HashMap::new(),
         }
     }
 }

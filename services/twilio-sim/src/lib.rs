@@ -370,7 +370,11 @@ fn authenticated(sim: &Sim, headers: &HeaderMap) -> bool {
         return false;
     };
     let expected = format!("{}:{}", sim.config.account_sid, sim.config.auth_token);
-    decoded == expected.as_bytes()
+    if decoded == expected.as_bytes() {
+        return true;
+    }
+    let behaviour = sim.behaviour.lock().expect("behaviour lock");
+    behaviour.api_keys.iter().any(|(sid, secret)| decoded == format!("{sid}:{secret}").as_bytes())
 }
 
 /// Twilio's answer to a Messages API call with wrong credentials or another account's path.
