@@ -251,3 +251,32 @@ async fn the_admin_api_refuses_bad_input_with_problems() {
     assert_eq!(premature.status(), 409);
     channel.stop().await;
 }
+
+/// The status sync reads every page of Twilio's `ContentAndApprovals` (1,000 per page): a
+/// verdict on the second page is recorded like one on the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_status_sync_follows_the_content_api_to_its_last_page() {
+    let channel = Channel::start().await;
+    // 1,000 other contents sort before this template's Content SID, so its verdict is on page 2.
+    for i in 0..1_000 {
+        channel.sim_set_approval(&format!("HX0000000000000000000000000000{i:04}"), "pending").await;
+    }
+    let content_sid = format!("HXffff{}", &uuid::Uuid::new_v4().simple().to_string()[4..]);
+    let response = channel
+        .admin(Method::POST, "/v1/templates")
+        .json(&json!({
+            "name": "paged_update", "language": "en", "category": "utility", "content_sid": content_sid,
+            "body": "Hi {{1}}, your order {{2}} ships today.", "examples": {"1": "Ana", "2": "1234"}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let submitted = channel.admin(Method::POST, "/v1/templates/paged_update/en/submit").send().await.unwrap();
+    assert_eq!(submitted.status(), 202);
+    channel.sim_set_approval(&content_sid, "approved").await;
+    let event = template_event(&channel, "paged_update", "en", "approved").await;
+    assert_eq!(event.content_sid, None, "a status change carries no content");
+    assert_eq!(event.actor, "twilio");
+    channel.stop().await;
+}
