@@ -268,7 +268,7 @@ fn validate(definition: &Definition) -> Result<Category, CommandError> {
     let category = Category::parse(&definition.category)
         .ok_or_else(|| invalid("category", "use marketing, utility or authentication"))?;
     let sid = &definition.content_sid;
-    if !(sid.len() == 34 && sid.starts_with("HX") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())) {
+    if !wa_twilio::content::is_content_sid(sid) {
         return Err(invalid("content_sid", "a Twilio Content SID is HX followed by 32 hex digits"));
     }
     let body = definition.body.trim();

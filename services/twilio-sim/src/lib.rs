@@ -216,10 +216,6 @@ impl Approval {
     }
 }
 
-fn is_content_sid(sid: &str) -> bool {
-    sid.len() == 34 && sid.starts_with("HX") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// What every Content API call goes through first: injected faults, then authentication.
 async fn content_prelude(sim: &Sim, headers: &HeaderMap) -> Option<Response> {
     match sim.inject("content").await {
@@ -244,7 +240,7 @@ async fn submit_approval(
     if let Some(refused) = content_prelude(&sim, &headers).await {
         return refused;
     }
-    if !is_content_sid(&sid) {
+    if !wa_twilio::content::is_content_sid(&sid) {
         return content_not_found(&sid);
     }
     #[derive(Deserialize)]
