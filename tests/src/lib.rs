@@ -769,6 +769,28 @@ pub fn sim_request_id(message: &serde_json::Value) -> Option<String> {
 /// directory) as a child process on `kafka`'s broker and topics, with `env` added. Its output
 /// goes to this process's standard error, each line labelled; it is killed when dropped.
 pub fn spawn_service_process(kafka: &KafkaConfig, binary: &str, env: &[(&str, String)]) -> tokio::process::Child {
+    spawn_logged(kafka, binary, env, None)
+}
+
+/// Every line a service process wrote, for tests that read the logs themselves.
+pub type CapturedLogs = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// [`spawn_service_process`], keeping each line of its output in `logs` too.
+pub fn spawn_service_process_captured(
+    kafka: &KafkaConfig,
+    binary: &str,
+    env: &[(&str, String)],
+    logs: &CapturedLogs,
+) -> tokio::process::Child {
+    spawn_logged(kafka, binary, env, Some(logs.clone()))
+}
+
+fn spawn_logged(
+    kafka: &KafkaConfig,
+    binary: &str,
+    env: &[(&str, String)],
+    logs: Option<CapturedLogs>,
+) -> tokio::process::Child {
     // WA_SERVICE_BIN_DIR: binaries copied aside (`cargo xtask chaos`), so a long run keeps its
     // versions while target/ is rebuilt.
     let path = std::env::var_os("WA_SERVICE_BIN_DIR")
@@ -799,12 +821,15 @@ pub fn spawn_service_process(kafka: &KafkaConfig, binary: &str, env: &[(&str, St
     .into_iter()
     .flatten()
     {
-        let label = label.clone();
+        let (label, logs) = (label.clone(), logs.clone());
         tokio::spawn(async move {
             use tokio::io::AsyncBufReadExt as _;
             let mut lines = tokio::io::BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("{label} {line}");
+                if let Some(logs) = &logs {
+                    logs.lock().expect("logs lock").push(line);
+                }
             }
         });
     }
