@@ -7,11 +7,13 @@ use std::time::Duration;
 use e2e_tests::{customer_message, outbound_request, refused_send, unique_customer, Channel, RawRecord, BUSINESS};
 use serde_json::{json, Value};
 use wa_platform::topics::{
-    CONSENT, INBOUND, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REQUESTED, SESSION_EVENTS,
+    CONSENT, INBOUND, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REQUESTED, SESSIONS, SESSION_EVENTS,
 };
 use wa_schemas::{conversation_id, ConsentChanged, OutboundWindowChecked, SessionEvent, TemplateRequest};
 
 const HOUR: i64 = 3_600_000;
+/// The `ce_source` of what the rebuild command writes.
+const REBUILD_SOURCE: &str = "wachannel/session-window-rebuild";
 
 async fn session_event(channel: &Channel, customer: &str, kind: &str) -> (SessionEvent, i64) {
     let conversation = conversation_id(BUSINESS, customer);
@@ -212,6 +214,12 @@ async fn a_rebuild_from_scratch_gives_the_state_of_the_live_projection() {
     };
     assert!(expected.values().any(|s| s.opted_out) && expected.values().any(|s| !s.opted_out));
     assert!(expected.values().any(|s| s.entry_point_expires_at.is_some()));
+    // The dry runs wrote nothing: no snapshot and no consent record comes from the rebuild.
+    let by_rebuild = |records: Vec<RawRecord>| {
+        records.iter().filter(|r| r.headers.get("ce_source").map(String::as_str) == Some(REBUILD_SOURCE)).count()
+    };
+    assert_eq!(by_rebuild(channel.read_to_end(&SESSIONS).await), 0, "a dry run wrote snapshots");
+    assert_eq!(by_rebuild(channel.read_to_end(&CONSENT).await), 0, "a dry run wrote consent records");
 
     // A real rebuild rewrites the snapshots with the same states.
     let options = session_window::rebuild::Options { since: None, dry_run: false };
@@ -219,6 +227,7 @@ async fn a_rebuild_from_scratch_gives_the_state_of_the_live_projection() {
     assert_eq!(rebuilt.summary.snapshots as usize, customers.len());
     assert_eq!(rebuilt.summary.conversations, customers.len());
     assert_eq!(live_states(&channel).await, expected);
+    assert_eq!(by_rebuild(channel.read_to_end(&SESSIONS).await), customers.len(), "the rebuild's own snapshots");
 
     // The verdicts follow that state.
     let template =
