@@ -25,6 +25,7 @@ use std::time::Duration;
 use axum::routing::post;
 use axum::Router;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 use wa_platform::config::{self, EnvVar, KafkaConfig};
 use wa_platform::http::Health;
 use wa_platform::kafka::EventProducer;
@@ -282,12 +283,18 @@ impl AppState {
         };
         metrics::gauge!("wa_ingress_publishes_in_flight").increment(1.0);
         let producer = self.producer.clone();
-        Ok(Box::pin(async move {
-            let result = producer.publish(topic, &event).await;
-            metrics::gauge!("wa_ingress_publishes_in_flight").decrement(1.0);
-            drop(permit);
-            result.map(|_| ()).map_err(|err| NotPublished::NotDurable(err.to_string()))
-        }))
+        // The record's trace context comes from the current span: the publish keeps the
+        // request's span wherever it runs (its own task, when it outlives the request).
+        let span = tracing::Span::current();
+        Ok(Box::pin(
+            async move {
+                let result = producer.publish(topic, &event).await;
+                metrics::gauge!("wa_ingress_publishes_in_flight").decrement(1.0);
+                drop(permit);
+                result.map(|_| ()).map_err(|err| NotPublished::NotDurable(err.to_string()))
+            }
+            .instrument(span),
+        ))
     }
 
     /// Whether `sender` is a business sender this channel serves.
