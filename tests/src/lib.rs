@@ -582,20 +582,17 @@ impl Channel {
 
     /// Every record on a topic up to its end as of now.
     pub async fn read_to_end(&self, spec: &TopicSpec) -> Vec<RawRecord> {
-        let topic = self.topic(spec);
-        let consumer = assign_from_beginning(&self.kafka, &topic).await;
-        let highs = watermarks(&self.kafka, &topic).await;
-        let mut next: Vec<i64> = vec![0; highs.len()];
-        let mut records = Vec::new();
-        while next.iter().zip(&highs).any(|(n, h)| n < h) {
-            let message = tokio::time::timeout(EVENT_TIMEOUT, consumer.recv())
-                .await
-                .unwrap_or_else(|_| panic!("{topic} did not deliver up to its high watermarks"))
-                .expect("consume");
-            next[message.partition() as usize] = message.offset() + 1;
-            records.push(raw(&message));
-        }
-        records
+        let (kafka, topic) = (self.kafka.clone(), self.topic(spec));
+        let read = tokio::task::spawn_blocking(move || {
+            let mut records = Vec::new();
+            wa_platform::kafka::read_to_end(&kafka, "e2e-reader", &[topic], None, |m| records.push(raw(m)), |_| {})
+                .map(|_| records)
+        });
+        tokio::time::timeout(EVENT_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| panic!("{} did not deliver up to its high watermarks", self.topic(spec)))
+            .expect("reader task")
+            .expect("read to the end")
     }
 }
 

@@ -406,34 +406,17 @@ pub(crate) async fn events(topic: Option<&str>) -> anyhow::Result<ExitCode> {
     };
     let kafka = wa_platform::config::KafkaConfig::from_env()?;
     let full = if names.contains(&topic) { format!("{}{topic}", kafka.topic_prefix) } else { topic.to_owned() };
-    let consumer: BaseConsumer = wa_platform::kafka::client_config(&kafka, "xtask-events")
-        .set("group.id", format!("xtask-events-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(&full), timeout)?;
-    let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len()) as i32;
-    anyhow::ensure!(partitions > 0, "topic {full} does not exist on {}", kafka.bootstrap_servers);
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    let mut remaining = 0;
-    let mut highs = Vec::new();
-    for partition in 0..partitions {
-        let (low, high) = consumer.fetch_watermarks(&full, partition, timeout)?;
-        highs.push(high);
-        remaining += high - low;
-        assignment.add_partition_offset(&full, partition, rdkafka::Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
+    // The topic must exist: the reader would otherwise find nothing to read and say so quietly.
+    let probe: BaseConsumer = wa_platform::kafka::client_config(&kafka, "xtask-events").create()?;
+    let metadata = probe.fetch_metadata(Some(&full), Duration::from_secs(10))?;
+    anyhow::ensure!(
+        metadata.topics().first().is_some_and(|t| !t.partitions().is_empty()),
+        "topic {full} does not exist on {}",
+        kafka.bootstrap_servers
+    );
     let mut printed = 0;
-    while remaining > 0 {
-        let Some(message) = consumer.poll(timeout) else {
-            anyhow::bail!("{full}: no record within {timeout:?} though {remaining} remain");
-        };
-        let message = message?;
-        if message.offset() >= highs[message.partition() as usize] {
-            continue;
-        }
-        remaining -= 1;
+    let topics = [full.clone()];
+    let printing = |message: &rdkafka::message::BorrowedMessage<'_>| {
         let payload = message.payload().unwrap_or_default();
         let mut line = match wa_schemas::decode_to_json(payload) {
             Ok((schema, mut value)) => {
@@ -457,7 +440,11 @@ pub(crate) async fn events(topic: Option<&str>) -> anyhow::Result<ExitCode> {
         }
         println!("{line}");
         printed += 1;
-    }
+    };
+    let read = tokio::task::block_in_place(|| {
+        wa_platform::kafka::read_to_end(&kafka, "xtask-events", &topics, None, printing, |_| {})
+    });
+    read?;
     eprintln!("xtask: {printed} records on {full}");
     Ok(ExitCode::SUCCESS)
 }

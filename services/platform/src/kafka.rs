@@ -7,6 +7,7 @@ mod follower;
 mod headers;
 mod probe;
 mod producer;
+mod reader;
 pub mod rebalance;
 
 use rdkafka::ClientConfig;
@@ -22,6 +23,7 @@ pub use headers::{
 };
 pub use probe::{watch_broker, PROBE_INTERVAL, PROBE_TIMEOUT};
 pub use producer::{DeliveryFaults, EventProducer, PublishError, Queued, DELIVERY_TIMEOUT};
+pub use reader::{read_to_end, Progress};
 
 use crate::config::KafkaConfig;
 
