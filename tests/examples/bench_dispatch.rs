@@ -96,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
         let due = started + Duration::from_secs_f64(i as f64 / (offered * SENDERS as f64));
         tokio::time::sleep_until(due).await;
         let from = sender(i);
-        let to = format!("whatsapp:+1555{:07}", i % 5_000);
+        let to = format!("whatsapp:+1415{}", 2_000_000 + i % 5_000);
         let request_id = format!("b-{i}");
         let event = OutboundAuthorized {
             event_id: uuid::Uuid::new_v4().to_string(),

@@ -59,7 +59,7 @@ impl Webhooks {
     fn next(&self) -> (String, String, String) {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let sid = format!("SM{}{n:024}", self.run);
-        let customer = format!("whatsapp:+1555{:07}", n % 10_000_000);
+        let customer = format!("whatsapp:+1415{}", 2_000_000 + n % 8_000_000);
         let params: Vec<(String, String)> = [
             ("SmsMessageSid", sid.as_str()),
             ("NumMedia", "0"),

@@ -38,7 +38,7 @@ fn peak_resident_bytes() -> u64 {
 }
 
 fn message(i: u64, now: i64) -> InboundMessageReceived {
-    let customer = format!("whatsapp:+1555{i:07}");
+    let customer = format!("whatsapp:+1415{}", 2_000_000 + i % 8_000_000);
     InboundMessageReceived {
         event_id: uuid::Uuid::new_v4().to_string(),
         occurred_at: now - (i as i64 % 20) * 3_600_000,
@@ -242,7 +242,7 @@ async fn verdict_rate() -> anyhow::Result<()> {
     let reader = e2e_tests::follow_from_beginning(&kafka, &checked_topic).await;
     let started = Instant::now();
     for i in 0..requests {
-        let customer = format!("whatsapp:+1555{:07}", i % conversations);
+        let customer = format!("whatsapp:+1415{}", 2_000_000 + i % conversations);
         let request = e2e_tests::outbound_request(&format!("bench-{i}"), &customer, Some("It ships today!"), None);
         queued.push(producer.enqueue(&topics::OUTBOUND_REQUESTED, &request, None).await?);
     }

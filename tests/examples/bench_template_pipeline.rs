@@ -65,7 +65,7 @@ fn verdict(i: usize, templates: usize) -> OutboundWindowChecked {
         conversation_id: uuid::Uuid::new_v4().to_string(),
         request_id: format!("bench-{i}"),
         from: "whatsapp:+14155238886".into(),
-        to: format!("whatsapp:+1555{i:07}"),
+        to: format!("whatsapp:+1415{}", 2_000_000 + i % 8_000_000),
         body: None,
         media_urls: vec![],
         template: Some(TemplateRequest {

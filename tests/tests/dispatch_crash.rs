@@ -18,7 +18,8 @@ const KILLS: u64 = 3;
 
 fn authorization(run: &str, i: usize) -> OutboundAuthorized {
     let from = if i % SENDERS == 0 { BUSINESS.to_owned() } else { format!("whatsapp:+1415555{:04}", i % SENDERS) };
-    let to = format!("whatsapp:+1555{run}{:04}", i % CUSTOMERS);
+    // Valid North American numbers: area code 415, exchanges from 200.
+    let to = format!("whatsapp:+1415{}", 2_000_000 + run.parse::<usize>().unwrap_or(0) * 10_000 + i % CUSTOMERS);
     e2e_tests::template_authorization(&format!("crash-{i}"), &from, &to, &i.to_string())
 }
 
@@ -65,6 +66,8 @@ async fn sigkilled_dispatch_never_sends_twice_and_accounts_for_every_request() {
     let outcomes_topic = channel.topic(&OUTBOUND_DISPATCHED);
     let follower = e2e_tests::follow_from_beginning(&channel.kafka, &outcomes_topic).await;
     let mut outcomes: HashMap<String, Vec<String>> = HashMap::new();
+    // Twilio's sid of each `sent` outcome, by request.
+    let mut sent_sids: HashMap<String, String> = HashMap::new();
     let sim_requests =
         |messages: &[Value]| -> Vec<String> { messages.iter().filter_map(e2e_tests::sim_request_id).collect() };
     // An in-doubt request the simulator received is resolved by its status callback, unless
@@ -96,7 +99,10 @@ async fn sigkilled_dispatch_never_sends_twice_and_accounts_for_every_request() {
         if let Ok(message) = tokio::time::timeout(Duration::from_millis(500), follower.recv()).await {
             let message = message.expect("outcomes readable");
             let event = OutboundDispatched::decode(rdkafka::Message::payload(&message).unwrap_or_default()).unwrap();
-            if matches!(event.outcome.as_str(), "sent" | "failed" | "in_doubt") {
+            if event.kind().is_some_and(wa_schemas::DispatchOutcome::is_terminal) {
+                if event.kind() == Some(wa_schemas::DispatchOutcome::Sent) {
+                    sent_sids.insert(event.request_id.clone(), event.message_sid.clone().unwrap_or_default());
+                }
                 outcomes.entry(event.request_id).or_default().push(event.outcome);
             }
         }
@@ -146,5 +152,23 @@ async fn sigkilled_dispatch_never_sends_twice_and_accounts_for_every_request() {
         per_request.len()
     );
     assert_eq!(per_request.len() + never_sent, MESSAGES);
+
+    // Every `sent` names the message the simulator took for that very request: its sid, its
+    // recipient and its content variables.
+    let by_sid: HashMap<&str, &Value> = messages.iter().filter_map(|m| Some((m["sid"].as_str()?, m))).collect();
+    let requests: HashMap<String, &OutboundAuthorized> =
+        authorizations.iter().map(|a| (a.request_id.clone(), a)).collect();
+    for (request_id, sid) in &sent_sids {
+        let message =
+            by_sid.get(sid.as_str()).unwrap_or_else(|| panic!("{request_id} sent as {sid}, unknown to Twilio"));
+        assert_eq!(e2e_tests::sim_request_id(message).as_ref(), Some(request_id), "{sid} is another request's");
+        let param = |name: &str| {
+            message["params"].as_array().unwrap().iter().find(|p| p[0] == name).and_then(|p| p[1].as_str())
+        };
+        let authorized = requests[request_id];
+        assert_eq!(param("To"), Some(authorized.to.as_str()), "{request_id}");
+        assert_eq!(param("ContentVariables"), authorized.content_variables.as_deref(), "{request_id}");
+    }
+    assert!(!sent_sids.is_empty(), "some requests were sent");
     channel.stop().await;
 }

@@ -657,7 +657,7 @@ async fn without_a_broker_twilio_gets_a_503_at_once_not_a_hang() {
     let params = pairs(&[
         ("MessageSid", "SM1"),
         ("AccountSid", ACCOUNT_SID),
-        ("From", "whatsapp:+15550001111"),
+        ("From", "whatsapp:+14157620111"),
         ("To", BUSINESS),
     ]);
     let response = post_form(&url, &url, Some(AUTH_TOKEN), &params, &[]).await;

@@ -127,7 +127,7 @@ impl Sim {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulator_limits_senders_enforces_the_window_and_injects_faults() {
     let sim = Sim::start().await;
-    let customer = "whatsapp:+15550000001";
+    let customer = "whatsapp:+14157620001";
 
     // Per-sender rate limit: 5/s here; the sixth message within the second is refused with
     // 20429, and another sender is not affected.
@@ -166,8 +166,8 @@ async fn the_simulator_limits_senders_enforces_the_window_and_injects_faults() {
     assert_eq!(sim.fate_of(&warm).await, "read");
 
     // An unreachable recipient ends undelivered.
-    assert_eq!(sim.behave(json!({"undeliverable": {"whatsapp:+15550000009": 63024}})).await, 200);
-    let lost = sim.sid(sim.send(BUSINESS, "whatsapp:+15550000009", &[("ContentSid", "HX1")]).await.unwrap()).await;
+    assert_eq!(sim.behave(json!({"undeliverable": {"whatsapp:+14157620009": 63024}})).await, 200);
+    let lost = sim.sid(sim.send(BUSINESS, "whatsapp:+14157620009", &[("ContentSid", "HX1")]).await.unwrap()).await;
     assert_eq!(sim.fate_of(&lost).await, "undelivered");
 
     // Faults: errors in Twilio's shape, then a dropped connection after the message was taken.
