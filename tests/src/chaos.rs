@@ -109,6 +109,37 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
+/// When each process that exited on its own is started again: 1, 2, 4 ... up to 32 s after
+/// its exit, the wait doubling with each exit.
+#[derive(Default)]
+struct Restarts {
+    /// Exits so far, and when the one being waited out restarts.
+    by_name: HashMap<&'static str, (u32, Option<Instant>)>,
+}
+
+impl Restarts {
+    /// Notes that `name` is found exited; true the first time for this exit.
+    fn exited(&mut self, name: &'static str) -> bool {
+        let (exits, restart_at) = self.by_name.entry(name).or_default();
+        if restart_at.is_some() {
+            return false;
+        }
+        *exits += 1;
+        *restart_at = Some(Instant::now() + Duration::from_secs(1 << (*exits - 1).min(5)));
+        true
+    }
+
+    /// Whether `name`'s wait is over (it is then started again).
+    fn due(&mut self, name: &'static str) -> bool {
+        let (_, restart_at) = self.by_name.entry(name).or_default();
+        if restart_at.is_some_and(|at| Instant::now() >= at) {
+            *restart_at = None;
+            return true;
+        }
+        false
+    }
+}
+
 /// A broker of the caller's own: tansu with SQLite storage (and its log) in `dir`, so its data
 /// outlives a SIGKILL, as a real broker's would.
 pub fn start_broker(port: u16, dir: &std::path::Path) -> Child {
@@ -324,6 +355,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
                     report.broken.push(format!("{name} panicked"));
                 }
             };
+            // Like an orchestrator's crash-loop back-off: a process that keeps exiting waits
+            // 1, 2, 4 ... up to 32 s before it is started again, so restarts do not pile onto a
+            // broker that is already slow.
+            let mut restarts = Restarts::default();
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -332,16 +367,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
                 let exited =
                     broker.lock().expect("broker lock").as_mut().and_then(|child| child.try_wait().ok().flatten());
                 if let Some(status) = exited {
-                    *broker.lock().expect("broker lock") = Some(start_broker(broker_port, &dir));
-                    noted("broker", status);
+                    if restarts.exited("broker") {
+                        noted("broker", status);
+                    }
+                    if restarts.due("broker") {
+                        *broker.lock().expect("broker lock") = Some(start_broker(broker_port, &dir));
+                    }
                 }
                 let mut components = components.lock().await;
                 for c in components.iter_mut() {
                     let Some(status) = c.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) else {
                         continue;
                     };
-                    c.child = Some(crate::spawn_service_process(&kafka, c.binary, &c.env));
-                    noted(c.name, status);
+                    if restarts.exited(c.name) {
+                        noted(c.name, status);
+                    }
+                    if restarts.due(c.name) {
+                        c.child = Some(crate::spawn_service_process(&kafka, c.binary, &c.env));
+                    }
                 }
             }
         })
