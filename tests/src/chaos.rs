@@ -141,14 +141,17 @@ impl Restarts {
 }
 
 /// A broker of the caller's own: tansu with SQLite storage (and its log) in `dir`, so its data
-/// outlives a SIGKILL, as a real broker's would.
+/// outlives a SIGKILL, as a real broker's would. `CHAOS_STORAGE` names another engine whose
+/// data outlives the broker process (a `postgres://` URL, with a tansu built with its
+/// `postgres` feature as `TANSU_BIN`).
 pub fn start_broker(port: u16, dir: &std::path::Path) -> Child {
     let listener = format!("tcp://127.0.0.1:{port}");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("tansu.log")).expect("broker log");
+    let storage = std::env::var("CHAOS_STORAGE").unwrap_or_else(|_| "sqlite://tansu.db".to_owned());
     tokio::process::Command::new(crate::tansu_binary())
         .arg("broker")
         .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
-        .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(["--storage-engine", &storage])
         .current_dir(dir)
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
