@@ -496,7 +496,11 @@ pub(crate) async fn bench(name: Option<&str>) -> anyhow::Result<ExitCode> {
 pub(crate) async fn chaos() -> anyhow::Result<ExitCode> {
     let status = cargo().args(["build", "--quiet", "--workspace", "--bins"]).status().await?;
     anyhow::ensure!(status.success(), "building the service binaries failed");
-    let tansu = crate::broker::ensure_tansu().await?;
+    // TANSU_BIN picks another tansu build (one with the `postgres` feature, for CHAOS_STORAGE).
+    let tansu = match std::env::var_os("TANSU_BIN") {
+        Some(tansu) => PathBuf::from(tansu),
+        None => crate::broker::ensure_tansu().await?,
+    };
     let status = cargo().args(["build", "--quiet", "-p", "e2e-tests", "--example", "chaos"]).status().await?;
     anyhow::ensure!(status.success(), "building the chaos run failed");
     // The run takes long: it starts copies of the binaries, so target/ can be rebuilt meanwhile.
