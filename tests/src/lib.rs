@@ -581,18 +581,37 @@ impl Channel {
     }
 
     /// Every record on a topic up to its end as of now.
+    /// Fails when the broker delivers nothing for [`EVENT_TIMEOUT`] (a long topic may take
+    /// longer as a whole).
     pub async fn read_to_end(&self, spec: &TopicSpec) -> Vec<RawRecord> {
         let (kafka, topic) = (self.kafka.clone(), self.topic(spec));
-        let read = tokio::task::spawn_blocking(move || {
+        let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = read.clone();
+        let mut reader = tokio::task::spawn_blocking(move || {
             let mut records = Vec::new();
-            wa_platform::kafka::read_to_end(&kafka, "e2e-reader", &[topic], None, |m| records.push(raw(m)), |_| {})
-                .map(|_| records)
+            let keep = |m: &rdkafka::message::BorrowedMessage<'_>| {
+                records.push(raw(m));
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            };
+            wa_platform::kafka::read_to_end(&kafka, "e2e-reader", &[topic], None, keep, |_| {}).map(|_| records)
         });
-        tokio::time::timeout(EVENT_TIMEOUT, read)
-            .await
-            .unwrap_or_else(|_| panic!("{} did not deliver up to its high watermarks", self.topic(spec)))
-            .expect("reader task")
-            .expect("read to the end")
+        let mut seen = (0, tokio::time::Instant::now());
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), &mut reader).await {
+                Ok(done) => return done.expect("reader task").expect("read to the end"),
+                Err(_) => {
+                    let now = read.load(std::sync::atomic::Ordering::Relaxed);
+                    if now != seen.0 {
+                        seen = (now, tokio::time::Instant::now());
+                    }
+                    assert!(
+                        seen.1.elapsed() < EVENT_TIMEOUT,
+                        "{} did not deliver up to its high watermarks",
+                        self.topic(spec)
+                    );
+                }
+            }
+        }
     }
 }
 
