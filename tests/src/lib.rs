@@ -582,8 +582,22 @@ impl Channel {
 
     /// Every record on a topic up to its end as of now.
     /// Fails when the broker delivers nothing for [`EVENT_TIMEOUT`] (a long topic may take
-    /// longer as a whole).
+    /// longer as a whole); a broker too busy to answer its metadata is asked again.
     pub async fn read_to_end(&self, spec: &TopicSpec) -> Vec<RawRecord> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.try_read_to_end(spec).await {
+                Ok(records) => return records,
+                Err(err) if started.elapsed() < EVENT_TIMEOUT => {
+                    tracing::warn!(topic = %self.topic(spec), error = %err, "reading to the end failed; again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(err) => panic!("{} could not be read to its end: {err:#}", self.topic(spec)),
+            }
+        }
+    }
+
+    async fn try_read_to_end(&self, spec: &TopicSpec) -> anyhow::Result<Vec<RawRecord>> {
         let (kafka, topic) = (self.kafka.clone(), self.topic(spec));
         let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = read.clone();
@@ -598,7 +612,7 @@ impl Channel {
         let mut seen = (0, tokio::time::Instant::now());
         loop {
             match tokio::time::timeout(Duration::from_secs(1), &mut reader).await {
-                Ok(done) => return done.expect("reader task").expect("read to the end"),
+                Ok(done) => return done.expect("reader task"),
                 Err(_) => {
                     let now = read.load(std::sync::atomic::Ordering::Relaxed);
                     if now != seen.0 {
