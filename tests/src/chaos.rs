@@ -105,10 +105,6 @@ struct Component {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
-}
-
 /// When each process that exited on its own is started again: 1, 2, 4 ... up to 32 s after
 /// its exit, the wait doubling with each exit.
 #[derive(Default)]
@@ -187,7 +183,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("wa-chaos-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
-    let broker_port = free_port();
+    let broker_port = crate::free_port();
     let broker = Arc::new(Mutex::new(Some(start_broker(broker_port, &dir))));
     let kafka = KafkaConfig::new(format!("127.0.0.1:{broker_port}"), "chaos.");
     let channel = Channel::topics_on(kafka).await;
@@ -195,7 +191,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     let ports: HashMap<&str, u16> =
         ["twilio-sim", "ingress", "session-a", "session-b", "approval", "dispatch-a", "dispatch-b"]
             .into_iter()
-            .map(|name| (name, free_port()))
+            .map(|name| (name, crate::free_port()))
             .collect();
     let url = |name: &str| format!("http://127.0.0.1:{}", ports[name]);
     let twilio = |extra: &[(&'static str, String)]| {

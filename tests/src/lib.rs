@@ -866,6 +866,11 @@ fn spawn_logged(
     child
 }
 
+/// A TCP port on loopback that nothing listens on now, for a process started with it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
 /// The tansu binary `cargo xtask test` installed (`TANSU_BIN`), or cargo's default place: for
 /// tests that run (and kill) a broker of their own.
 pub fn tansu_binary() -> std::path::PathBuf {

@@ -7,10 +7,6 @@ use std::time::Duration;
 use e2e_tests::{unique_customer, CapturedLogs, Channel, ACCOUNT_SID, AUTH_TOKEN, BUSINESS};
 use serde_json::json;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
-}
-
 async fn ready(http: &reqwest::Client, url: &str) {
     let deadline = tokio::time::Instant::now() + e2e_tests::EVENT_TIMEOUT;
     while !http.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
@@ -24,7 +20,7 @@ async fn logs_mask_numbers_and_never_carry_message_text() {
     let channel = Channel::topics_only().await;
     let logs = CapturedLogs::default();
     let http = reqwest::Client::new();
-    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..5).map(|_| e2e_tests::free_port()).collect();
     let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
     let (sim, ingress, session, approval, dispatch) = (url(0), url(1), url(2), url(3), url(4));
     let debug = "debug,ingress=trace,session_window=trace,template_approval=trace,outbound_dispatch=trace,\

@@ -12,18 +12,13 @@ use wa_schemas::{conversation_id, InboundMessageReceived, OutboundRequested, Out
 
 const HOUR: i64 = 3_600_000;
 
-/// A free port on loopback for a child process's HTTP listener.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 struct Instance {
     child: tokio::process::Child,
     url: String,
 }
 
 fn start_instance(channel: &Channel) -> Instance {
-    let port = free_port();
+    let port = e2e_tests::free_port();
     let child = channel.service_process(
         "session-window",
         &[
