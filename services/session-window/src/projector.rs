@@ -14,10 +14,11 @@
 //! - An outbound request waits until partition `p` of `wa.inbound.v1` has been read up to the
 //!   high watermark the broker reported after the request arrived, so a reply sees the
 //!   customer message the agent is answering even though the two travel on different topics.
-//!   One watermark query serves every request that arrived before it was sent.
+//!   One watermark query serves every request that arrived before it was sent (the state
+//!   machine is [`crate::barrier`]).
 //! - Timer notices come from the restored state, so they survive restarts and rebalances.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ use wa_platform::topics::{
 use wa_platform::CancellationToken;
 use wa_schemas::{Event, OutboundRequested, OutboundWindowChecked};
 
+use crate::barrier::{Barrier, Next};
 use crate::session::{self, Content, Session};
 use crate::store::{from_snapshot, PartitionStore};
 use crate::{events, facts, Config, SERVICE};
@@ -68,21 +70,15 @@ fn partition_numbers(list: &[TopicPartition]) -> Vec<i32> {
 
 /// An outbound request waiting for the inbound partition to catch up.
 struct Pending {
-    seq: u64,
     /// `None` for a record that was dead-lettered: only its offset is stored, in turn.
     request: Option<OutboundRequested>,
     offset: i64,
     span: tracing::Span,
 }
 
-/// Per owned partition: how far the inbound topic was applied and the requests waiting on it.
-#[derive(Default)]
+/// Per owned partition: the requests waiting for its inbound records ([`Barrier`]).
 struct Owned {
-    applied_inbound: i64,
-    pending: VecDeque<Pending>,
-    /// The latest answered watermark query: (sequence number when it was sent, high watermark).
-    confirmed: Option<(u64, i64)>,
-    querying: bool,
+    barrier: Barrier<Pending>,
 }
 
 struct Topics {
@@ -303,7 +299,7 @@ impl Projector {
                 }
                 for partition in &partitions {
                     if let Some(owned) = self.owned.remove(partition) {
-                        let waiting = owned.pending.iter().filter(|p| p.request.is_some()).count();
+                        let waiting = owned.barrier.waiting().filter(|p| p.request.is_some()).count();
                         metrics::gauge!("wa_session_verdicts_waiting").decrement(waiting as f64);
                     }
                 }
@@ -448,7 +444,7 @@ impl Projector {
             let applied_inbound = committed.get(&partition).copied().unwrap_or(inbound_low);
             let store = stores.remove(&partition).unwrap_or_else(|| PartitionStore::new(lead));
             self.shared.stores.lock().expect("stores lock").insert(partition, store);
-            self.owned.insert(partition, Owned { applied_inbound, ..Owned::default() });
+            self.owned.insert(partition, Owned { barrier: Barrier::new(applied_inbound) });
         }
         self.shared.restoring.lock().expect("restoring lock").retain(|p| !partitions.contains(p));
         self.announce_ownership(partitions).await?;
@@ -555,7 +551,7 @@ impl Projector {
             if record.topic == self.topics.requested {
                 // Its offset is stored after the requests before it are decided.
                 if let Some(owned) = self.owned.get_mut(&partition) {
-                    owned.pending.push_back(Pending { seq: self.seq, request: None, offset: record.offset, span });
+                    owned.barrier.push(self.seq, Pending { request: None, offset: record.offset, span });
                 }
             } else {
                 self.store_offset(record.topic, partition, record.offset);
@@ -564,7 +560,7 @@ impl Projector {
         // A new request, or inbound progress, may let waiting requests through.
         if record.topic == self.topics.inbound {
             if let Some(owned) = self.owned.get_mut(&partition) {
-                owned.applied_inbound = owned.applied_inbound.max(record.offset + 1);
+                owned.barrier.applied(record.offset);
             }
         }
         if record.topic != self.topics.dispatched {
@@ -647,55 +643,43 @@ impl Projector {
         let request = OutboundRequested::decode(record.payload).map_err(|e| format!("undecodable value: {e}"))?;
         self.conversation_of(&request.conversation_id, record.partition)?;
         let owned = self.owned.get_mut(&record.partition).ok_or("partition not owned")?;
-        owned.pending.push_back(Pending { seq: self.seq, request: Some(request), offset: record.offset, span });
+        owned.barrier.push(self.seq, Pending { request: Some(request), offset: record.offset, span });
         metrics::gauge!("wa_session_verdicts_waiting").increment(1.0);
         Ok(())
     }
 
     async fn answered(&mut self, partition: i32, seq: u64, answer: Result<i64, String>) -> anyhow::Result<()> {
         let Some(owned) = self.owned.get_mut(&partition) else { return Ok(()) };
-        owned.querying = false;
-        match answer {
-            Ok(high) => owned.confirmed = Some((seq, high)),
-            Err(reason) => {
-                tracing::warn!(partition, reason = %reason, "inbound watermark query failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+        if let Err(reason) = &answer {
+            tracing::warn!(partition, reason = %reason, "inbound watermark query failed; retrying");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        owned.barrier.answered(seq, answer.ok());
         self.release(partition).await
     }
 
-    /// Decides every waiting request whose barrier is passed; asks for a new watermark when
-    /// the first one still waits for a newer one.
+    /// Decides every waiting request the barrier lets through, and sends the watermark query
+    /// it asks for.
     async fn release(&mut self, partition: i32) -> anyhow::Result<()> {
         loop {
             let Some(owned) = self.owned.get_mut(&partition) else { return Ok(()) };
-            let Some(front) = owned.pending.front() else { return Ok(()) };
-            match owned.confirmed {
-                Some((seq, high)) if front.seq <= seq => {
-                    if owned.applied_inbound < high {
-                        return Ok(());
-                    }
-                }
-                _ => {
-                    if !owned.querying {
-                        owned.querying = true;
-                        let metadata = self.metadata.clone();
-                        let topic = self.topics.inbound.clone();
-                        let answers = self.answers_tx.clone();
-                        let seq = self.seq;
-                        tokio::task::spawn_blocking(move || {
-                            let answer = metadata
-                                .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
-                                .map(|(_, high)| high)
-                                .map_err(|e| e.to_string());
-                            let _ = answers.send((partition, seq, answer));
-                        });
-                    }
+            let pending = match owned.barrier.next(self.seq) {
+                Next::Wait => return Ok(()),
+                Next::Query { seq } => {
+                    let metadata = self.metadata.clone();
+                    let topic = self.topics.inbound.clone();
+                    let answers = self.answers_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let answer = metadata
+                            .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+                            .map(|(_, high)| high)
+                            .map_err(|e| e.to_string());
+                        let _ = answers.send((partition, seq, answer));
+                    });
                     return Ok(());
                 }
-            }
-            let pending = owned.pending.pop_front().expect("a front");
+                Next::Release(pending) => pending,
+            };
             let span = pending.span.clone();
             if let Some(request) = pending.request {
                 metrics::gauge!("wa_session_verdicts_waiting").decrement(1.0);

@@ -404,6 +404,9 @@ pub fn handle(state: &Templates, command: Command, actor: Actor, now: i64) -> Re
             }
             let admin_hold = template.paused_by.as_deref().and_then(Actor::parse) == Some(Actor::Admin);
             match (meta, template.status) {
+                // Disabled is for good: only a new version (replace) or a new registration
+                // brings the name back.
+                (_, Status::Disabled) => Ok(vec![]),
                 (MetaStatus::Approved, Status::Approved) => Ok(vec![]),
                 // An admin's hold outlasts Meta's approval; only an admin lifts it.
                 (MetaStatus::Approved, Status::Paused) if admin_hold => Ok(vec![]),
@@ -414,7 +417,6 @@ pub fn handle(state: &Templates, command: Command, actor: Actor, now: i64) -> Re
                 (MetaStatus::Paused(reason), Status::Approved) => Ok(build
                     .status_change(TemplateChange::Paused, reason.or_else(|| Some("paused by WhatsApp".to_owned())))),
                 (MetaStatus::Paused(_), _) => Ok(vec![]),
-                (MetaStatus::Disabled(_), Status::Disabled) => Ok(vec![]),
                 (MetaStatus::Disabled(reason), _) => Ok(build.status_change(
                     TemplateChange::Disabled,
                     reason.or_else(|| Some("disabled by WhatsApp".to_owned())),
@@ -646,9 +648,12 @@ pub(crate) mod tests {
         );
         assert_eq!(given_when(vec![register(), submit()], meta(MetaStatus::Paused(None)), Actor::Twilio), Ok(vec![]));
         assert_eq!(
-            given_when(approved, meta(MetaStatus::Disabled(None)), Actor::Twilio),
+            given_when(approved.clone(), meta(MetaStatus::Disabled(None)), Actor::Twilio),
             Ok(vec!["disabled".to_owned()])
         );
+        // Disabled is for good: Meta's approval of the same version does not bring it back.
+        let disabled = [approved, vec![disable()]].concat();
+        assert_eq!(given_when(disabled, meta(MetaStatus::Approved), Actor::Twilio), Ok(vec![]));
     }
 
     #[test]
