@@ -13,12 +13,13 @@ use wa_platform::topics::OUTBOUND_DISPATCHED;
 use wa_platform::CancellationToken;
 use wa_schemas::{DeliveryStatusReceived, DispatchOutcome, Event, OutboundAuthorized, OutboundDispatched};
 use wa_twilio::errors;
+use wa_twilio::messages_api::{MessageResource, OutgoingMessage, TwilioClient};
 use wa_twilio::status::MessageStatus;
 
 use crate::ledger::{Ledger, Stage};
+use crate::lifecycle::{Input, Lifecycle, MediaVerdict, Outcome, Skipped, Step, Stop};
 use crate::media;
 use crate::rate::RateLimiter;
-use crate::twilio::{MessageResource, OutgoingMessage, SendFailure, TwilioClient, TwilioError};
 use crate::Config;
 
 /// How long a claim may take to be read back before it is given up and tried again.
@@ -30,28 +31,6 @@ const LOOKUP_SPACING: Duration = Duration::from_millis(1000);
 /// Twilio's creation times have whole seconds; clocks differ a little: a message created this
 /// long before the attempt started may still be the attempt's.
 const CREATED_MARGIN_MS: i64 = 5_000;
-
-/// The result of trying to send one message.
-#[derive(Debug)]
-enum Attempted {
-    Sent {
-        resource: MessageResource,
-        attempts: i32,
-    },
-    Failed {
-        reason: &'static str,
-        error: Option<TwilioError>,
-        attempts: i32,
-    },
-    /// Twilio may have created it: look it up. `since` is when the ambiguous attempt started.
-    Ambiguous {
-        error: TwilioError,
-        attempts: i32,
-        since: i64,
-    },
-    /// Revoked or stopping before an attempt: nothing reached Twilio.
-    Interrupted,
-}
 
 /// The outbound-dispatch handler.
 pub(crate) struct Dispatch {
@@ -65,16 +44,6 @@ pub(crate) struct Dispatch {
     pub(crate) delivery_topic: String,
     /// Asks media URLs for their type and size (no Twilio credentials on it).
     pub(crate) media_http: reqwest::Client,
-}
-
-/// What checking a request's media found.
-enum MediaChecked {
-    /// Nothing to check, or WhatsApp takes it.
-    Sendable,
-    /// Not sendable: the failure reason and the detail.
-    NotSendable(&'static str, String),
-    /// Revoked while checking.
-    Interrupted,
 }
 
 /// Marks a request as being sent by this process until dropped.
@@ -183,18 +152,6 @@ impl Dispatch {
         Ok(())
     }
 
-    /// Whether the ledger says the request needs nothing more from this record: sent, failed
-    /// or in doubt (never resent automatically).
-    fn settled(&self, request_id: &str) -> bool {
-        let Some(entry) = self.ledger.get(request_id) else { return false };
-        if entry.stage == Stage::Sending {
-            return false;
-        }
-        metrics::counter!("wa_dispatch_duplicates_skipped_total").increment(1);
-        tracing::info!(request_id = %request_id, stage = ?entry.stage, "request already dispatched; not sent again");
-        true
-    }
-
     fn message<'a>(&'a self, authorized: &'a OutboundAuthorized) -> OutgoingMessage<'a> {
         OutgoingMessage {
             from: &authorized.from,
@@ -212,85 +169,36 @@ impl Dispatch {
         }
     }
 
-    async fn send_with_retries(&self, authorized: &OutboundAuthorized, revoked: &CancellationToken) -> Attempted {
-        let message = self.message(authorized);
-        let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(200);
-        let mut attempts = 0;
-        loop {
-            // The first attempt's slot was taken before the claim was written.
-            if attempts > 0 {
-                tokio::select! {
-                    () = revoked.cancelled() => return Attempted::Interrupted,
-                    () = self.limiter.acquire(&authorized.from) => {}
-                }
-            }
-            // Nothing has reached Twilio yet: the call is the point of no return.
-            if revoked.is_cancelled() {
-                return Attempted::Interrupted;
-            }
-            attempts += 1;
-            let attempt_started = wa_platform::now_millis();
-            let error = match self.twilio.send(&message).await {
-                Ok(resource) => {
-                    self.limiter.succeeded(&authorized.from);
-                    return Attempted::Sent { resource, attempts };
-                }
-                Err(error) => error,
-            };
-            match error.failure() {
-                SendFailure::Permanent(reason) => return Attempted::Failed { reason, error: Some(error), attempts },
-                SendFailure::Ambiguous => return Attempted::Ambiguous { error, attempts, since: attempt_started },
-                SendFailure::Retry => {}
-            }
-            if error.is_throttling() {
-                self.limiter.throttled(&authorized.from);
-            }
-            let wait = backoff.mul_f64(0.5 + fastrand::f64());
-            if started.elapsed() + wait > self.config.retry_deadline {
-                return Attempted::Failed { reason: "retries_exhausted", error: Some(error), attempts };
-            }
-            metrics::counter!("wa_dispatch_retries_total", "throttled" => error.is_throttling().to_string())
-                .increment(1);
-            tracing::warn!(error = %error, attempts, retry_in = ?wait, "send not taken by twilio; retrying");
-            tokio::select! {
-                () = revoked.cancelled() => return Attempted::Interrupted,
-                () = tokio::time::sleep(wait) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
-    }
-
     /// Asks the request's media URL (WhatsApp sends one per message) for its type and size;
     /// an unreachable URL is retried like a Twilio outage, up to the retry deadline.
-    async fn check_media(&self, authorized: &OutboundAuthorized, revoked: &CancellationToken) -> MediaChecked {
+    async fn check_media(&self, authorized: &OutboundAuthorized, revoked: &CancellationToken) -> Option<MediaVerdict> {
         let Some(url) = authorized.media_urls.first() else {
-            return MediaChecked::Sendable;
+            return Some(MediaVerdict::Sendable);
         };
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(200);
         loop {
             let probe = tokio::select! {
-                () = revoked.cancelled() => return MediaChecked::Interrupted,
+                () = revoked.cancelled() => return None,
                 probe = media::probe(&self.media_http, url, self.config.request_timeout) => probe,
             };
             let detail = match probe {
                 media::Probe::Answered(info) => {
-                    return match media::media_problem(&info) {
-                        None => MediaChecked::Sendable,
-                        Some(problem) => MediaChecked::NotSendable("media_invalid", problem),
-                    };
+                    return Some(match media::media_problem(&info) {
+                        None => MediaVerdict::Sendable,
+                        Some(problem) => MediaVerdict::NotSendable("media_invalid", problem),
+                    });
                 }
-                media::Probe::Refused(detail) => return MediaChecked::NotSendable("media_invalid", detail),
+                media::Probe::Refused(detail) => return Some(MediaVerdict::NotSendable("media_invalid", detail)),
                 media::Probe::Unreachable(detail) => detail,
             };
             let wait = backoff.mul_f64(0.5 + fastrand::f64());
             if started.elapsed() + wait > self.config.retry_deadline {
-                return MediaChecked::NotSendable("media_unreachable", detail);
+                return Some(MediaVerdict::NotSendable("media_unreachable", detail));
             }
             tracing::warn!(request_id = %authorized.request_id, detail = %detail, retry_in = ?wait, "media not reachable; retrying");
             tokio::select! {
-                () = revoked.cancelled() => return MediaChecked::Interrupted,
+                () = revoked.cancelled() => return None,
                 () = tokio::time::sleep(wait) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -316,7 +224,7 @@ impl Dispatch {
     }
 
     /// Sends one authorized message unless the ledger knows its request, and only under the
-    /// claim that counts.
+    /// claim that counts: performs the steps of its [`Lifecycle`].
     async fn dispatch(&self, authorized: OutboundAuthorized, revoked: &CancellationToken) -> Result<(), HandleError> {
         let identity = Identity {
             conversation_id: &authorized.conversation_id,
@@ -325,122 +233,126 @@ impl Dispatch {
             to: &authorized.to,
             metadata: &authorized.metadata,
         };
-        if self.settled(&authorized.request_id) {
-            return Ok(());
-        }
-        // Free-form content needs the window still open; templates do not.
-        if let (None, Some(expires_at)) = (&authorized.content_sid, authorized.window_expires_at) {
-            if wa_platform::now_millis() >= expires_at {
-                let mut failed = identity.event(DispatchOutcome::Failed, None);
-                failed.failure_reason = Some("window_closed".to_owned());
-                return self.outcome(failed).await;
-            }
-        }
-        // Media WhatsApp would refuse fails here, explained, before it costs a send.
-        match self.check_media(&authorized, revoked).await {
-            MediaChecked::Sendable => {}
-            MediaChecked::NotSendable(reason, detail) => {
-                let mut failed = identity.event(DispatchOutcome::Failed, None);
-                failed.failure_reason = Some(reason.to_owned());
-                failed.error_message = Some(detail);
-                return self.outcome(failed).await;
-            }
-            MediaChecked::Interrupted => {
-                return Err(HandleError::Interrupted("revoked while checking the media".to_owned()));
-            }
-        }
-        // The sender's pace first, so the claim is written right before the call.
-        tokio::select! {
-            () = revoked.cancelled() => return Err(HandleError::Interrupted("revoked while waiting for the sender's pace".to_owned())),
-            () = self.limiter.acquire(&authorized.from) => {}
-        }
-        // The wait may have been long (throttling): another instance may have sent it since.
-        if self.settled(&authorized.request_id) {
-            return Ok(());
-        }
-        let claim_id = Uuid::new_v4().to_string();
-        let mut claim = identity.event_with_claim(DispatchOutcome::Sending, None, Some(&claim_id));
-        claim.claimed_by = Some(self.config.instance_id.clone());
-        let (partition, offset) = self.producer.publish(&OUTBOUND_DISPATCHED, &claim).await?;
-        let read_back = tokio::select! {
-            () = revoked.cancelled() => Err("revoked while reading the claim back".to_owned()),
-            read = self.follower.wait_until_read(partition, offset, CLAIM_READBACK_TIMEOUT) => read,
-        };
-        if let Err(reason) = read_back {
-            self.release(&identity, &claim_id).await?;
-            return Err(if revoked.is_cancelled() {
-                HandleError::Interrupted(reason)
-            } else {
-                HandleError::Transient(reason)
-            });
-        }
-        if !self.ledger.holds_claim(&authorized.request_id, &claim_id) {
-            // Another claim came first: its instance sends (or, if it died, the in-doubt
-            // watcher settles it). This record needs nothing more.
-            metrics::counter!("wa_dispatch_claims_total", "result" => "lost").increment(1);
-            let holder = self.ledger.get(&authorized.request_id).and_then(|e| e.claim).map(|c| c.by);
-            tracing::info!(request_id = %authorized.request_id, holder = ?holder, "another claim came first; not sending");
-            return Ok(());
-        }
-        metrics::counter!("wa_dispatch_claims_total", "result" => "won").increment(1);
+        let free_form_until = authorized.window_expires_at.filter(|_| authorized.content_sid.is_none());
+        let mut lifecycle = Lifecycle::new(
+            &authorized.request_id,
+            &Uuid::new_v4().to_string(),
+            free_form_until,
+            !authorized.media_urls.is_empty(),
+            self.config.retry_deadline,
+        );
+        let message = self.message(&authorized);
         // While this process works on the send it is not in doubt; the guard ends that when
         // this function returns, after the outcome is durable.
-        let _working = Working::start(&self.ledger, &authorized.request_id);
-        let mut event = match self.send_with_retries(&authorized, revoked).await {
-            Attempted::Sent { resource, attempts } => {
-                let mut sent = identity.event(DispatchOutcome::Sent, None);
-                sent.message_sid = Some(resource.sid);
-                sent.twilio_status = Some(resource.status);
-                sent.attempts = attempts;
-                sent
-            }
-            Attempted::Failed { reason, error, attempts } => {
-                let mut failed = identity.event(DispatchOutcome::Failed, None);
-                failed.failure_reason = Some(reason.to_owned());
-                failed.error_code = error.as_ref().and_then(TwilioError::code);
-                failed.error_message = error.map(|err| err.to_string());
-                failed.attempts = attempts;
-                failed
-            }
-            Attempted::Ambiguous { error, attempts, since } => {
-                let found = self.reconcile(&authorized, since).await;
-                metrics::counter!("wa_dispatch_reconciled_total", "found" => found.is_some().to_string()).increment(1);
-                match found {
-                    Some(resource) => {
-                        tracing::warn!(request_id = %authorized.request_id, sid = %resource.sid, error = %error,
-                            "ambiguous answer from twilio; the message was found in its messages list");
-                        let mut sent = identity.event(DispatchOutcome::Sent, None);
-                        sent.message_sid = Some(resource.sid);
-                        sent.twilio_status = Some(resource.status);
-                        sent.error_message = Some(format!("{error}; found in Twilio's Messages list"));
-                        sent.attempts = attempts;
-                        sent
-                    }
-                    None => {
-                        tracing::warn!(request_id = %authorized.request_id, error = %error,
-                            "ambiguous answer from twilio and the message is not in its list; in doubt, never resent");
-                        let mut in_doubt = identity.event(DispatchOutcome::InDoubt, None);
-                        in_doubt.failure_reason =
-                            Some(if error.status().is_some() { "ambiguous_answer" } else { "no_answer" }.to_owned());
-                        in_doubt.error_code = error.code();
-                        in_doubt.error_message = Some(format!(
-                            "{error}; not found in Twilio's Messages list: it may or may not have been sent, and is not sent again"
-                        ));
-                        in_doubt.attempts = attempts;
-                        in_doubt
+        let mut working = None;
+        let mut first_call: Option<tokio::time::Instant> = None;
+        let mut input = Input::Begin { now: wa_platform::now_millis() };
+        loop {
+            let step = lifecycle.next(input, &self.ledger);
+            input = match step {
+                Step::CheckMedia => match self.check_media(&authorized, revoked).await {
+                    Some(verdict) => Input::MediaChecked(verdict),
+                    None => Input::Revoked,
+                },
+                Step::AwaitPace => tokio::select! {
+                    () = revoked.cancelled() => Input::Revoked,
+                    () = self.limiter.acquire(&authorized.from) => Input::PaceAcquired,
+                },
+                Step::Claim => {
+                    let mut claim =
+                        identity.event_with_claim(DispatchOutcome::Sending, None, Some(lifecycle.claim_id()));
+                    claim.claimed_by = Some(self.config.instance_id.clone());
+                    let (partition, offset) = self.producer.publish(&OUTBOUND_DISPATCHED, &claim).await?;
+                    tokio::select! {
+                        () = revoked.cancelled() => Input::Revoked,
+                        read = self.follower.wait_until_read(partition, offset, CLAIM_READBACK_TIMEOUT) => {
+                            if revoked.is_cancelled() { Input::Revoked } else { Input::ClaimReadBack(read) }
+                        }
                     }
                 }
-            }
-            Attempted::Interrupted => {
-                // Nothing reached Twilio: release the claim so the partition's next owner sends.
-                self.release(&identity, &claim_id).await?;
-                return Err(HandleError::Interrupted("revoked before the send".to_owned()));
-            }
-        };
-        if event.error_code == Some(errors::OUTSIDE_WINDOW) {
-            window_disagreement(&authorized.request_id, "api");
+                Step::Call { attempt } => {
+                    // Nothing has reached Twilio yet: the call is the point of no return.
+                    if revoked.is_cancelled() {
+                        Input::Revoked
+                    } else {
+                        if attempt == 1 {
+                            metrics::counter!("wa_dispatch_claims_total", "result" => "won").increment(1);
+                            working = Some(Working::start(&self.ledger, &authorized.request_id));
+                        }
+                        let first = *first_call.get_or_insert_with(tokio::time::Instant::now);
+                        let started = wa_platform::now_millis();
+                        let answer = self.twilio.send(&message).await;
+                        if answer.is_ok() {
+                            self.limiter.succeeded(&authorized.from);
+                        }
+                        Input::Answered { answer, started, elapsed: first.elapsed(), jitter: fastrand::f64() }
+                    }
+                }
+                Step::Backoff { wait, error } => {
+                    if error.is_throttling() {
+                        self.limiter.throttled(&authorized.from);
+                    }
+                    metrics::counter!("wa_dispatch_retries_total", "throttled" => error.is_throttling().to_string())
+                        .increment(1);
+                    tracing::warn!(error = %error, attempts = lifecycle.attempts(), retry_in = ?wait, "send not taken by twilio; retrying");
+                    tokio::select! {
+                        () = revoked.cancelled() => Input::Revoked,
+                        () = tokio::time::sleep(wait) => Input::BackedOff,
+                    }
+                }
+                Step::LookUp { since } => {
+                    let found = self.reconcile(&authorized, since).await;
+                    metrics::counter!("wa_dispatch_reconciled_total", "found" => found.is_some().to_string())
+                        .increment(1);
+                    Input::LookedUp(found)
+                }
+                Step::Finish(outcome) => {
+                    let result = self.finish(&identity, &lifecycle, outcome).await;
+                    drop(working);
+                    return result;
+                }
+                Step::Release(stop) => {
+                    self.release(&identity, lifecycle.claim_id()).await?;
+                    return Err(stopped(stop));
+                }
+                Step::Stop(stop) => return Err(stopped(stop)),
+                Step::Skip(skipped) => {
+                    skip(&authorized.request_id, skipped, &self.ledger);
+                    return Ok(());
+                }
+            };
         }
-        event.claim_id = Some(claim_id);
+    }
+
+    /// Publishes a lifecycle's outcome as an event of its request.
+    async fn finish(
+        &self,
+        identity: &Identity<'_>,
+        lifecycle: &Lifecycle,
+        outcome: Outcome,
+    ) -> Result<(), HandleError> {
+        let mut event = identity.event(outcome.outcome, None);
+        event.message_sid = outcome.message_sid;
+        event.twilio_status = outcome.twilio_status;
+        event.error_code = outcome.error_code;
+        event.error_message = outcome.error_message;
+        event.failure_reason = outcome.failure_reason.map(str::to_owned);
+        event.attempts = outcome.attempts;
+        if outcome.under_claim {
+            event.claim_id = Some(lifecycle.claim_id().to_owned());
+        }
+        match (outcome.outcome, &event.message_sid) {
+            (DispatchOutcome::Sent, Some(sid)) if event.error_message.is_some() => {
+                tracing::warn!(request_id = %identity.request_id, sid = %sid, "ambiguous answer from twilio; the message was found in its messages list");
+            }
+            (DispatchOutcome::InDoubt, _) => {
+                tracing::warn!(request_id = %identity.request_id, "ambiguous answer from twilio and the message is not in its list; in doubt, never resent");
+            }
+            _ => {}
+        }
+        if event.error_code == Some(errors::OUTSIDE_WINDOW) {
+            window_disagreement(identity.request_id, "api");
+        }
         self.outcome(event).await
     }
 
@@ -511,6 +423,31 @@ fn window_disagreement(request_id: &str, via: &'static str) {
     metrics::counter!("wa_window_disagreements_total", "via" => via).increment(1);
     tracing::warn!(request_id = %request_id, via,
         "whatsapp refused a free-form message as outside the 24-hour window that session-window allowed (63016)");
+}
+
+/// The handler's error for a lifecycle that stopped before an outcome.
+fn stopped(stop: Stop) -> HandleError {
+    match stop {
+        Stop::Interrupted(why) => HandleError::Interrupted(why.to_owned()),
+        Stop::Transient(reason) => HandleError::Transient(reason),
+    }
+}
+
+/// Logs why a record needed nothing more.
+fn skip(request_id: &str, skipped: Skipped, ledger: &Ledger) {
+    match skipped {
+        Skipped::Settled(stage) => {
+            metrics::counter!("wa_dispatch_duplicates_skipped_total").increment(1);
+            tracing::info!(request_id = %request_id, stage = ?stage, "request already dispatched; not sent again");
+        }
+        Skipped::ClaimLost => {
+            // Another claim came first: its instance sends (or, if it died, the in-doubt
+            // watcher settles it).
+            metrics::counter!("wa_dispatch_claims_total", "result" => "lost").increment(1);
+            let holder = ledger.get(request_id).and_then(|e| e.claim).map(|c| c.by);
+            tracing::info!(request_id = %request_id, holder = ?holder, "another claim came first; not sending");
+        }
+    }
 }
 
 impl Handler for Dispatch {
