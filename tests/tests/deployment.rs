@@ -48,7 +48,12 @@ fn command(doc: &Value, name: &str) -> Vec<String> {
 
 fn assert_has_every_variable(doc: &Value, name: &str, vars: &[EnvVar]) {
     let env = environment(doc, name);
-    for var in vars.iter().chain(wa_platform::telemetry::ENV) {
+    // The broker connection, common to the four services (static membership is a service's
+    // own choice: it is in their lists where compose sets it).
+    let broker = wa_platform::config::KafkaConfig::ENV
+        .iter()
+        .filter(|var| name != "twilio-sim" && var.name != wa_platform::config::KAFKA_GROUP_INSTANCE_ID.name);
+    for var in vars.iter().chain(broker).chain(wa_platform::telemetry::ENV) {
         assert!(env.contains_key(var.name), "{name} lacks {} ({})", var.name, var.doc);
     }
     assert!(env.contains_key("HTTP_ADDR"), "{name} lacks HTTP_ADDR");

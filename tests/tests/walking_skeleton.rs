@@ -54,6 +54,14 @@ async fn signed_webhook_is_published_once_even_when_twilio_retries() {
     assert_eq!(record.headers["ce_id"], event.event_id);
     assert_eq!(record.headers["ce_subject"], conversation);
     assert_eq!(record.headers["content-type"], "application/avro");
+    assert_eq!(record.headers["ce_specversion"], "1.0");
+    assert_eq!(record.headers["ce_source"], "wachannel/ingress");
+    let time = chrono::DateTime::parse_from_rfc3339(&record.headers["ce_time"]).expect("ce_time is RFC 3339");
+    assert_eq!(time.timestamp_millis(), event.occurred_at, "ce_time is the event's time");
+    // W3C trace context: version 00, a trace id, a parent span id, flags.
+    let traceparent: Vec<&str> = record.headers["traceparent"].split('-').collect();
+    assert_eq!(traceparent.len(), 4, "{traceparent:?}");
+    assert_eq!((traceparent[0], traceparent[2].len(), traceparent[3].len()), ("00", 16, 2));
     assert!(record.trace_id().is_some_and(|id| id.len() == 32 && id != "0".repeat(32)), "{:?}", record.headers);
     channel.stop().await;
 }
@@ -197,6 +205,18 @@ async fn a_poison_record_is_dead_lettered_and_the_consumer_keeps_going() {
     assert!(dead.headers["dlq.reason"].contains("not an avro single-object"), "{:?}", dead.headers);
     assert_eq!(dead.headers["dlq.topic"], channel.topic(&OUTBOUND_REQUESTED));
     assert_eq!(dead.headers["dlq.service"], "session-window");
+    chrono::DateTime::parse_from_rfc3339(&dead.headers["dlq.failed_at"]).expect("dlq.failed_at is RFC 3339");
+    // dlq.partition and dlq.offset name the original record.
+    let original = channel
+        .read_to_end(&OUTBOUND_REQUESTED)
+        .await
+        .into_iter()
+        .find(|r| {
+            r.partition.to_string() == dead.headers["dlq.partition"]
+                && r.offset.to_string() == dead.headers["dlq.offset"]
+        })
+        .expect("the dead letter names a record of the original topic");
+    assert_eq!(original.payload, dead.payload);
 
     let verdict: OutboundWindowChecked = channel
         .await_record(&OUTBOUND_CHECKED, |r| r.decode::<OutboundWindowChecked>().request_id == "after-poison")

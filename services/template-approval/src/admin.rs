@@ -15,9 +15,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 use wa_platform::http::{bearer_authorized, json_body, Problem};
+use wa_twilio::content_api::ContentClient;
 
 use crate::store::{ExecuteError, Store};
-use crate::sync::ContentClient;
 use crate::template::{Actor, Command, CommandError, Definition, Template};
 
 /// What admin handlers share.

@@ -4,13 +4,21 @@
 //! Twilio's error codes mean ([`errors`]), the limits an outbound message must keep ([`limits`]),
 //! and the Content API's approval statuses ([`content`]).
 //!
+//! With the `client` feature (on by default), the REST clients too: the Messages API
+//! (`messages_api`, used by outbound-dispatch) and the Content API (`content_api`, used by
+//! template-approval), next to the wire formats they speak. The fuzz target builds without it.
+//!
 //! Kept apart from the services so that the parsers can be fuzzed (`tests/fuzz`) and so that
 //! the simulator and the tests sign requests with the very code ingress verifies them with.
 
 pub mod content;
+#[cfg(feature = "client")]
+pub mod content_api;
 pub mod errors;
 pub mod inbound;
 pub mod limits;
+#[cfg(feature = "client")]
+pub mod messages_api;
 pub mod params;
 pub mod signature;
 pub mod status;

@@ -1,10 +1,12 @@
-//! A client for Twilio's Messages API: creating a message, and listing an account's messages
-//! to find one whose creation Twilio's answer left in doubt.
+//! A client for Twilio's Messages API (`/2010-04-01/Accounts/{AccountSid}/Messages.json`):
+//! creating a message, and listing an account's messages to find one whose creation Twilio's
+//! answer left in doubt. Its errors say what a failure means for the message ([`SendFailure`]),
+//! by the code table in [`crate::errors`].
 
 use std::time::Duration;
 
+use crate::errors::{self, ErrorClass};
 use serde::Deserialize;
-use wa_twilio::errors::{self, ErrorClass};
 
 /// What to send.
 #[derive(Debug, Clone)]
@@ -183,11 +185,11 @@ impl TwilioClient {
         username: &str,
         password: &str,
         timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("wachannel-outbound-dispatch/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("wachannel/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let base_url = base_url.trim_end_matches('/').to_owned();
         Ok(Self {

@@ -1,0 +1,126 @@
+//! Test data as the world has it: the business sender, credentials, customers with valid
+//! E.164 numbers, and events built the way the services build them.
+
+use std::time::Duration;
+
+use wa_twilio::signature as twilio_signature;
+
+/// The business's WhatsApp sender used by tests.
+pub const BUSINESS: &str = "whatsapp:+14155238886";
+/// The simulator's and ingress's auth token in tests.
+pub const AUTH_TOKEN: &str = "e2e-auth-token";
+/// The account in tests.
+pub const ACCOUNT_SID: &str = "AC11111111111111111111111111111111";
+/// The CRM's bearer token on ingress's API in tests.
+pub const API_TOKEN: &str = "e2e-crm-token";
+/// The session query's bearer token in tests.
+pub const SESSION_TOKEN: &str = "e2e-session-token";
+/// The admin API token of template-approval in tests.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+/// Language fallback chains in tests.
+pub const FALLBACKS: &str = "pt_BR:pt:en";
+/// Messages per second dispatch sends per sender in tests.
+pub const DISPATCH_RATE_PER_SENDER: f64 = 10.0;
+/// How long a test waits for an event before it fails.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A customer address no other test uses.
+pub fn unique_customer() -> String {
+    // A North American number: the area code starts with 2-9.
+    let n = uuid::Uuid::new_v4().as_u128();
+    format!("whatsapp:+1{}{:09}", 2 + n % 8, (n / 8) % 1_000_000_000)
+}
+
+/// A customer's message to [`BUSINESS`] at `at`, as ingress would publish it.
+pub fn customer_message(customer: &str, at: i64, body: &str) -> wa_schemas::InboundMessageReceived {
+    wa_schemas::InboundMessageReceived {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_at: at,
+        conversation_id: wa_schemas::conversation_id(BUSINESS, customer),
+        message_sid: format!("SM{}", uuid::Uuid::new_v4().simple()),
+        account_sid: ACCOUNT_SID.to_owned(),
+        messaging_service_sid: None,
+        from: customer.to_owned(),
+        to: BUSINESS.to_owned(),
+        body: body.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// An agent's request to `customer`: free-form `body`, or a template.
+pub fn outbound_request(
+    request_id: &str,
+    customer: &str,
+    body: Option<&str>,
+    template: Option<wa_schemas::TemplateRequest>,
+) -> wa_schemas::OutboundRequested {
+    wa_schemas::OutboundRequested {
+        event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, request_id.as_bytes()).to_string(),
+        occurred_at: wa_platform::now_millis(),
+        conversation_id: wa_schemas::conversation_id(BUSINESS, customer),
+        request_id: request_id.to_owned(),
+        from: BUSINESS.to_owned(),
+        to: customer.to_owned(),
+        body: body.map(str::to_owned),
+        media_urls: Vec::new(),
+        template,
+        metadata: Default::default(),
+    }
+}
+
+/// A send to `customer` that Twilio refused with `error_code`, as dispatch would publish it.
+pub fn refused_send(customer: &str, at: i64, error_code: i32) -> wa_schemas::OutboundDispatched {
+    wa_schemas::OutboundDispatched {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_at: at,
+        conversation_id: wa_schemas::conversation_id(BUSINESS, customer),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        from: BUSINESS.to_owned(),
+        to: customer.to_owned(),
+        outcome: "failed".to_owned(),
+        message_sid: None,
+        twilio_status: None,
+        error_code: Some(error_code),
+        error_message: Some("refused".to_owned()),
+        failure_reason: Some("unsubscribed".to_owned()),
+        attempts: 1,
+        claim_id: None,
+        claimed_by: None,
+        metadata: Default::default(),
+    }
+}
+
+/// A template send from `from` to `to` cleared for dispatch, as template-approval would publish
+/// it; `variable` fills its one variable.
+pub fn template_authorization(
+    request_id: &str,
+    from: &str,
+    to: &str,
+    variable: &str,
+) -> wa_schemas::OutboundAuthorized {
+    wa_schemas::OutboundAuthorized {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_at: wa_platform::now_millis(),
+        conversation_id: wa_schemas::conversation_id(from, to),
+        request_id: request_id.to_owned(),
+        from: from.to_owned(),
+        to: to.to_owned(),
+        body: None,
+        media_urls: vec![],
+        window_expires_at: None,
+        content_sid: Some("HX00000000000000000000000000000001".to_owned()),
+        content_variables: Some(serde_json::json!({ "1": variable }).to_string()),
+        template_name: Some("order_update".to_owned()),
+        template_language: Some("en".to_owned()),
+        preview: None,
+        metadata: Default::default(),
+    }
+}
+
+/// The request id on a message the simulator received (dispatch puts it on the
+/// `StatusCallback` URL).
+pub fn sim_request_id(message: &serde_json::Value) -> Option<String> {
+    let params = message["params"].as_array()?;
+    let url = params.iter().find(|p| p[0] == "StatusCallback")?[1].as_str()?;
+    twilio_signature::query_param(url, "request_id")
+}
