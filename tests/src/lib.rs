@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use wa_platform::clock::Clock;
 use wa_platform::config::KafkaConfig;
 use wa_platform::topics;
 use wa_platform::CancellationToken;
@@ -101,13 +102,13 @@ pub fn loopback() -> std::net::SocketAddr {
 impl Channel {
     /// Creates this channel's topics, starts every component and waits until each is ready.
     pub async fn start() -> Self {
-        Self::start_with(true).await
+        Self::start_with(true, Clock::system()).await
     }
 
     /// Like [`Channel::start`] but without outbound-dispatch: the test runs it, for example as
     /// a separate process it can kill ([`Channel::dispatch_process`]).
     pub async fn start_without_dispatch() -> Self {
-        Self::start_with(false).await
+        Self::start_with(false, Clock::system()).await
     }
 
     /// This channel's topics on the broker, and no component: the test runs what it needs,
@@ -153,7 +154,13 @@ impl Channel {
         kafka
     }
 
-    async fn start_with(in_process_dispatch: bool) -> Self {
+    /// Like [`Channel::start`], with session-window deciding windows and notices by `clock`
+    /// (a manual one, which the test moves).
+    pub async fn start_with_session_clock(clock: Clock) -> Self {
+        Self::start_with(true, clock).await
+    }
+
+    async fn start_with(in_process_dispatch: bool, session_clock: Clock) -> Self {
         let kafka = Self::create_topics().await;
 
         let shutdown = CancellationToken::new();
@@ -178,7 +185,9 @@ impl Channel {
         service_urls.insert(ingress::SERVICE, ingress_url.clone());
         tasks.push(spawn(ingress, &shutdown));
 
-        let session = session_window::bind(session_window_config(&kafka)).await.expect("session-window binds");
+        let mut session_config = session_window_config(&kafka);
+        session_config.clock = session_clock;
+        let session = session_window::bind(session_config).await.expect("session-window binds");
         service_urls.insert(session_window::SERVICE, format!("http://{}", session.local_addr()));
         tasks.push(spawn(session, &shutdown));
 

@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use e2e_tests::{customer_message, outbound_request, refused_send, unique_customer, Channel, RawRecord, BUSINESS};
 use serde_json::{json, Value};
+use wa_platform::clock::Clock;
 use wa_platform::topics::{
     CONSENT, INBOUND, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REQUESTED, SESSIONS, SESSION_EVENTS,
 };
-use wa_schemas::{conversation_id, ConsentChanged, OutboundWindowChecked, SessionEvent, TemplateRequest};
+use wa_schemas::{
+    conversation_id, ConsentChanged, OutboundWindowChecked, SessionChange, SessionEvent, TemplateRequest,
+};
 
 const HOUR: i64 = 3_600_000;
 /// The `ce_source` of what the rebuild command writes.
@@ -115,16 +118,18 @@ async fn stop_and_refused_sends_opt_customers_out_and_start_opts_them_back_in() 
     channel.stop().await;
 }
 
-/// The windows close on the real clock a few seconds after the test starts: the notices carry
-/// their deadlines as their time and are published no earlier.
+/// Windows close by session-window's clock, held still here and moved by the test: the notices
+/// carry their deadlines as their time and are not published before the clock reaches them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expiring_and_closed_notices_fire_at_their_deadlines() {
-    let channel = Channel::start().await;
+    let start = wa_platform::now_millis();
+    let clock = Clock::manual(start);
+    let channel = Channel::start_with_session_clock(clock.clone()).await;
     // Replayed history: a window that closed long ago is recorded without any announcement.
     let old = unique_customer();
-    channel.publish(&INBOUND, &customer_message(&old, wa_platform::now_millis() - 30 * HOUR, "old news")).await;
+    channel.publish(&INBOUND, &customer_message(&old, start - 30 * HOUR, "old news")).await;
     let closing = unique_customer();
-    let expires = wa_platform::now_millis() + 4_000;
+    let expires = start + 10 * 60_000;
     channel.publish(&INBOUND, &customer_message(&closing, expires - 24 * HOUR, "bye")).await;
 
     let (opened, _) = session_event(&channel, &closing, "window_opened").await;
@@ -132,9 +137,22 @@ async fn expiring_and_closed_notices_fire_at_their_deadlines() {
     // The lead is an hour: the expiring notice is due at once.
     let (expiring, _) = session_event(&channel, &closing, "window_expiring").await;
     assert_eq!(expiring.occurred_at, expires - HOUR);
-    let (closed, seen_at) = session_event(&channel, &closing, "window_closed").await;
+    let (_, state) = query(&channel, &closing).await;
+    assert_eq!((&state["notified"], &state["free_form_allowed"]), (&json!("expiring"), &json!(true)));
+
+    // A millisecond before the deadline the window is still open; at it, it closes.
+    clock.set_millis(expires - 1);
+    let conversation = conversation_id(BUSINESS, &closing);
+    let closed_early = channel
+        .read_to_end(&SESSION_EVENTS)
+        .await
+        .iter()
+        .map(RawRecord::decode::<SessionEvent>)
+        .any(|e| e.conversation_id == conversation && e.change() == Some(SessionChange::WindowClosed));
+    assert!(!closed_early, "window_closed was published before the clock reached the deadline");
+    clock.set_millis(expires);
+    let (closed, _) = session_event(&channel, &closing, "window_closed").await;
     assert_eq!(closed.occurred_at, expires);
-    assert!(seen_at >= expires, "window_closed was published {} ms before the deadline", expires - seen_at);
     let (_, state) = query(&channel, &closing).await;
     assert_eq!(state["notified"], "closed");
     assert_eq!(state["free_form_allowed"], false);

@@ -543,8 +543,13 @@ mod tests {
             let mut lifecycle = Lifecycle::new(REQUEST, &claim_id, None, false, Duration::from_secs(60));
             let step = lifecycle.next(Input::Begin { now: 0 }, &self.ledgers[instance].0);
             // Settled already, as this instance reads the partition: nothing to do.
-            self.handlers[instance] = (!matches!(step, Step::Skip(_)))
-                .then_some(Handler { instance, lifecycle, step, claim_at: None, may_have_created: false });
+            self.handlers[instance] = (!matches!(step, Step::Skip(_))).then_some(Handler {
+                instance,
+                lifecycle,
+                step,
+                claim_at: None,
+                may_have_created: false,
+            });
         }
 
         fn publish(&mut self, event: OutboundDispatched) -> usize {

@@ -84,6 +84,8 @@ pub struct Config {
     pub delivery_faults: wa_platform::kafka::DeliveryFaults,
     /// Bearer tokens for the session query; empty means open (loopback only, or allowed).
     pub query_tokens: Vec<String>,
+    /// The clock windows and notices are decided by: the system's (tests hold one still).
+    pub clock: wa_platform::clock::Clock,
 }
 
 impl Config {
@@ -119,6 +121,7 @@ impl Config {
             advertised_url: None,
             delivery_faults: wa_platform::kafka::DeliveryFaults::default(),
             query_tokens: Vec::new(),
+            clock: wa_platform::clock::Clock::system(),
         }
     }
 
@@ -148,6 +151,7 @@ impl Config {
             advertised_url: config::var(ADVERTISED_URL.name).map(|url| url.trim_end_matches('/').to_owned()),
             delivery_faults: wa_platform::kafka::DeliveryFaults::default(),
             query_tokens,
+            clock: wa_platform::clock::Clock::system(),
         })
     }
 

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use uuid::Uuid;
+use wa_platform::clock::Clock;
 use wa_platform::http::Problem;
 
 use crate::projector::Shared;
@@ -16,8 +17,14 @@ use crate::session::{self, Content, OptOutScope};
 use crate::store;
 
 /// `GET /v1/conversations/{id}/session`, behind the bearer tokens (none: open).
-pub(crate) fn routes(shared: Arc<Shared>, margin_millis: i64, own_url: String, tokens: Vec<String>) -> Router {
-    let query = QueryState { shared, margin_millis, own_url };
+pub(crate) fn routes(
+    shared: Arc<Shared>,
+    margin_millis: i64,
+    own_url: String,
+    tokens: Vec<String>,
+    clock: Clock,
+) -> Router {
+    let query = QueryState { shared, margin_millis, own_url, clock };
     Router::new()
         .route("/v1/conversations/{id}/session", get(session_query))
         .route_layer(axum::middleware::from_fn_with_state(Arc::new(tokens), wa_platform::http::require_bearer))
@@ -28,6 +35,7 @@ struct QueryState {
     shared: Arc<Shared>,
     margin_millis: i64,
     own_url: String,
+    clock: Clock,
 }
 
 /// `GET /v1/conversations/{id}/session`: the conversation's state, from the instance that owns
@@ -79,7 +87,7 @@ async fn session_query(
         return Err((StatusCode::MISDIRECTED_REQUEST, content_type, body.to_string()).into_response());
     };
     let session = store.get(&conversation).copied();
-    let now = wa_platform::now_millis();
+    let now = state.clock.now_millis();
     let free_form =
         session::check(session.as_ref(), Content::FreeForm, now, state.margin_millis, OptOutScope::Marketing);
     let snapshot = store::snapshot(&conversation, &session.unwrap_or_default());

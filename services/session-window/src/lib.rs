@@ -49,7 +49,13 @@ impl Service for SessionWindow {
         let shared = Arc::new(Shared::default());
         let bound = listener.local_addr()?;
         let own_url = config.advertised_url.get_or_insert_with(|| format!("http://{bound}")).clone();
-        let routes = http::routes(shared.clone(), config.safety_margin_millis(), own_url, config.query_tokens.clone());
+        let routes = http::routes(
+            shared.clone(),
+            config.safety_margin_millis(),
+            own_url,
+            config.query_tokens.clone(),
+            config.clock.clone(),
+        );
         let stop = shutdown.clone();
         let ready = health.clone();
         let worker = async move {

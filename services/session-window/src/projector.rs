@@ -465,7 +465,7 @@ impl Projector {
     /// served here now.
     async fn announce_ownership(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
         let url = self.config.advertised_url.clone().unwrap_or_default();
-        let now = wa_platform::now_millis();
+        let now = self.config.clock.now_millis();
         for &partition in partitions {
             let owner = wa_schemas::PartitionOwner {
                 event_id: Uuid::new_v4().to_string(),
@@ -601,7 +601,7 @@ impl Projector {
             .map_err(|e| format!("undecodable value: {e}"))?;
         if let Some(read) = read {
             let conversation = self.conversation_of(&read.conversation_id, record.partition)?;
-            let now = wa_platform::now_millis();
+            let now = self.config.clock.now_millis();
             let (change, session) = {
                 let mut stores = self.shared.stores.lock().expect("stores lock");
                 let store = stores.get_mut(&record.partition).ok_or("partition not owned")?;
@@ -700,7 +700,7 @@ impl Projector {
             .expect("stores lock")
             .get(&partition)
             .and_then(|store| store.get(&conversation).copied());
-        let now = wa_platform::now_millis();
+        let now = self.config.clock.now_millis();
         let content = if request.template.is_some() { Content::Template } else { Content::FreeForm };
         let verdict = session::check(
             session.as_ref(),
@@ -738,7 +738,7 @@ impl Projector {
 
     /// Publishes the notices due now, with their snapshots.
     async fn fire_timers(&mut self) -> anyhow::Result<()> {
-        let now = wa_platform::now_millis();
+        let now = self.config.clock.now_millis();
         let lead = self.config.lead_millis();
         let due: Vec<(i32, crate::store::DueNotices)> = {
             let mut stores = self.shared.stores.lock().expect("stores lock");
