@@ -23,7 +23,7 @@ pub use headers::{
 };
 pub use probe::{watch_broker, PROBE_INTERVAL, PROBE_TIMEOUT};
 pub use producer::{DeliveryFaults, EventProducer, PublishError, Queued, DELIVERY_TIMEOUT};
-pub use reader::{read_to_end, Progress};
+pub use reader::{read_partitions_to_end, read_to_end, Progress};
 
 use crate::config::KafkaConfig;
 

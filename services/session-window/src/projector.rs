@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
@@ -96,7 +96,6 @@ pub(crate) struct Projector {
     rebalances: mpsc::UnboundedReceiver<RebalanceEvent>,
     config: Config,
     consumer: StreamConsumer<DeferredRevoke>,
-    restorer: StreamConsumer,
     metadata: Arc<BaseConsumer>,
     shared: Arc<Shared>,
     producer: EventProducer,
@@ -162,6 +161,28 @@ pub(crate) async fn partition_count(kafka: &KafkaConfig, spec: &wa_platform::top
     .await?
 }
 
+/// Folds one record of `wa.sessions.v1` into a partition's store: a snapshot restores its
+/// conversation, a tombstone forgets it.
+fn restore_snapshot(store: &mut PartitionStore, message: &BorrowedMessage<'_>) {
+    match message.payload() {
+        None | Some([]) => {
+            if let Some(id) =
+                message.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| Uuid::parse_str(k).ok())
+            {
+                store.remove(&id);
+            }
+        }
+        Some(payload) => match wa_schemas::SessionState::decode(payload).ok().as_ref().and_then(from_snapshot) {
+            Some((id, session)) => store.restore(id, session),
+            None => tracing::error!(
+                partition = message.partition(),
+                offset = message.offset(),
+                "unreadable session snapshot skipped"
+            ),
+        },
+    }
+}
+
 impl Projector {
     /// Connects and subscribes.
     pub(crate) async fn start(
@@ -187,13 +208,6 @@ impl Projector {
             sessions: kafka.topic(&SESSIONS),
         };
         consumer.subscribe(&[&topics.inbound, &topics.requested, &topics.dispatched])?;
-        let restorer: StreamConsumer = wa_platform::kafka::client_config(kafka, "session-window-restore")
-            .set("group.id", kafka.group("session-window-restore"))
-            // Restoring reads to a known end: do not let the broker hold fetches back.
-            .set("fetch.wait.max.ms", "10")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .create()?;
         let metadata: Arc<BaseConsumer> =
             Arc::new(wa_platform::kafka::client_config(kafka, "session-window-watermarks").create()?);
         let (answers_tx, answers) = mpsc::unbounded_channel();
@@ -208,7 +222,6 @@ impl Projector {
         let projector = Self {
             config,
             consumer,
-            restorer,
             metadata,
             shared,
             producer,
@@ -368,79 +381,46 @@ impl Projector {
         }
         let started = std::time::Instant::now();
         let metadata = self.metadata.clone();
-        let sessions = self.topics.sessions.clone();
         let inbound = self.topics.inbound.clone();
         let list = partitions.to_vec();
-        let marks = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64, i64, i64)>> {
+        let marks = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64)>> {
             list.iter()
-                .map(|&partition| {
-                    let (low, high) = metadata.fetch_watermarks(&sessions, partition, METADATA_TIMEOUT)?;
-                    let (inbound_low, _) = metadata.fetch_watermarks(&inbound, partition, METADATA_TIMEOUT)?;
-                    Ok((partition, low, high, inbound_low))
-                })
+                .map(|&partition| Ok((partition, metadata.fetch_watermarks(&inbound, partition, METADATA_TIMEOUT)?.0)))
                 .collect()
         })
         .await??;
         let lead = self.config.lead_millis();
-        let mut stores: HashMap<i32, PartitionStore> =
-            partitions.iter().map(|p| (*p, PartitionStore::new(lead))).collect();
-        let mut remaining: HashMap<i32, i64> =
-            marks.iter().filter(|(_, low, high, _)| high > low).map(|(p, _, high, _)| (*p, *high)).collect();
-        let mut read = 0u64;
-        if !remaining.is_empty() {
-            let mut assignment = TopicPartitionList::new();
-            for (partition, low, high, _) in &marks {
-                if high > low {
-                    assignment.add_partition_offset(&self.topics.sessions, *partition, Offset::Offset(*low))?;
-                }
-            }
-            self.restorer.assign(&assignment)?;
-            while !remaining.is_empty() {
-                let message = tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    message = self.restorer.recv() => message,
-                };
-                let message = match message {
-                    Ok(message) => message,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "restore read failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
+        let kafka = self.config.kafka.clone();
+        let sessions = self.topics.sessions.clone();
+        let list = partitions.to_vec();
+        let stop = shutdown.clone();
+        let (mut stores, read, complete) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut stores: HashMap<i32, PartitionStore> =
+                list.iter().map(|p| (*p, PartitionStore::new(lead))).collect();
+            let mut read = 0u64;
+            let complete = wa_platform::kafka::read_partitions_to_end(
+                &kafka,
+                "session-window-restore",
+                &sessions,
+                &list,
+                &stop,
+                |message| {
+                    read += 1;
+                    if let Some(store) = stores.get_mut(&message.partition()) {
+                        restore_snapshot(store, message);
                     }
-                };
-                read += 1;
-                let partition = message.partition();
-                let Some(store) = stores.get_mut(&partition) else { continue };
-                match message.payload() {
-                    None | Some([]) => {
-                        if let Some(id) = message
-                            .key()
-                            .and_then(|k| std::str::from_utf8(k).ok())
-                            .and_then(|k| Uuid::parse_str(k).ok())
-                        {
-                            store.remove(&id);
-                        }
-                    }
-                    Some(payload) => {
-                        match wa_schemas::SessionState::decode(payload).ok().as_ref().and_then(from_snapshot) {
-                            Some((id, session)) => store.restore(id, session),
-                            None => tracing::error!(
-                                partition,
-                                offset = message.offset(),
-                                "unreadable session snapshot skipped"
-                            ),
-                        }
-                    }
-                }
-                if remaining.get(&partition).is_some_and(|high| message.offset() + 1 >= *high) {
-                    remaining.remove(&partition);
-                }
-            }
-            self.restorer.unassign()?;
+                },
+            )?;
+            Ok((stores, read, complete))
+        })
+        .await??;
+        if !complete {
+            // Stopping: the partitions are restored again after a restart.
+            return Ok(());
         }
         let committed = self.committed_inbound(partitions)?;
         let conversations: usize = stores.values().map(PartitionStore::len).sum();
-        for (partition, _, _, inbound_low) in marks {
+        for (partition, inbound_low) in marks {
             let applied_inbound = committed.get(&partition).copied().unwrap_or(inbound_low);
             let store = stores.remove(&partition).unwrap_or_else(|| PartitionStore::new(lead));
             self.shared.stores.lock().expect("stores lock").insert(partition, store);

@@ -1,5 +1,5 @@
 //! Reading topics to the ends they have now: the one reader that rebuilds, tools and tests use
-//! to see a topic whole.
+//! to see a topic whole, and that session-window restores its partitions' state with.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -8,7 +8,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::KafkaConfig;
+
+/// How long a watermark lookup may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How far a replay has come.
 #[derive(Debug, Clone, Copy)]
@@ -42,40 +47,91 @@ pub fn read_to_end(
     client_id: &str,
     topics: &[String],
     since: Option<i64>,
-    mut on_record: impl FnMut(&BorrowedMessage<'_>),
-    mut on_progress: impl FnMut(&Progress),
+    on_record: impl FnMut(&BorrowedMessage<'_>),
+    on_progress: impl FnMut(&Progress),
 ) -> anyhow::Result<Progress> {
-    let consumer: BaseConsumer = super::client_config(kafka, client_id)
+    let consumer = reader(kafka, client_id)?;
+    let mut ranges = Vec::new();
+    for topic in topics {
+        // The broker's time index only gives a place to start (tansu answers the beginning):
+        // records written before `since` are skipped while reading.
+        for (partition, range) in super::partition_ranges(&consumer, topic, since)?.into_iter().enumerate() {
+            ranges.push(((topic.clone(), partition as i32), range));
+        }
+    }
+    let (progress, _) = drain(&consumer, ranges, since, None, on_record, on_progress)?;
+    Ok(progress)
+}
+
+/// Reads `partitions` of `topic` (a full name) from their beginning to the ends they have when
+/// it starts, handing every record to `on_record` in each partition's order: how a service
+/// restores the state it keeps on a compacted topic for the partitions it was assigned.
+/// Returns false when `stop` was cancelled before the ends were reached. Blocking.
+pub fn read_partitions_to_end(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    topic: &str,
+    partitions: &[i32],
+    stop: &CancellationToken,
+    on_record: impl FnMut(&BorrowedMessage<'_>),
+) -> anyhow::Result<bool> {
+    let consumer = reader(kafka, client_id)?;
+    let mut ranges = Vec::new();
+    for &partition in partitions {
+        let range = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+        ranges.push(((topic.to_owned(), partition), range));
+    }
+    let (_, complete) = drain(&consumer, ranges, None, Some(stop), on_record, |_| {})?;
+    Ok(complete)
+}
+
+/// A consumer for reading to known ends, outside any group's offsets.
+fn reader(kafka: &KafkaConfig, client_id: &str) -> anyhow::Result<BaseConsumer> {
+    Ok(super::client_config(kafka, client_id)
         .set("group.id", kafka.group(client_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        // Reading to a known end: the broker need not hold fetches back for more.
+        .set("fetch.wait.max.ms", "10")
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "4194304")
         .set("queued.min.messages", "200000")
-        .create()?;
+        .create()?)
+}
+
+/// Reads each `(topic, partition)` from its start to its end (`(start, end)`, end exclusive),
+/// skipping records written before `since`; stops early when `stop` is cancelled. The progress,
+/// and whether every range was read to its end.
+fn drain(
+    consumer: &BaseConsumer,
+    ranges: Vec<((String, i32), (i64, i64))>,
+    since: Option<i64>,
+    stop: Option<&CancellationToken>,
+    mut on_record: impl FnMut(&BorrowedMessage<'_>),
+    mut on_progress: impl FnMut(&Progress),
+) -> anyhow::Result<(Progress, bool)> {
     let mut assignment = TopicPartitionList::new();
     let mut ends: HashMap<(String, i32), i64> = HashMap::new();
     let mut total = 0u64;
-    for topic in topics {
-        // The broker's time index only gives a place to start (tansu answers the beginning):
-        // records written before `since` are skipped below.
-        for (partition, (start, end)) in super::partition_ranges(&consumer, topic, since)?.into_iter().enumerate() {
-            if end > start {
-                assignment.add_partition_offset(topic, partition as i32, Offset::Offset(start))?;
-                ends.insert((topic.clone(), partition as i32), end);
-                total += (end - start) as u64;
-            }
+    for ((topic, partition), (start, end)) in ranges {
+        if end > start {
+            assignment.add_partition_offset(&topic, partition, Offset::Offset(start))?;
+            total += (end - start) as u64;
+            ends.insert((topic, partition), end);
         }
     }
     let started = Instant::now();
     let mut progress = Progress { events: 0, total, elapsed: Duration::ZERO };
     if ends.is_empty() {
-        return Ok(progress);
+        return Ok((progress, true));
     }
     consumer.assign(&assignment)?;
     let limits = ends.clone();
     let mut last_report = Instant::now();
     while !ends.is_empty() {
+        if stop.is_some_and(CancellationToken::is_cancelled) {
+            return Ok((progress, false));
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 let key = (message.topic().to_owned(), message.partition());
@@ -104,5 +160,5 @@ pub fn read_to_end(
     }
     progress.elapsed = started.elapsed();
     on_progress(&progress);
-    Ok(progress)
+    Ok((progress, true))
 }
