@@ -2,7 +2,7 @@
 //! Content API, sent by Content SID outside the window, refused once paused, chosen along the
 //! language fallback chain, and rebuilt after a restart.
 
-use e2e_tests::{unique_customer, Channel, BUSINESS};
+use e2e_tests::{unique_customer, Channel, ACCOUNT_SID, AUTH_TOKEN, BUSINESS};
 use reqwest::Method;
 use serde_json::{json, Value};
 use wa_platform::topics::{INBOUND, OUTBOUND_REJECTED, TEMPLATES};
@@ -249,6 +249,29 @@ async fn the_admin_api_refuses_bad_input_with_problems() {
     assert_eq!(missing.status(), 404);
     let premature = channel.admin(Method::POST, "/v1/templates/order_update/en/pause").send().await.unwrap();
     assert_eq!(premature.status(), 409);
+    channel.stop().await;
+}
+
+/// A submission is decided before Twilio is called: submitting a template Meta already
+/// approved is refused with 409 and never reaches the Content API (where a new approval
+/// request would put the content back to `received`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_submission_the_lifecycle_refuses_never_reaches_twilio() {
+    let channel = Channel::start().await;
+    let content_sid = approved(&channel, "delivery_window", "en", "utility").await;
+    let again = channel.admin(Method::POST, "/v1/templates/delivery_window/en/submit").send().await.unwrap();
+    assert_eq!(again.status(), 409, "{}", again.text().await.unwrap());
+    let approval: Value = channel
+        .http()
+        .get(format!("{}/v1/Content/{content_sid}/ApprovalRequests", channel.sim_url))
+        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(approval["whatsapp"]["status"], "approved", "the content was submitted again: {approval}");
     channel.stop().await;
 }
 

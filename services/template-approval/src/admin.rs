@@ -88,6 +88,9 @@ impl From<ExecuteError> for Problem {
             ExecuteError::Refused(CommandError::NotFound(id)) => Problem::not_found(format!("no template {id}")),
             ExecuteError::Refused(CommandError::Conflict(message)) => Problem::conflict(message),
             ExecuteError::Unavailable(reason) => Problem::unavailable(reason),
+            ExecuteError::EffectFailed(reason) => {
+                Problem::new(StatusCode::BAD_GATEWAY, "twilio-refused", "twilio refused the submission", reason)
+            }
         }
     }
 }
@@ -160,19 +163,26 @@ async fn replace(
     execute(&store, command, StatusCode::OK, &name, &language).await
 }
 
-/// Submits to WhatsApp through Twilio, then records the submission.
+/// Decides the submission first (a template that may not be submitted, or is already
+/// pending, never reaches Twilio), then submits it to WhatsApp through Twilio, then records it.
 async fn submit(
     State(state): State<Arc<AdminState>>,
     Path((name, language)): TemplatePath,
     headers: HeaderMap,
 ) -> Answer {
     let store = guard(&state, &headers)?;
-    let template = current(&store, &name, &language)?;
-    state.content.submit(&template.content_sid, &template.name, template.category.as_str()).await.map_err(
-        |reason| Problem::new(StatusCode::BAD_GATEWAY, "twilio-refused", "twilio refused the submission", reason),
-    )?;
     let command = Command::Submit { name: name.clone(), language: language.clone() };
-    execute(&store, command, StatusCode::ACCEPTED, &name, &language).await
+    let content = &state.content;
+    store
+        .execute_then(command, Actor::Admin, |_| async {
+            // The version the command was decided on (no other command runs meanwhile).
+            let template = store
+                .read(|templates| templates.get(&name, &language).cloned())
+                .ok_or_else(|| format!("{name}:{language} was deleted meanwhile"))?;
+            content.submit(&template.content_sid, &template.name, template.category.as_str()).await
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(current(&store, &name, &language)?)).into_response())
 }
 
 /// A status change by an admin: `make` builds the command from the name, language and the

@@ -27,6 +27,10 @@ pub(crate) enum ExecuteError {
     /// The broker did not take the events or the state did not catch up.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The command was decided, and what had to happen before its events are published
+    /// (a call to Twilio) failed: nothing was published.
+    #[error("{0}")]
+    EffectFailed(String),
 }
 
 /// The template state and the way to change it.
@@ -88,9 +92,29 @@ impl Store {
     /// Decides `command` on the current state, publishes its events and waits until they are
     /// applied. Returns the events (none when nothing changed).
     pub(crate) async fn execute(&self, command: Command, actor: Actor) -> Result<Vec<TemplateEvent>, ExecuteError> {
+        self.execute_then(command, actor, |_| async { Ok(()) }).await
+    }
+
+    /// Like [`Store::execute`], with `effect` run after the command is decided and before its
+    /// events are published, only when it changes something: a command the aggregate refuses,
+    /// or one that changes nothing, never reaches Twilio. When `effect` fails, nothing is
+    /// published.
+    pub(crate) async fn execute_then<F, Fut>(
+        &self,
+        command: Command,
+        actor: Actor,
+        effect: F,
+    ) -> Result<Vec<TemplateEvent>, ExecuteError>
+    where
+        F: FnOnce(&[TemplateEvent]) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
         let _writer = self.writer.lock().await;
         self.catch_up().await.map_err(ExecuteError::Unavailable)?;
         let events = self.read(|templates| template::handle(templates, command, actor, wa_platform::now_millis()))?;
+        if !events.is_empty() {
+            effect(&events).await.map_err(ExecuteError::EffectFailed)?;
+        }
         for event in &events {
             self.producer.publish(&TEMPLATES, event).await.map_err(|err| ExecuteError::Unavailable(err.to_string()))?;
             tracing::info!(template = %event.template_id, change = %event.kind, actor = %event.actor, "template changed");
