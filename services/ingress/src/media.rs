@@ -12,6 +12,7 @@ use object_store::path::Path as StorePath;
 use object_store::ObjectStore;
 use sha2::Digest as _;
 use uuid::Uuid;
+use wa_platform::backoff::Backoff;
 use wa_platform::config::{self, ConfigError, EnvVar};
 use wa_platform::kafka::{EventProducer, HandleError, Handler, Record};
 use wa_platform::topics::INBOUND_MEDIA;
@@ -131,7 +132,7 @@ impl MediaKeeper {
         url: &str,
         revoked: &wa_platform::CancellationToken,
     ) -> Result<(String, Vec<u8>), HandleError> {
-        let mut wait = Duration::from_millis(500);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(4));
         for attempt in 1..=ATTEMPTS {
             match self.download(url).await {
                 Ok(found) => return Ok(found),
@@ -150,9 +151,8 @@ impl MediaKeeper {
             }
             tokio::select! {
                 () = revoked.cancelled() => return Err(HandleError::Interrupted("revoked while downloading media".to_owned())),
-                () = tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64())) => {}
+                () = tokio::time::sleep(backoff.next_jittered(fastrand::f64())) => {}
             }
-            wait *= 2;
         }
         unreachable!("the last attempt returns")
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
+use wa_platform::backoff::Backoff;
 use wa_platform::kafka::{EventProducer, HandleError, Handler, Record, TopicFollower};
 use wa_platform::topics::OUTBOUND_DISPATCHED;
 use wa_platform::CancellationToken;
@@ -176,7 +177,7 @@ impl Dispatch {
             return Some(MediaVerdict::Sendable);
         };
         let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             let probe = tokio::select! {
                 () = revoked.cancelled() => return None,
@@ -192,7 +193,7 @@ impl Dispatch {
                 media::Probe::Refused(detail) => return Some(MediaVerdict::NotSendable("media_invalid", detail)),
                 media::Probe::Unreachable(detail) => detail,
             };
-            let wait = backoff.mul_f64(0.5 + fastrand::f64());
+            let wait = backoff.next_jittered(fastrand::f64());
             if started.elapsed() + wait > self.config.retry_deadline {
                 return Some(MediaVerdict::NotSendable("media_unreachable", detail));
             }
@@ -201,7 +202,6 @@ impl Dispatch {
                 () = revoked.cancelled() => return None,
                 () = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 

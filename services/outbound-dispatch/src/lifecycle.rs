@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use wa_platform::backoff::Backoff;
 use wa_schemas::DispatchOutcome;
 use wa_twilio::messages_api::{MessageResource, SendFailure, TwilioError};
 
@@ -207,7 +208,7 @@ pub(crate) struct Lifecycle {
     retry_deadline: Duration,
     state: State,
     attempts: i32,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 impl Lifecycle {
@@ -227,7 +228,7 @@ impl Lifecycle {
             retry_deadline,
             state: State::New,
             attempts: 0,
-            backoff: FIRST_BACKOFF,
+            backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
         }
     }
 
@@ -336,11 +337,10 @@ impl Lifecycle {
             }
             SendFailure::Ambiguous => (State::LookingUp(error), Step::LookUp { since: started }),
             SendFailure::Retry => {
-                let wait = self.backoff.mul_f64(0.5 + jitter.clamp(0.0, 1.0));
+                let wait = self.backoff.next_jittered(jitter);
                 if elapsed + wait > self.retry_deadline {
                     return (State::Ended, Step::Finish(Outcome::failed("retries_exhausted", &error, self.attempts)));
                 }
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                 (State::BackingOff, Step::Backoff { wait, error })
             }
         }

@@ -5,6 +5,7 @@
 //! A service built on it stays small: it declares its configuration and handlers, and
 //! [`service::run_until_stopped`] does the rest.
 
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod http;

@@ -28,6 +28,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 use uuid::Uuid;
+use wa_platform::backoff::Backoff;
 use wa_platform::config::KafkaConfig;
 use wa_platform::http::Health;
 use wa_platform::kafka::rebalance::{
@@ -356,17 +357,17 @@ impl Projector {
 
     /// Restores, retrying with backoff while the broker fails, until done or `shutdown`.
     async fn restore_until_done(&mut self, partitions: &[i32], shutdown: &CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             match self.restore(partitions, shutdown).await {
                 Ok(()) => return,
                 Err(err) => {
-                    tracing::warn!(?partitions, error = %format!("{err:#}"), retry_in = ?backoff, "restore failed; retrying");
+                    let wait = backoff.next_wait();
+                    tracing::warn!(?partitions, error = %format!("{err:#}"), retry_in = ?wait, "restore failed; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use wa_platform::backoff::Backoff;
 use wa_platform::CancellationToken;
 use wa_twilio::content::ApprovalStatus;
 use wa_twilio::content_api::{ContentClient, WhatsAppApproval};
@@ -38,6 +39,8 @@ pub(crate) fn command_for(template: &Template, approval: &WhatsAppApproval) -> O
 /// Every `interval`, lists Twilio's approvals and records the verdicts on templates that may
 /// change (backing off up to 10× while Twilio fails), until `shutdown`.
 pub(crate) async fn run(store: Arc<Store>, client: ContentClient, interval: Duration, shutdown: CancellationToken) {
+    // Every interval; after a failure, sooner retries would only add load: back off to 10×.
+    let mut backoff = Backoff::new(interval * 2, interval * 10);
     let mut wait = interval;
     loop {
         tokio::select! {
@@ -52,12 +55,16 @@ pub(crate) async fn run(store: Arc<Store>, client: ContentClient, interval: Dura
                 false
             }
             Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?(wait * 2).min(interval * 10), "template status sync failed");
+                wait = backoff.next_wait();
+                tracing::warn!(error = %err, retry_in = ?wait, "template status sync failed");
                 true
             }
         };
         metrics::counter!("wa_template_syncs_total", "outcome" => if failed { "error" } else { "ok" }).increment(1);
-        wait = if failed { (wait * 2).min(interval * 10) } else { interval };
+        if !failed {
+            wait = interval;
+            backoff = Backoff::new(interval * 2, interval * 10);
+        }
     }
 }
 

@@ -32,6 +32,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::headers::HeaderExtractor;
 use super::producer::EventProducer;
 use super::rebalance::{complete_revoke, Assignment, DeferredRevoke, RebalanceEvent, StaleAssignments, TopicPartition};
+use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
 use crate::topics::{TopicSpec, DEAD_LETTER};
 
@@ -393,7 +394,7 @@ async fn process<H: Handler>(
     };
     let span = consume_span(&record);
 
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         let outcome = handler.handle(&record).instrument(span.clone()).await;
         let label = match &outcome {
@@ -419,12 +420,12 @@ async fn process<H: Handler>(
                 return false;
             }
             Err(HandleError::Transient(reason) | HandleError::Interrupted(reason)) => {
-                span.in_scope(|| tracing::warn!(reason = %reason, retry_in = ?backoff, "handler failed; retrying"));
+                let wait = backoff.next_wait();
+                span.in_scope(|| tracing::warn!(reason = %reason, retry_in = ?wait, "handler failed; retrying"));
                 tokio::select! {
                     () = revoked.cancelled() => return false,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
@@ -461,7 +462,7 @@ pub async fn dead_letter(
     .into_iter()
     .fold(headers, |headers, (key, value)| headers.insert(Header { key, value: Some(value) }));
     let topic = producer.topic_name(&DEAD_LETTER);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         match producer.send(&topic, record.key, record.payload, headers.clone()).await {
             Ok(_) => return true,
@@ -469,9 +470,8 @@ pub async fn dead_letter(
                 tracing::error!(error = %err, "dead-letter publish failed; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.next_wait()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
