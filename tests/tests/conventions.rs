@@ -65,3 +65,34 @@ fn no_service_compares_a_wire_string_outside_its_type() {
     }
     assert!(comparisons.is_empty(), "wire strings compared as literals:\n{}", comparisons.join("\n"));
 }
+
+/// Every metric is named once, in `wa_platform::metrics`: no service writes a metric's name as a
+/// literal, and no two constants name the same metric.
+#[test]
+fn metrics_are_named_only_in_the_platform_catalogue() {
+    let services = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../services"));
+    let mut files = Vec::new();
+    rust_files(services, &mut files);
+    let mut literal_names = Vec::new();
+    let mut recorded = 0;
+    for file in files.iter().filter(|file| !file.ends_with("platform/src/metrics.rs")) {
+        let text = std::fs::read_to_string(file).unwrap();
+        for macro_name in ["counter!(", "gauge!(", "histogram!("] {
+            for (at, _) in text.match_indices(macro_name) {
+                let argument = text[at + macro_name.len()..].trim_start();
+                recorded += 1;
+                if argument.starts_with('"') {
+                    literal_names.push(format!("{}: {}", file.display(), &argument[..argument.len().min(60)]));
+                }
+            }
+        }
+    }
+    assert!(recorded > 40, "found the services' metrics ({recorded})");
+    assert!(literal_names.is_empty(), "metric names written as literals: {literal_names:#?}");
+    let mut names = wa_platform::metrics::ALL.to_vec();
+    names.sort_unstable();
+    let count = names.len();
+    names.dedup();
+    assert_eq!(names.len(), count, "two constants name the same metric");
+    assert!(names.iter().all(|name| name.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+}

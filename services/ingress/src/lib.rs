@@ -82,7 +82,7 @@ impl AppState {
         let Ok(permit) = self.publishes.clone().try_acquire_owned() else {
             return Err(NotPublished::Overloaded { limit: self.max_in_flight });
         };
-        metrics::gauge!("wa_ingress_publishes_in_flight").increment(1.0);
+        metrics::gauge!(wa_platform::metrics::INGRESS_PUBLISHES_IN_FLIGHT).increment(1.0);
         let producer = self.producer.clone();
         // The record's trace context comes from the current span: the publish keeps the
         // request's span wherever it runs (its own task, when it outlives the request).
@@ -90,7 +90,7 @@ impl AppState {
         Ok(Box::pin(
             async move {
                 let result = producer.publish(topic, &event).await;
-                metrics::gauge!("wa_ingress_publishes_in_flight").decrement(1.0);
+                metrics::gauge!(wa_platform::metrics::INGRESS_PUBLISHES_IN_FLIGHT).decrement(1.0);
                 drop(permit);
                 result.map(|_| ()).map_err(|err| NotPublished::NotDurable(err.to_string()))
             }

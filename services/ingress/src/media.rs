@@ -145,7 +145,7 @@ impl MediaKeeper {
                     )))
                 }
                 Err(Download::Retry(detail)) => {
-                    metrics::counter!("wa_ingress_media_retries_total").increment(1);
+                    metrics::counter!(wa_platform::metrics::INGRESS_MEDIA_RETRIES).increment(1);
                     tracing::warn!(detail = %detail, attempt, "media download failed; retrying");
                 }
             }
@@ -205,7 +205,7 @@ impl Handler for MediaKeeper {
                 deleted_at_twilio,
             };
             self.producer.publish(&INBOUND_MEDIA, &stored).await?;
-            metrics::counter!("wa_ingress_media_stored_total").increment(1);
+            metrics::counter!(wa_platform::metrics::INGRESS_MEDIA_STORED).increment(1);
             tracing::info!(message_sid = %event.message_sid, index, size, "media stored");
         }
         Ok(())

@@ -114,7 +114,8 @@ pub(crate) async fn create(State(state): State<Arc<AppState>>, headers: HeaderMa
                 Outcome::Published => ("accepted", StatusCode::ACCEPTED),
                 Outcome::Duplicate => ("duplicate", StatusCode::OK),
             };
-            metrics::counter!("wa_ingress_accepted_total", "endpoint" => ENDPOINT, "outcome" => status).increment(1);
+            metrics::counter!(wa_platform::metrics::INGRESS_ACCEPTED, "endpoint" => ENDPOINT, "outcome" => status)
+                .increment(1);
             span.in_scope(|| tracing::info!(outcome = status, "outbound request accepted"));
             let accepted = Accepted { request_id: event.request_id, conversation_id: event.conversation_id, status };
             (code, Json(accepted)).into_response()

@@ -101,7 +101,7 @@ pub(crate) struct Received {
 
 /// Counts and logs a refusal and turns it into the response.
 pub(crate) fn reject(endpoint: &'static str, reason: &'static str, problem: Problem) -> Response {
-    metrics::counter!("wa_ingress_rejected_total", "endpoint" => endpoint, "reason" => reason).increment(1);
+    metrics::counter!(wa_platform::metrics::INGRESS_REJECTED, "endpoint" => endpoint, "reason" => reason).increment(1);
     tracing::warn!(endpoint, reason, status = problem.status().as_u16(), "request refused");
     problem.into_response()
 }
@@ -241,7 +241,8 @@ fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
 
 /// Counts and logs a refused request left out of the quarantine, and why.
 fn not_quarantined(endpoint: &'static str, why: &'static str) {
-    metrics::counter!("wa_ingress_quarantine_skipped_total", "endpoint" => endpoint, "reason" => why).increment(1);
+    metrics::counter!(wa_platform::metrics::INGRESS_QUARANTINE_SKIPPED, "endpoint" => endpoint, "reason" => why)
+        .increment(1);
     tracing::warn!(endpoint, reason = why, "refused request not quarantined");
 }
 
@@ -310,7 +311,7 @@ pub(crate) async fn quarantine(
     };
     match state.publish(&QUARANTINE, &event).await {
         Ok(()) => {
-            metrics::counter!("wa_ingress_quarantined_total", "endpoint" => received.endpoint, "reason" => reason)
+            metrics::counter!(wa_platform::metrics::INGRESS_QUARANTINED, "endpoint" => received.endpoint, "reason" => reason)
                 .increment(1);
             tracing::warn!(endpoint = received.endpoint, reason, quarantine_id = %event.event_id, url = %url, "request quarantined");
             Ok(())

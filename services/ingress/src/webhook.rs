@@ -85,7 +85,8 @@ pub(crate) async fn inbound(
     {
         Ok(outcome) => {
             let label = if outcome == Outcome::Published { "published" } else { "duplicate" };
-            metrics::counter!("wa_ingress_accepted_total", "endpoint" => ENDPOINT, "outcome" => label).increment(1);
+            metrics::counter!(wa_platform::metrics::INGRESS_ACCEPTED, "endpoint" => ENDPOINT, "outcome" => label)
+                .increment(1);
             span.in_scope(|| tracing::info!(outcome = label, "inbound message accepted"));
             (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response()
         }
@@ -122,9 +123,9 @@ pub(crate) async fn status(
         Ok(()) => {
             let status =
                 status::MessageStatus::parse(&event.message_status).map_or("other", status::MessageStatus::as_str);
-            metrics::counter!("wa_ingress_accepted_total", "endpoint" => ENDPOINT, "outcome" => "published")
+            metrics::counter!(wa_platform::metrics::INGRESS_ACCEPTED, "endpoint" => ENDPOINT, "outcome" => "published")
                 .increment(1);
-            metrics::counter!("wa_ingress_status_callbacks_total", "status" => status).increment(1);
+            metrics::counter!(wa_platform::metrics::INGRESS_STATUS_CALLBACKS, "status" => status).increment(1);
             span.in_scope(|| tracing::info!("status callback accepted"));
             StatusCode::NO_CONTENT.into_response()
         }

@@ -276,7 +276,7 @@ impl Dispatch {
                         Input::Revoked
                     } else {
                         if attempt == 1 {
-                            metrics::counter!("wa_dispatch_claims_total", "result" => "won").increment(1);
+                            metrics::counter!(wa_platform::metrics::DISPATCH_CLAIMS, "result" => "won").increment(1);
                             working = Some(Working::start(&self.ledger, &authorized.request_id));
                         }
                         let first = *first_call.get_or_insert_with(tokio::time::Instant::now);
@@ -292,7 +292,7 @@ impl Dispatch {
                     if error.is_throttling() {
                         self.limiter.throttled(&authorized.from);
                     }
-                    metrics::counter!("wa_dispatch_retries_total", "throttled" => error.is_throttling().to_string())
+                    metrics::counter!(wa_platform::metrics::DISPATCH_RETRIES, "throttled" => error.is_throttling().to_string())
                         .increment(1);
                     tracing::warn!(error = %error, attempts = lifecycle.attempts(), retry_in = ?wait, "send not taken by twilio; retrying");
                     tokio::select! {
@@ -302,7 +302,7 @@ impl Dispatch {
                 }
                 Step::LookUp { since } => {
                     let found = self.reconcile(&authorized, since).await;
-                    metrics::counter!("wa_dispatch_reconciled_total", "found" => found.is_some().to_string())
+                    metrics::counter!(wa_platform::metrics::DISPATCH_RECONCILED, "found" => found.is_some().to_string())
                         .increment(1);
                     Input::LookedUp(found)
                 }
@@ -364,7 +364,7 @@ impl Dispatch {
 
     async fn outcome(&self, event: OutboundDispatched) -> Result<(), HandleError> {
         let reason = event.failure_reason.clone().unwrap_or_else(|| "none".to_owned());
-        metrics::counter!("wa_dispatch_outcomes_total", "outcome" => event.outcome.clone(), "reason" => reason.clone())
+        metrics::counter!(wa_platform::metrics::DISPATCH_OUTCOMES, "outcome" => event.outcome.clone(), "reason" => reason.clone())
             .increment(1);
         tracing::info!(request_id = %event.request_id, outcome = %event.outcome, attempts = event.attempts, reason = %reason, "dispatched");
         self.publish(event).await
@@ -375,7 +375,7 @@ impl Dispatch {
     async fn fold(&self, delivery: DeliveryStatusReceived) -> Result<(), HandleError> {
         let request_id = delivery.request_id.clone().or_else(|| self.ledger.request_of(&delivery.message_sid));
         let Some(request_id) = request_id else {
-            metrics::counter!("wa_dispatch_callbacks_total", "outcome" => "unknown_request").increment(1);
+            metrics::counter!(wa_platform::metrics::DISPATCH_CALLBACKS, "outcome" => "unknown_request").increment(1);
             return Ok(());
         };
         let entry = self.ledger.get(&request_id);
@@ -398,7 +398,7 @@ impl Dispatch {
         }
         let current = entry.as_ref().and_then(|e| e.status.clone());
         if !MessageStatus::moves_forward(current.as_deref(), &delivery.message_status) {
-            metrics::counter!("wa_dispatch_callbacks_total", "outcome" => "not_forward").increment(1);
+            metrics::counter!(wa_platform::metrics::DISPATCH_CALLBACKS, "outcome" => "not_forward").increment(1);
             return Ok(());
         }
         let mut moved = identity.event(DispatchOutcome::StatusChanged, Some(&delivery.message_status));
@@ -412,7 +412,7 @@ impl Dispatch {
                 window_disagreement(&request_id, "callback");
             }
         }
-        metrics::counter!("wa_dispatch_callbacks_total", "outcome" => "moved").increment(1);
+        metrics::counter!(wa_platform::metrics::DISPATCH_CALLBACKS, "outcome" => "moved").increment(1);
         self.publish(moved).await
     }
 }
@@ -420,7 +420,7 @@ impl Dispatch {
 /// WhatsApp refused a free-form message as outside the window that session-window found open:
 /// the two clocks or the two views of the customer's messages disagree.
 fn window_disagreement(request_id: &str, via: &'static str) {
-    metrics::counter!("wa_window_disagreements_total", "via" => via).increment(1);
+    metrics::counter!(wa_platform::metrics::WINDOW_DISAGREEMENTS, "via" => via).increment(1);
     tracing::warn!(request_id = %request_id, via,
         "whatsapp refused a free-form message as outside the 24-hour window that session-window allowed (63016)");
 }
@@ -437,13 +437,13 @@ fn stopped(stop: Stop) -> HandleError {
 fn skip(request_id: &str, skipped: Skipped, ledger: &Ledger) {
     match skipped {
         Skipped::Settled(stage) => {
-            metrics::counter!("wa_dispatch_duplicates_skipped_total").increment(1);
+            metrics::counter!(wa_platform::metrics::DISPATCH_DUPLICATES_SKIPPED).increment(1);
             tracing::info!(request_id = %request_id, stage = ?stage, "request already dispatched; not sent again");
         }
         Skipped::ClaimLost => {
             // Another claim came first: its instance sends (or, if it died, the in-doubt
             // watcher settles it).
-            metrics::counter!("wa_dispatch_claims_total", "result" => "lost").increment(1);
+            metrics::counter!(wa_platform::metrics::DISPATCH_CLAIMS, "result" => "lost").increment(1);
             let holder = ledger.get(request_id).and_then(|e| e.claim).map(|c| c.by);
             tracing::info!(request_id = %request_id, holder = ?holder, "another claim came first; not sending");
         }

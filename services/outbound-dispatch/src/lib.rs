@@ -93,7 +93,7 @@ async fn watch_unconfirmed(
             match producer.publish(&OUTBOUND_DISPATCHED, &in_doubt).await {
                 Ok(_) => {
                     ledger.apply(&in_doubt);
-                    metrics::counter!("wa_dispatch_outcomes_total", "outcome" => DispatchOutcome::InDoubt.as_str(), "reason" => "no_answer")
+                    metrics::counter!(wa_platform::metrics::DISPATCH_OUTCOMES, "outcome" => DispatchOutcome::InDoubt.as_str(), "reason" => "no_answer")
                         .increment(1);
                     tracing::warn!(request_id = %request_id, "send published in doubt");
                 }

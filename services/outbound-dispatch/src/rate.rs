@@ -119,7 +119,8 @@ impl RateLimiter {
         let mut inner = self.inner.lock().expect("rate lock");
         if let Some(pace) = inner.senders.get_mut(sender) {
             pace.current = (pace.current / 2.0).max(1.0_f64.min(pace.configured));
-            metrics::gauge!("wa_dispatch_sender_rate", "sender" => sender.to_owned()).set(pace.current);
+            metrics::gauge!(wa_platform::metrics::DISPATCH_SENDER_RATE, "sender" => sender.to_owned())
+                .set(pace.current);
         }
     }
 
@@ -129,7 +130,8 @@ impl RateLimiter {
         if let Some(pace) = inner.senders.get_mut(sender) {
             if pace.current < pace.configured {
                 pace.current = (pace.current + pace.configured / 20.0).min(pace.configured);
-                metrics::gauge!("wa_dispatch_sender_rate", "sender" => sender.to_owned()).set(pace.current);
+                metrics::gauge!(wa_platform::metrics::DISPATCH_SENDER_RATE, "sender" => sender.to_owned())
+                    .set(pace.current);
             }
         }
     }

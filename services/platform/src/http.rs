@@ -124,9 +124,9 @@ async fn record_request(service: &'static str, request: Request, next: Next) -> 
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("http_requests_total", "service" => service, "route" => route.clone(), "method" => method, "status" => status)
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "service" => service, "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "service" => service, "route" => route)
+    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "service" => service, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
 }

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -258,7 +258,7 @@ impl Projector {
                 () = sleep_until(rejoin_at), if rejoin_at.is_some() => {
                     if self.stale.take_due(std::time::Instant::now()) {
                         tracing::info!("assignment stale or empty; rejoining the group");
-                        metrics::counter!("wa_session_group_rejoins_total").increment(1);
+                        metrics::counter!(wa_platform::metrics::SESSION_GROUP_REJOINS).increment(1);
                         self.resubscribe()?;
                     }
                 }
@@ -298,7 +298,7 @@ impl Projector {
                     self.commit_positions(CommitMode::Sync);
                 } else {
                     // Not committing: the next owner handles these records again (idempotent).
-                    metrics::counter!("wa_session_uncommitted_revokes_total").increment(1);
+                    metrics::counter!(wa_platform::metrics::SESSION_UNCOMMITTED_REVOKES).increment(1);
                     tracing::error!(
                         ?partitions,
                         "queued records not acknowledged on revoke; positions left uncommitted"
@@ -314,7 +314,7 @@ impl Projector {
                 for partition in &partitions {
                     if let Some(owned) = self.owned.remove(partition) {
                         let waiting = owned.barrier.waiting().filter(|p| p.request.is_some()).count();
-                        metrics::gauge!("wa_session_verdicts_waiting").decrement(waiting as f64);
+                        metrics::gauge!(wa_platform::metrics::SESSION_VERDICTS_WAITING).decrement(waiting as f64);
                     }
                 }
                 if let Err(err) = complete_revoke(&self.consumer, &revoked) {
@@ -436,8 +436,8 @@ impl Projector {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "partitions restored"
         );
-        metrics::counter!("wa_session_restores_total").increment(partitions.len() as u64);
-        metrics::histogram!("wa_session_restore_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!(wa_platform::metrics::SESSION_RESTORES).increment(partitions.len() as u64);
+        metrics::histogram!(wa_platform::metrics::SESSION_RESTORE).record(started.elapsed().as_secs_f64());
         self.publish_gauge();
         Ok(())
     }
@@ -479,8 +479,9 @@ impl Projector {
 
     fn publish_gauge(&self) {
         let stores = self.shared.stores.lock().expect("stores lock");
-        metrics::gauge!("wa_session_conversations").set(stores.values().map(PartitionStore::len).sum::<usize>() as f64);
-        metrics::gauge!("wa_session_partitions_owned").set(stores.len() as f64);
+        metrics::gauge!(wa_platform::metrics::SESSION_CONVERSATIONS)
+            .set(stores.values().map(PartitionStore::len).sum::<usize>() as f64);
+        metrics::gauge!(wa_platform::metrics::SESSION_PARTITIONS_OWNED).set(stores.len() as f64);
     }
 
     async fn handle(&mut self, message: OwnedMessage, shutdown: &CancellationToken) -> anyhow::Result<()> {
@@ -521,7 +522,7 @@ impl Projector {
             Ok(()) => "ok",
             Err(_) => "dead_lettered",
         };
-        metrics::counter!("wa_records_consumed_total", "service" => SERVICE, "topic" => record.topic.to_owned(), "outcome" => label).increment(1);
+        metrics::counter!(wa_platform::metrics::RECORDS_CONSUMED, "service" => SERVICE, "topic" => record.topic.to_owned(), "outcome" => label).increment(1);
         if let Err(reason) = outcome {
             if !wa_platform::kafka::dead_letter(&record, &reason, &self.settings, &self.producer, shutdown)
                 .instrument(span.clone())
@@ -625,7 +626,7 @@ impl Projector {
         self.conversation_of(&request.conversation_id, record.partition)?;
         let owned = self.owned.get_mut(&record.partition).ok_or("partition not owned")?;
         owned.barrier.push(self.seq, Pending { request: Some(request), offset: record.offset, span });
-        metrics::gauge!("wa_session_verdicts_waiting").increment(1.0);
+        metrics::gauge!(wa_platform::metrics::SESSION_VERDICTS_WAITING).increment(1.0);
         Ok(())
     }
 
@@ -663,7 +664,7 @@ impl Projector {
             };
             let span = pending.span.clone();
             if let Some(request) = pending.request {
-                metrics::gauge!("wa_session_verdicts_waiting").decrement(1.0);
+                metrics::gauge!(wa_platform::metrics::SESSION_VERDICTS_WAITING).decrement(1.0);
                 self.decide(partition, request).instrument(span).await?;
             }
             let topic = self.topics.requested.clone();
@@ -691,7 +692,7 @@ impl Projector {
             self.config.opt_out_scope,
         );
         let code = verdict.map_or_else(|r| r.code(), |()| "allowed");
-        metrics::counter!("wa_session_verdicts_total", "verdict" => code).increment(1);
+        metrics::counter!(wa_platform::metrics::SESSION_VERDICTS, "verdict" => code).increment(1);
         tracing::info!(request_id = %request.request_id, verdict = code, "window checked");
         let checked = OutboundWindowChecked {
             event_id: Uuid::new_v5(
@@ -807,7 +808,7 @@ impl Projector {
             self.commit_positions(CommitMode::Async);
             return Ok(());
         }
-        metrics::counter!("wa_session_rewinds_total").increment(1);
+        metrics::counter!(wa_platform::metrics::SESSION_REWINDS).increment(1);
         tracing::error!("outputs lost; rejoining to handle the inputs since the last commit again");
         self.positions.clear();
         self.positions_moved = false;

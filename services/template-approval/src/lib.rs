@@ -55,12 +55,12 @@ impl Handler for Authorize {
         match decision {
             Decision::Authorize(authorized) => {
                 self.producer.publish(&OUTBOUND_AUTHORIZED, &authorized).await?;
-                metrics::counter!("wa_outbound_decisions_total", "decision" => "authorized").increment(1);
+                metrics::counter!(wa_platform::metrics::OUTBOUND_DECISIONS, "decision" => "authorized").increment(1);
                 tracing::info!(request_id = %request_id, template = authorized.template_name.as_deref().unwrap_or(""), "outbound authorized");
             }
             Decision::Reject(rejected) => {
                 self.producer.publish(&OUTBOUND_REJECTED, &rejected).await?;
-                metrics::counter!("wa_outbound_decisions_total", "decision" => "rejected", "reason" => rejected.reason.clone())
+                metrics::counter!(wa_platform::metrics::OUTBOUND_DECISIONS, "decision" => "rejected", "reason" => rejected.reason.clone())
                     .increment(1);
                 tracing::info!(request_id = %request_id, reason = %rejected.reason, "outbound rejected");
             }

@@ -55,7 +55,7 @@ impl Store {
             .run(shutdown, |message| match TemplateEvent::decode(message.payload().unwrap_or_default()) {
                 Ok(event) => {
                     if event.change().is_none() {
-                        metrics::counter!("wa_templates_unknown_changes_total").increment(1);
+                        metrics::counter!(wa_platform::metrics::TEMPLATES_UNKNOWN_CHANGES).increment(1);
                         tracing::warn!(
                             offset = message.offset(),
                             change = %event.kind,
@@ -64,10 +64,10 @@ impl Store {
                     }
                     let mut templates = self.templates.write().expect("templates lock");
                     template::apply(&mut templates, &event);
-                    metrics::gauge!("wa_templates").set(templates.len() as f64);
+                    metrics::gauge!(wa_platform::metrics::TEMPLATES).set(templates.len() as f64);
                 }
                 Err(err) => {
-                    metrics::counter!("wa_templates_undecodable_total").increment(1);
+                    metrics::counter!(wa_platform::metrics::TEMPLATES_UNDECODABLE).increment(1);
                     tracing::error!(offset = message.offset(), error = %err, "undecodable template event skipped");
                 }
             })

@@ -60,7 +60,8 @@ pub(crate) async fn run(store: Arc<Store>, client: ContentClient, interval: Dura
                 true
             }
         };
-        metrics::counter!("wa_template_syncs_total", "outcome" => if failed { "error" } else { "ok" }).increment(1);
+        metrics::counter!(wa_platform::metrics::TEMPLATE_SYNCS, "outcome" => if failed { "error" } else { "ok" })
+            .increment(1);
         if !failed {
             wait = interval;
             backoff = Backoff::new(interval * 2, interval * 10);

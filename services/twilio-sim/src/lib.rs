@@ -128,7 +128,8 @@ impl Sim {
         }
         let injected = fault.decide();
         if injected != Injected::None {
-            metrics::counter!("twilio_sim_faults_injected_total", "endpoint" => endpoint.to_owned()).increment(1);
+            metrics::counter!(wa_platform::metrics::SIM_FAULTS_INJECTED, "endpoint" => endpoint.to_owned())
+                .increment(1);
             *self.stats.lock().expect("stats lock").faults_injected.entry(endpoint.to_owned()).or_default() += 1;
         }
         injected

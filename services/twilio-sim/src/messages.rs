@@ -56,7 +56,7 @@ pub(crate) async fn create_message(
     let sender = service.or(from).unwrap_or_default();
     let now = std::time::Instant::now();
     if !sim.rate_limits.lock().expect("rate limits lock").try_acquire(sender, behaviour.rate_limit_per_sender, now) {
-        metrics::counter!("twilio_sim_rate_limited_total").increment(1);
+        metrics::counter!(wa_platform::metrics::SIM_RATE_LIMITED).increment(1);
         sim.stats.lock().expect("stats lock").rate_limited += 1;
         return twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests");
     }
@@ -115,7 +115,7 @@ pub(crate) async fn create_message(
     };
     sim.messages.lock().expect("messages lock").push(message);
     sim.stats.lock().expect("stats lock").messages += 1;
-    metrics::counter!("twilio_sim_messages_accepted_total").increment(1);
+    metrics::counter!(wa_platform::metrics::SIM_MESSAGES_ACCEPTED).increment(1);
     if let Some(url) = get("StatusCallback") {
         let mut identity = vec![
             ("MessageSid".to_owned(), sid.clone()),

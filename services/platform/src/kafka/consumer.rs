@@ -296,7 +296,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 fn finish_revoke(consumer: &StreamConsumer<DeferredRevoke>, progress: &mut Progress, drain: Drain) {
     let still_running = drain.partitions.iter().filter(|p| progress.busy(p)).count();
     if still_running > 0 {
-        metrics::counter!("wa_consumer_drain_timeouts_total").increment(1);
+        metrics::counter!(crate::metrics::CONSUMER_DRAIN_TIMEOUTS).increment(1);
         tracing::warn!(
             partitions = still_running,
             timeout = ?REVOKE_DRAIN_TIMEOUT,
@@ -313,7 +313,7 @@ fn finish_revoke(consumer: &StreamConsumer<DeferredRevoke>, progress: &mut Progr
     if let Err(err) = complete_revoke(consumer, &revoked) {
         tracing::error!(error = %err, "cannot give up the revoked partitions");
     }
-    metrics::histogram!("wa_consumer_drain_seconds").record(drain.started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::CONSUMER_DRAIN).record(drain.started.elapsed().as_secs_f64());
     tracing::info!(partitions = revoked.len(), elapsed = ?drain.started.elapsed(), "revoke drained and committed");
 }
 
@@ -404,7 +404,7 @@ async fn process<H: Handler>(
             Err(HandleError::Interrupted(_)) => "interrupted",
         };
         metrics::counter!(
-            "wa_records_consumed_total",
+            crate::metrics::RECORDS_CONSUMED,
             "service" => settings.service,
             "topic" => record.topic.to_owned(),
             "outcome" => label

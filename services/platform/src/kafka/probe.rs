@@ -44,7 +44,7 @@ pub async fn watch_broker(
             (None, Some(_)) => tracing::info!("broker serving again; ready"),
             _ => {}
         }
-        metrics::gauge!("wa_broker_serving").set(if problem.is_some() { 0.0 } else { 1.0 });
+        metrics::gauge!(crate::metrics::BROKER_SERVING).set(if problem.is_some() { 0.0 } else { 1.0 });
         health.set_broker_problem(problem);
         tokio::select! {
             () = tokio::time::sleep(PROBE_INTERVAL) => {}

@@ -121,7 +121,7 @@ impl EventProducer {
         let name = self.kafka.topic(topic);
         let result = self.send(&name, Some(event.key().as_bytes()), &payload, headers).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!("wa_events_published_total", "topic" => topic.name, "outcome" => outcome).increment(1);
+        metrics::counter!(crate::metrics::EVENTS_PUBLISHED, "topic" => topic.name, "outcome" => outcome).increment(1);
         result.map_err(PublishError::from)
     }
 

@@ -188,7 +188,7 @@ impl StaleAssignments {
     pub fn rejoined(&mut self, now: Instant) {
         self.due = None;
         self.last_rejoin = Some(now);
-        metrics::counter!("wa_consumer_group_rejoins_total").increment(1);
+        metrics::counter!(crate::metrics::CONSUMER_GROUP_REJOINS).increment(1);
     }
 }
 
