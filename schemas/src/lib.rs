@@ -7,6 +7,7 @@
 //! files in `schemas/`: look the fingerprint up among their parsing canonical forms.
 
 mod address;
+mod content_sid;
 mod ids;
 mod kinds;
 
@@ -19,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use address::{AddressError, WhatsAppAddress};
+pub use content_sid::{ContentSid, ContentSidError};
 pub use ids::conversation_id;
 pub use kinds::{Actor, ConsentChange, DispatchOutcome, RejectionReason, SessionChange, TemplateChange};
 

@@ -179,7 +179,7 @@ async fn submit(
             let template = store
                 .read(|templates| templates.get(&name, &language).cloned())
                 .ok_or_else(|| format!("{name}:{language} was deleted meanwhile"))?;
-            content.submit(&template.content_sid, &template.name, template.category.as_str()).await
+            content.submit(template.content_sid.as_str(), &template.name, template.category.as_str()).await
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(current(&store, &name, &language)?)).into_response())

@@ -74,7 +74,7 @@ pub fn decide(checked: OutboundWindowChecked, templates: &Templates, fallbacks: 
         Ok(content) => {
             let (content_sid, content_variables, template_name, template_language, preview) = match content {
                 Some((template, request)) => (
-                    Some(template.content_sid.clone()),
+                    Some(template.content_sid.to_string()),
                     Some(content_variables(&request.variables)),
                     Some(template.name.clone()),
                     Some(template.language.clone()),

@@ -31,7 +31,7 @@ pub(crate) fn command_for(template: &Template, approval: &WhatsAppApproval) -> O
     Some(Command::RecordMetaStatus {
         name: template.name.clone(),
         language: template.language.clone(),
-        content_sid: template.content_sid.clone(),
+        content_sid: template.content_sid.to_string(),
         status,
     })
 }
@@ -79,7 +79,8 @@ async fn sync_once(store: &Store, client: &ContentClient) -> Result<usize, Strin
     let approvals = client.approvals().await?;
     let mut changed = 0;
     for template in candidates {
-        let Some(command) = approvals.get(&template.content_sid).and_then(|approval| command_for(&template, approval))
+        let Some(command) =
+            approvals.get(template.content_sid.as_str()).and_then(|approval| command_for(&template, approval))
         else {
             continue;
         };
@@ -115,7 +116,7 @@ mod tests {
         let submitted = template(vec![Command::Submit { name: "t".into(), language: "en".into() }]);
         let status = |answer: &str, reason: Option<&str>| match command_for(&submitted, &approval(answer, reason)) {
             Some(Command::RecordMetaStatus { content_sid, status, .. }) => {
-                assert_eq!(content_sid, submitted.content_sid);
+                assert_eq!(content_sid, submitted.content_sid.as_str());
                 Some(status)
             }
             None => None,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use uuid::Uuid;
-use wa_schemas::{TemplateChange, TemplateEvent};
+use wa_schemas::{ContentSid, TemplateChange, TemplateEvent};
 
 use crate::languages;
 
@@ -79,7 +79,7 @@ pub struct Template {
     /// Category.
     pub category: Category,
     /// Twilio Content SID of the current version.
-    pub content_sid: String,
+    pub content_sid: ContentSid,
     /// Body with `{{n}}` variables.
     pub body: String,
     /// An example per variable number.
@@ -252,7 +252,8 @@ pub fn parse_variables(body: &str) -> Result<BTreeSet<u32>, String> {
     Ok(numbers)
 }
 
-fn validate(definition: &Definition) -> Result<Category, CommandError> {
+/// Checks a definition: its category and its Content SID, parsed.
+fn validate(definition: &Definition) -> Result<(Category, ContentSid), CommandError> {
     let name_ok = !definition.name.is_empty()
         && definition.name.len() <= 512
         && definition.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
@@ -267,10 +268,7 @@ fn validate(definition: &Definition) -> Result<Category, CommandError> {
     }
     let category = Category::parse(&definition.category)
         .ok_or_else(|| invalid("category", "use marketing, utility or authentication"))?;
-    let sid = &definition.content_sid;
-    if !wa_twilio::content::is_content_sid(sid) {
-        return Err(invalid("content_sid", "a Twilio Content SID is HX followed by 32 hex digits"));
-    }
+    let sid = ContentSid::parse(&definition.content_sid).map_err(|error| invalid("content_sid", error.to_string()))?;
     let body = definition.body.trim();
     if body.is_empty() {
         return Err(invalid("body", "the body is empty"));
@@ -300,7 +298,7 @@ fn validate(definition: &Definition) -> Result<Category, CommandError> {
     {
         return Err(invalid("examples", format!("the body has no variable {{{{{unknown}}}}}")));
     }
-    Ok(category)
+    Ok((category, sid))
 }
 
 struct EventBuilder<'a> {
@@ -342,11 +340,11 @@ impl EventBuilder<'_> {
         kind: TemplateChange,
         version: i32,
         definition: &Definition,
-        category: Category,
+        (category, sid): (Category, ContentSid),
     ) -> Vec<TemplateEvent> {
         let mut event = self.event(kind, version, None);
         event.category = Some(category.as_str().to_owned());
-        event.content_sid = Some(definition.content_sid.clone());
+        event.content_sid = Some(sid.into());
         event.body = Some(definition.body.trim().to_owned());
         event.examples = definition.examples.clone();
         vec![event]
@@ -371,25 +369,25 @@ pub fn handle(state: &Templates, command: Command, actor: Actor, now: i64) -> Re
 
     match command {
         Command::Register(definition) => {
-            let category = validate(&definition)?;
+            let checked = validate(&definition)?;
             if current.is_some() {
                 return Err(CommandError::Conflict(format!(
                     "{} is already registered; replace it with a new version instead",
                     template_id(&name, &language)
                 )));
             }
-            Ok(build.definition(TemplateChange::Registered, 1, &definition, category))
+            Ok(build.definition(TemplateChange::Registered, 1, &definition, checked))
         }
         Command::Replace(definition) => {
             let template = existing()?;
-            let category = validate(&definition)?;
-            if definition.content_sid == template.content_sid {
+            let checked = validate(&definition)?;
+            if checked.1 == template.content_sid {
                 return Err(invalid(
                     "content_sid",
                     "a new version needs a new Content SID (Twilio content is immutable)",
                 ));
             }
-            Ok(build.definition(TemplateChange::Replaced, template.version + 1, &definition, category))
+            Ok(build.definition(TemplateChange::Replaced, template.version + 1, &definition, checked))
         }
         Command::Submit { .. } => match existing()?.status {
             Status::Draft | Status::Rejected => Ok(build.status_change(TemplateChange::Submitted, None)),
@@ -398,7 +396,7 @@ pub fn handle(state: &Templates, command: Command, actor: Actor, now: i64) -> Re
         },
         Command::RecordMetaStatus { content_sid, status: meta, .. } => {
             let template = existing()?;
-            if template.content_sid != content_sid {
+            if template.content_sid.as_str() != content_sid {
                 // A verdict on a version that has since been replaced.
                 return Ok(vec![]);
             }
@@ -456,12 +454,17 @@ pub fn apply(state: &mut Templates, event: &TemplateEvent) {
     let id = template_id(&event.name, &event.language);
     let status = match change {
         TemplateChange::Registered | TemplateChange::Replaced => {
+            // Every build of this channel writes a checked SID; a record without one names no
+            // content that could be sent, and is left out.
+            let Some(content_sid) = event.content_sid.as_deref().and_then(|sid| ContentSid::parse(sid).ok()) else {
+                return;
+            };
             let template = Template {
                 name: event.name.clone(),
                 language: event.language.clone(),
                 version: event.version,
                 category: event.category.as_deref().and_then(Category::parse).unwrap_or(Category::Utility),
-                content_sid: event.content_sid.clone().unwrap_or_default(),
+                content_sid,
                 body: event.body.clone().unwrap_or_default(),
                 examples: event.examples.clone(),
                 status: Status::Draft,

@@ -66,7 +66,7 @@ pub(crate) async fn submit_approval(
     if let Some(refused) = content_prelude(&sim, &headers).await {
         return refused;
     }
-    if !wa_twilio::content::is_content_sid(&sid) {
+    if wa_schemas::ContentSid::parse(&sid).is_err() {
         return content_not_found(&sid);
     }
     #[derive(Deserialize)]
