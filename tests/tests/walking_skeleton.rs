@@ -4,7 +4,7 @@
 use e2e_tests::{unique_customer, Channel, BUSINESS};
 use wa_platform::topics::{
     DEAD_LETTER, INBOUND, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REJECTED,
-    OUTBOUND_REQUESTED,
+    OUTBOUND_REQUESTED, SESSIONS,
 };
 use wa_schemas::{
     conversation_id, InboundMessageReceived, OutboundDispatched, OutboundRejected, OutboundRequested,
@@ -270,5 +270,36 @@ async fn bad_crm_requests_get_problems_naming_the_field() {
         .unwrap();
     assert_eq!(wrong_type.status(), 415);
     assert!(channel.read_to_end(&OUTBOUND_REQUESTED).await.is_empty());
+    channel.stop().await;
+}
+
+/// Each consumer group's lag is exported per topic and partition (`wa_consumer_lag`, from
+/// librdkafka's statistics): once session-window has handled a customer's message and committed,
+/// its group's lag on `wa.inbound.v1` reads 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumer_lag_is_exported_per_group_topic_and_partition() {
+    let channel = Channel::start().await;
+    let customer = unique_customer();
+    let (_, status) = channel.sim_inbound(&customer, "Is my order on its way?").await;
+    assert_eq!(status, 200);
+    let conversation = wa_schemas::conversation_id(BUSINESS, &customer);
+    channel.await_record(&SESSIONS, |r| r.key.as_deref() == Some(conversation.as_bytes())).await;
+    let group = format!("group=\"{}\"", channel.kafka.group("session-window"));
+    let topic = format!("topic=\"{}\"", channel.topic(&INBOUND));
+    let deadline = tokio::time::Instant::now() + e2e_tests::EVENT_TIMEOUT;
+    loop {
+        let text = channel.get(session_window::SERVICE, "/metrics").await.text().await.unwrap();
+        let lags: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("wa_consumer_lag{") && line.contains(&group) && line.contains(&topic))
+            .collect();
+        // Every partition this member holds reports; caught up, each reads 0.
+        if !lags.is_empty() && lags.iter().all(|line| line.ends_with(" 0")) {
+            assert!(lags.iter().all(|line| line.contains("partition=\"")), "{lags:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no caught-up lag for {group} {topic}: {lags:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     channel.stop().await;
 }

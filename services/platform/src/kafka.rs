@@ -65,6 +65,8 @@ pub fn group_member_config(kafka: &KafkaConfig, group: &str, client_id: &str) ->
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", session_timeout_ms)
         .set("heartbeat.interval.ms", "1000")
+        // Statistics carry each partition's lag (exported as `wa_consumer_lag`).
+        .set("statistics.interval.ms", "5000")
         .set("fetch.wait.max.ms", kafka.fetch_wait.as_millis().max(1).to_string());
     config
 }

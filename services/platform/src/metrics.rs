@@ -20,6 +20,9 @@ pub const CONSUMER_DRAIN: &str = "wa_consumer_drain_seconds";
 pub const CONSUMER_DRAIN_TIMEOUTS: &str = "wa_consumer_drain_timeouts_total";
 /// Counter: consumer group members that rejoined after a stale or empty assignment.
 pub const CONSUMER_GROUP_REJOINS: &str = "wa_consumer_group_rejoins_total";
+/// Gauge: records not yet committed per assigned partition (high watermark less committed
+/// offset, from librdkafka's statistics every 5 s), by `group`, `topic`, `partition`.
+pub const CONSUMER_LAG: &str = "wa_consumer_lag";
 
 /// Counter: webhooks and CRM requests accepted by ingress, by `endpoint`, `outcome`
 /// (`accepted`, `duplicate`).
@@ -105,6 +108,7 @@ pub const ALL: &[&str] = &[
     CONSUMER_DRAIN,
     CONSUMER_DRAIN_TIMEOUTS,
     CONSUMER_GROUP_REJOINS,
+    CONSUMER_LAG,
     INGRESS_ACCEPTED,
     INGRESS_REJECTED,
     INGRESS_QUARANTINED,

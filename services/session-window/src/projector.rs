@@ -195,7 +195,7 @@ impl Projector {
         let kafka = &config.kafka;
         let partitions = partition_count(kafka, &INBOUND).await?;
         let _ = shared.partitions.set(partitions);
-        let (context, rebalances) = DeferredRevoke::new();
+        let (context, rebalances) = DeferredRevoke::new(&kafka.group(GROUP));
         let consumer: StreamConsumer<DeferredRevoke> = wa_platform::kafka::group_member_config(kafka, GROUP, SERVICE)
             // Offsets are committed by the loop, after the records they caused are acknowledged.
             .set("enable.auto.commit", "false")

@@ -169,7 +169,7 @@ pub async fn run_consumer<H: Handler>(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let group = kafka.group(&settings.group);
-    let (context, rebalances) = DeferredRevoke::new();
+    let (context, rebalances) = DeferredRevoke::new(&group);
     let consumer: StreamConsumer<DeferredRevoke> = super::group_member_config(kafka, &settings.group, settings.service)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -52,13 +53,16 @@ pub enum RebalanceEvent {
 /// The consumer context of a group member whose revokes are completed by its loop.
 pub struct DeferredRevoke {
     events: mpsc::UnboundedSender<RebalanceEvent>,
+    /// The consumer group (its full name), the label of the lag it reports.
+    group: String,
 }
 
 impl DeferredRevoke {
-    /// A context and the receiver its loop reads rebalances from.
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<RebalanceEvent>) {
+    /// A context for a member of `group` (its full name), and the receiver its loop reads
+    /// rebalances from.
+    pub fn new(group: &str) -> (Self, mpsc::UnboundedReceiver<RebalanceEvent>) {
         let (events, receiver) = mpsc::unbounded_channel();
-        (Self { events }, receiver)
+        (Self { events, group: group.to_owned() }, receiver)
     }
 }
 
@@ -70,7 +74,27 @@ fn partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
     partitions
 }
 
-impl ClientContext for DeferredRevoke {}
+impl ClientContext for DeferredRevoke {
+    /// librdkafka's statistics (every `statistics.interval.ms`): each assigned partition's lag,
+    /// the high watermark less the committed offset, as `wa_consumer_lag`.
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in statistics.topics {
+            for (partition, stats) in stats.partitions {
+                // -1: unknown (not assigned here, or nothing committed yet); the internal
+                // partition -1 is librdkafka's own.
+                if partition >= 0 && stats.consumer_lag >= 0 {
+                    metrics::gauge!(
+                        crate::metrics::CONSUMER_LAG,
+                        "group" => self.group.clone(),
+                        "topic" => topic.clone(),
+                        "partition" => partition.to_string()
+                    )
+                    .set(stats.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for DeferredRevoke {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
