@@ -96,3 +96,32 @@ fn metrics_are_named_only_in_the_platform_catalogue() {
     assert_eq!(names.len(), count, "two constants name the same metric");
     assert!(names.iter().all(|name| name.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
 }
+
+/// The alert rules use only metrics the services export, and the runbook has a section for
+/// every alert (the rules link to it).
+#[test]
+fn alerts_use_exported_metrics_and_each_has_a_runbook_section() {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
+    let runbook = std::fs::read_to_string(root.join("docs/runbook.md")).unwrap();
+    let mut used = Vec::new();
+    for token in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if token.starts_with("wa_") && !used.contains(&token) {
+            used.push(token);
+        }
+    }
+    assert!(used.len() >= 8, "found the metrics the rules use: {used:?}");
+    for metric in &used {
+        assert!(wa_platform::metrics::ALL.contains(metric), "alerts.yml uses {metric}, which no service exports");
+    }
+    let alerts: Vec<&str> =
+        rules.lines().filter_map(|line| line.trim().strip_prefix("- alert: ")).map(str::trim).collect();
+    assert!(alerts.len() >= 8, "{alerts:?}");
+    for alert in alerts {
+        assert!(runbook.contains(&format!("\n## {alert}\n")), "docs/runbook.md has no section for {alert}");
+        assert!(
+            rules.contains(&format!("runbook: docs/runbook.md#{}", alert.to_lowercase())),
+            "{alert} does not link its runbook section"
+        );
+    }
+}

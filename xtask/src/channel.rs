@@ -226,12 +226,33 @@ pub(crate) async fn test(cargo_args: Vec<String>) -> anyhow::Result<ExitCode> {
     } else {
         true
     };
+    let rules_passed = !cargo_args.is_empty() || check_alert_rules().await?;
     if !tests_passed {
         // Repeated last, so the end of a long log names what failed and why.
         totals.print_failures();
         println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
     }
-    Ok(if tests_passed && fuzz_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if tests_passed && fuzz_passed && rules_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Checks the alert rules and runs their unit tests with promtool, when it is installed
+/// (Debian/Ubuntu: `apt-get install prometheus`; CI installs it). Whether they passed.
+async fn check_alert_rules() -> anyhow::Result<bool> {
+    let dir = root().join("deploy").join("prometheus");
+    let mut passed = true;
+    for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]] {
+        let status = match tokio::process::Command::new("promtool").args(args).current_dir(&dir).status().await {
+            Ok(status) => status,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                println!("xtask: alert rules not checked: promtool is not installed (Debian/Ubuntu: apt-get install prometheus)");
+                return Ok(true);
+            }
+            Err(err) => return Err(err).context("running promtool"),
+        };
+        passed &= status.success();
+    }
+    println!("alert rules: {}", if passed { "checked, unit tests passed" } else { "FAILED" });
+    Ok(passed)
 }
 
 /// Test counts summed over every test binary, with the failed tests and their panic messages.
