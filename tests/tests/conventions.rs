@@ -125,3 +125,44 @@ fn alerts_use_exported_metrics_and_each_has_a_runbook_section() {
         );
     }
 }
+
+/// The Grafana dashboard queries only metrics the services export (histograms through their
+/// `_bucket` series).
+#[test]
+fn the_dashboard_queries_exported_metrics() {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana/wachannel.json")).unwrap()).unwrap();
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().into_iter().flatten())
+        .map(|target| target["expr"].as_str().unwrap())
+        .collect();
+    assert!(exprs.len() >= 20, "{} queries", exprs.len());
+    let mut used = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if token.starts_with("wa_") || token.starts_with("http_") {
+                used.insert(token.strip_suffix("_bucket").unwrap_or(token));
+            }
+        }
+    }
+    for metric in &used {
+        assert!(wa_platform::metrics::ALL.contains(metric), "the dashboard queries {metric}, which no service exports");
+    }
+    // Everything an operator is promised a panel for is on it.
+    for metric in [
+        wa_platform::metrics::INGRESS_ACCEPTED,
+        wa_platform::metrics::INGRESS_REJECTED,
+        wa_platform::metrics::SESSION_VERDICTS,
+        wa_platform::metrics::DISPATCH_OUTCOMES,
+        wa_platform::metrics::DISPATCH_SENDER_RATE,
+        wa_platform::metrics::CONSUMER_LAG,
+        wa_platform::metrics::INGRESS_QUARANTINED,
+        wa_platform::metrics::HTTP_REQUEST_DURATION,
+    ] {
+        assert!(used.contains(metric), "the dashboard has no panel on {metric}");
+    }
+}

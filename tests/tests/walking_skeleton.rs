@@ -242,6 +242,8 @@ async fn every_component_reports_health_readiness_and_metrics() {
         assert_eq!(metrics.status(), 200);
         let text = metrics.text().await.unwrap();
         assert!(text.contains("http_requests_total"), "{service}: {text}");
+        // Latencies are histograms with buckets, which dashboards can add up across instances.
+        assert!(text.contains("http_request_duration_seconds_bucket{"), "{service}: {text}");
     }
     channel.stop().await;
 }

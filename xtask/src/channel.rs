@@ -239,8 +239,16 @@ pub(crate) async fn test(cargo_args: Vec<String>) -> anyhow::Result<ExitCode> {
 /// (Debian/Ubuntu: `apt-get install prometheus`; CI installs it). Whether they passed.
 async fn check_alert_rules() -> anyhow::Result<bool> {
     let dir = root().join("deploy").join("prometheus");
+    // The dashboard's queries, as recording rules promtool can parse.
+    let dashboard_rules = root().join("target").join("dashboard-queries.yml");
+    std::fs::write(&dashboard_rules, dashboard_queries_as_rules()?)?;
+    let dashboard_rules = dashboard_rules.display().to_string();
     let mut passed = true;
-    for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]] {
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+        ["check", "rules", dashboard_rules.as_str()],
+    ] {
         let status = match tokio::process::Command::new("promtool").args(args).current_dir(&dir).status().await {
             Ok(status) => status,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -251,8 +259,27 @@ async fn check_alert_rules() -> anyhow::Result<bool> {
         };
         passed &= status.success();
     }
-    println!("alert rules: {}", if passed { "checked, unit tests passed" } else { "FAILED" });
+    println!("alert rules and dashboard queries: {}", if passed { "checked, unit tests passed" } else { "FAILED" });
     Ok(passed)
+}
+
+/// Every query of `deploy/grafana/wachannel.json` as a recording rule (Grafana's
+/// `$__rate_interval` as 5m), so promtool checks that each one parses.
+fn dashboard_queries_as_rules() -> anyhow::Result<String> {
+    let path = root().join("deploy").join("grafana").join("wachannel.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let panels = dashboard["panels"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for (n, target) in panels.iter().flat_map(|panel| panel["targets"].as_array().into_iter().flatten()).enumerate() {
+        let expr =
+            target["expr"].as_str().context("a dashboard target without expr")?.replace("$__rate_interval", "5m");
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{n}\n        expr: {}\n",
+            serde_json::to_string(&expr)?
+        ));
+    }
+    Ok(rules)
 }
 
 /// Test counts summed over every test binary, with the failed tests and their panic messages.

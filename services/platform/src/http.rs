@@ -59,7 +59,11 @@ impl Health {
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Histograms with buckets (not summaries), so that dashboards can add instances up.
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(crate::metrics::SECONDS_BUCKETS)
+            .expect("buckets are given")
+            .build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics shows only ours");

@@ -98,6 +98,10 @@ pub const SIM_RATE_LIMITED: &str = "twilio_sim_rate_limited_total";
 /// Counter (simulator): faults injected, by `endpoint`.
 pub const SIM_FAULTS_INJECTED: &str = "twilio_sim_faults_injected_total";
 
+/// The buckets of every histogram (they all measure seconds): 1 ms to a minute.
+pub const SECONDS_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
 /// Every name above, for checks and catalogues.
 pub const ALL: &[&str] = &[
     HTTP_REQUESTS,
