@@ -18,6 +18,8 @@ use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Liveness and readiness of a service.
 #[derive(Debug, Default)]
@@ -126,13 +128,59 @@ async fn record_request(service: &'static str, request: Request, next: Next) -> 
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let method = method_label(request.method());
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = if is_ops_route(&route) {
+        next.run(request).await
+    } else {
+        let span = server_span(method, &route, request.headers());
+        let response = next.run(request).instrument(span.clone()).await;
+        span.record("http.response.status_code", response.status().as_u16());
+        if response.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+        response
+    };
     let status = response.status().as_u16().to_string();
     metrics::counter!(crate::metrics::HTTP_REQUESTS, "service" => service, "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
     metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "service" => service, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Health, readiness and metrics: scraped every few seconds, not traced.
+fn is_ops_route(route: &str) -> bool {
+    matches!(route, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// The server span of one request (OpenTelemetry's HTTP conventions): `POST /v1/outbound`,
+/// continuing the caller's trace when it sent a `traceparent`.
+fn server_span(method: &'static str, route: &str, headers: &axum::http::HeaderMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&RequestHeaders(headers)));
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Reads trace context (`traceparent`, `tracestate`) from a request's headers.
+struct RequestHeaders<'a>(&'a axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for RequestHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(axum::http::HeaderName::as_str).collect()
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown`, then finishes in-flight requests.

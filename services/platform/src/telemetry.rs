@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
@@ -53,15 +53,33 @@ pub fn init(service: &str) -> anyhow::Result<TelemetryGuard> {
 /// Like [`init`], with the log filter used when `RUST_LOG` is unset, and optionally logging
 /// through the test harness's captured output.
 pub fn init_with(service: &str, default_filter: &str, test_writer: bool) -> anyhow::Result<TelemetryGuard> {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    if INSTALLED.get().is_some() {
-        return Ok(TelemetryGuard { provider: None });
-    }
     let mut builder =
         SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(service.to_owned()).build());
     if var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
         let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
         builder = builder.with_batch_exporter(exporter);
+    }
+    install(service, default_filter, test_writer, builder)
+}
+
+/// Like [`init_with`], exporting every span to `exporter` as it ends: for tests that check the
+/// shape of traces (an in-memory exporter).
+pub fn init_with_exporter<E: SpanExporter + 'static>(service: &str, exporter: E) -> anyhow::Result<TelemetryGuard> {
+    let builder = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name(service.to_owned()).build())
+        .with_simple_exporter(exporter);
+    install(service, "warn", true, builder)
+}
+
+fn install(
+    service: &str,
+    default_filter: &str,
+    test_writer: bool,
+    builder: opentelemetry_sdk::trace::TracerProviderBuilder,
+) -> anyhow::Result<TelemetryGuard> {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    if INSTALLED.get().is_some() {
+        return Ok(TelemetryGuard { provider: None });
     }
     let provider = builder.build();
     let tracer = provider.tracer(service.to_owned());

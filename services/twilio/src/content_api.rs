@@ -74,13 +74,9 @@ impl ContentClient {
         let mut approvals = HashMap::new();
         let mut next = Some("/v1/ContentAndApprovals?PageSize=1000".to_owned());
         while let Some(path) = next {
-            let response = self
-                .http
-                .get(format!("{}{path}", self.base_url))
-                .basic_auth(&self.username, Some(&self.password))
-                .send()
-                .await
-                .map_err(|err| err.to_string())?;
+            let request =
+                self.http.get(format!("{}{path}", self.base_url)).basic_auth(&self.username, Some(&self.password));
+            let response = crate::traced::send(&self.http, request).await.0.map_err(|err| err.to_string())?;
             let page: ContentPage = Self::check(response).await?.json().await.map_err(|err| err.to_string())?;
             approvals.extend(page.contents.into_iter().filter_map(|c| Some((c.sid, c.approval_requests?))));
             next = page.meta.next_page_url.as_deref().and_then(path_and_query);
@@ -90,14 +86,12 @@ impl ContentClient {
 
     /// `POST /v1/Content/{sid}/ApprovalRequests/whatsapp`: submits for WhatsApp approval.
     pub async fn submit(&self, content_sid: &str, name: &str, category: &str) -> Result<(), String> {
-        let response = self
+        let request = self
             .http
             .post(format!("{}/v1/Content/{content_sid}/ApprovalRequests/whatsapp", self.base_url))
             .basic_auth(&self.username, Some(&self.password))
-            .json(&serde_json::json!({ "name": name, "category": category.to_ascii_uppercase() }))
-            .send()
-            .await
-            .map_err(|err| err.to_string())?;
+            .json(&serde_json::json!({ "name": name, "category": category.to_ascii_uppercase() }));
+        let response = crate::traced::send(&self.http, request).await.0.map_err(|err| err.to_string())?;
         Self::check(response).await.map(|_| ())
     }
 }

@@ -22,6 +22,8 @@ pub mod messages_api;
 pub mod params;
 pub mod signature;
 pub mod status;
+#[cfg(feature = "client")]
+mod traced;
 
 /// A webhook parameter that is missing or malformed, named as Twilio names it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -252,7 +252,8 @@ impl TwilioClient {
     }
 
     async fn call<T: serde::de::DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, TwilioError> {
-        let response = request.send().await.map_err(|err| {
+        let (response, span) = crate::traced::send(&self.http, request).await;
+        let response = response.map_err(|err| {
             if err.is_connect() {
                 TwilioError::Unreachable(err.to_string())
             } else {
@@ -269,6 +270,9 @@ impl TwilioClient {
             });
         }
         let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
+        if let Some(code) = body.as_ref().and_then(|b| b.code) {
+            span.record("twilio.error_code", code);
+        }
         Err(TwilioError::Api {
             status: status.as_u16(),
             code: body.as_ref().and_then(|b| b.code),

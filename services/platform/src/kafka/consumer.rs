@@ -360,12 +360,19 @@ fn finish(consumer: &StreamConsumer<DeferredRevoke>, progress: &mut Progress, me
 /// The span a consumed record is handled in: a child of the trace its producer put in the
 /// record's `traceparent` header, so one request is one trace across services.
 pub fn consume_span(record: &Record<'_>) -> tracing::Span {
+    let key = record.key.map(String::from_utf8_lossy).unwrap_or_default();
     let span = tracing::info_span!(
-        "consume",
+        "process",
+        otel.name = format!("process {}", record.topic),
         otel.kind = "consumer",
-        messaging.destination = record.topic,
-        messaging.partition = record.partition,
-        messaging.offset = record.offset,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = record.topic,
+        messaging.kafka.message.key = %key,
+        messaging.destination.partition.id = record.partition,
+        messaging.kafka.offset = record.offset,
     );
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&HeaderExtractor(record.headers))
@@ -413,6 +420,8 @@ async fn process<H: Handler>(
         match outcome {
             Ok(()) => return true,
             Err(HandleError::Poison(reason)) => {
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", reason.as_str());
                 return dead_letter(&record, &reason, settings, dead_letters, revoked).instrument(span.clone()).await;
             }
             Err(HandleError::Interrupted(reason)) if revoked.is_cancelled() => {
@@ -420,6 +429,8 @@ async fn process<H: Handler>(
                 return false;
             }
             Err(HandleError::Transient(reason) | HandleError::Interrupted(reason)) => {
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", reason.as_str());
                 let wait = backoff.next_wait();
                 span.in_scope(|| tracing::warn!(reason = %reason, retry_in = ?wait, "handler failed; retrying"));
                 tokio::select! {

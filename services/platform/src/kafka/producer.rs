@@ -7,6 +7,7 @@ use std::time::Duration;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use tracing::Instrument as _;
 use wa_schemas::{CodecError, Event};
 
 use crate::config::KafkaConfig;
@@ -117,11 +118,23 @@ impl EventProducer {
     /// acknowledgement. Returns (partition, offset).
     pub async fn publish<E: Event>(&self, topic: &TopicSpec, event: &E) -> Result<(i32, i64), PublishError> {
         let payload = event.encode()?;
-        let headers = super::headers::event_headers(event, &self.source);
         let name = self.kafka.topic(topic);
-        let result = self.send(&name, Some(event.key().as_bytes()), &payload, headers).await;
+        let span = send_span(&name, event.key());
+        // The record carries the send span's context: its consumers' spans are its children.
+        let headers = span.in_scope(|| super::headers::event_headers(event, &self.source));
+        let result = self.send(&name, Some(event.key().as_bytes()), &payload, headers).instrument(span.clone()).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!(crate::metrics::EVENTS_PUBLISHED, "topic" => topic.name, "outcome" => outcome).increment(1);
+        match &result {
+            Ok((partition, offset)) => {
+                span.record("messaging.destination.partition.id", partition.to_string());
+                span.record("messaging.kafka.offset", offset);
+            }
+            Err(err) => {
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", err.to_string());
+            }
+        }
         result.map_err(PublishError::from)
     }
 
@@ -136,8 +149,9 @@ impl EventProducer {
         partition: Option<i32>,
     ) -> Result<Queued, PublishError> {
         let payload = event.encode()?;
-        let headers = super::headers::event_headers(event, &self.source);
         let name = self.kafka.topic(topic);
+        let span = send_span(&name, event.key());
+        let headers = span.in_scope(|| super::headers::event_headers(event, &self.source));
         Ok(self.enqueue_record(&name, event.key().as_bytes(), Some(&payload), headers, partition).await?)
     }
 
@@ -228,4 +242,21 @@ impl EventProducer {
             tracing::error!(error = %err, "producer flush failed; queued records may be lost");
         }
     }
+}
+
+/// The producer span of one record (OpenTelemetry's messaging conventions): `send <topic>`.
+pub(crate) fn send_span(topic: &str, key: &str) -> tracing::Span {
+    tracing::info_span!(
+        "send",
+        otel.name = format!("send {topic}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.destination.name = topic,
+        messaging.kafka.message.key = key,
+        messaging.destination.partition.id = tracing::field::Empty,
+        messaging.kafka.offset = tracing::field::Empty,
+    )
 }
