@@ -1,7 +1,8 @@
 //! One CRM reply is one trace that reads like the system: the CRM's trace continues into
 //! ingress's HTTP server span, every hop is a `send <topic>` producer span and a
-//! `process <topic>` consumer span with OpenTelemetry's messaging attributes, and the call to
-//! Twilio is an HTTP client span. Spans are collected in memory by the process's tracer.
+//! `process <topic>` consumer span with OpenTelemetry's messaging attributes, the call to
+//! Twilio is an HTTP client span, and the status callbacks that follow (in traces Twilio
+//! starts) link to the send. Spans are collected in memory by the process's tracer.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,7 +11,7 @@ use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry::Value;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_REQUESTED};
+use wa_platform::topics::{DELIVERY, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_REQUESTED};
 
 /// Every span the process ended.
 #[derive(Debug, Clone, Default)]
@@ -114,6 +115,22 @@ async fn one_reply_is_one_trace_that_reads_like_the_system() {
     assert!(!text(twilio, "url.full").contains('@'), "credentials in the URL");
     assert_eq!(text(twilio, "server.address"), "127.0.0.1");
     assert_eq!(attribute(twilio, "http.response.status_code").map(|v| v.to_string()).as_deref(), Some("201"));
+
+    // Twilio's status callbacks start traces of their own; their handling links to the send.
+    let delivery = format!("process {}", channel.topic(&DELIVERY));
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let linked = collected.0.lock().expect("spans lock").iter().any(|span| {
+            span.name == delivery
+                && span.span_context.trace_id() != trace_id
+                && span.links.iter().any(|link| link.span_context.trace_id() == trace_id)
+        });
+        if linked {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no status callback's handling links to the send");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 
     // One tree: every span but the server's has its parent in the trace.
     let ids: Vec<SpanId> = trace.iter().map(|span| span.span_context.span_id()).collect();

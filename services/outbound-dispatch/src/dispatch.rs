@@ -150,6 +150,9 @@ impl Dispatch {
     async fn publish(&self, event: OutboundDispatched) -> Result<(), HandleError> {
         self.producer.publish(&OUTBOUND_DISPATCHED, &event).await?;
         self.ledger.apply(&event);
+        if event.kind() == Some(DispatchOutcome::Sent) {
+            self.ledger.remember_trace(&event.request_id, wa_platform::kafka::current_traceparent());
+        }
         Ok(())
     }
 
@@ -379,6 +382,10 @@ impl Dispatch {
             return Ok(());
         };
         let entry = self.ledger.get(&request_id);
+        // The callback's own trace began at Twilio: it points at the send it reports on.
+        if let Some(traceparent) = entry.as_ref().and_then(|e| e.trace.as_deref()) {
+            wa_platform::kafka::link_current_span(traceparent);
+        }
         let identity = Identity {
             conversation_id: entry.as_ref().map_or(&delivery.conversation_id, |e| &e.conversation_id),
             request_id: &request_id,

@@ -55,6 +55,9 @@ pub(crate) struct Entry {
     pub(crate) to: String,
     /// The CRM's metadata of the request, repeated on every event about it.
     pub(crate) metadata: BTreeMap<String, String>,
+    /// The W3C `traceparent` of the send, so that its status callbacks (each in a trace of its
+    /// own, started by Twilio) link to it.
+    pub(crate) trace: Option<String>,
 }
 
 impl Entry {
@@ -70,6 +73,7 @@ impl Entry {
             from: event.from.clone(),
             to: event.to.clone(),
             metadata: event.metadata.clone(),
+            trace: None,
         }
     }
 }
@@ -162,6 +166,14 @@ impl Ledger {
             entry.message_sid = Some(sid.clone());
             let request_id = event.request_id.clone();
             inner.by_sid.insert(sid.clone(), request_id);
+        }
+    }
+
+    /// Keeps the `traceparent` of `request_id`'s send (the first one known).
+    pub(crate) fn remember_trace(&self, request_id: &str, traceparent: Option<String>) {
+        let mut inner = self.inner.lock().expect("ledger lock");
+        if let (Some(entry), Some(traceparent)) = (inner.entries.get_mut(request_id), traceparent) {
+            entry.trace.get_or_insert(traceparent);
         }
     }
 

@@ -149,6 +149,11 @@ impl Service for OutboundDispatch {
                                 OutboundDispatched::decode(rdkafka::Message::payload(record).unwrap_or_default())
                             {
                                 ledger.apply_read(&event, rdkafka::Message::partition(record));
+                                if event.kind() == Some(DispatchOutcome::Sent) {
+                                    let headers = rdkafka::Message::headers(record);
+                                    let traceparent = wa_platform::kafka::header_str(headers, "traceparent");
+                                    ledger.remember_trace(&event.request_id, traceparent.map(str::to_owned));
+                                }
                             }
                         })
                         .await

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use wa_schemas::Event;
@@ -83,4 +84,39 @@ pub fn header_str<'a, H: Headers>(headers: Option<&'a H>, key: &str) -> Option<&
         .last()
         .and_then(|header| header.value)
         .and_then(|value| std::str::from_utf8(value).ok())
+}
+
+/// The current span's W3C `traceparent`, to keep with what it did (a send whose status
+/// callbacks arrive later, in traces of their own).
+pub fn current_traceparent() -> Option<String> {
+    let mut carrier = HashMap::new();
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut MapInjector(&mut carrier))
+    });
+    carrier.remove(TRACEPARENT)
+}
+
+/// Links the current span to the span `traceparent` names (OpenTelemetry span links): a status
+/// callback's handling points at the send it reports on.
+pub fn link_current_span(traceparent: &str) {
+    let carrier: HashMap<String, String> = [(TRACEPARENT.to_owned(), traceparent.to_owned())].into();
+    let context =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&MapExtractor(&carrier)));
+    let linked = context.span().span_context().clone();
+    if linked.is_valid() {
+        tracing::Span::current().add_link(linked);
+    }
+}
+
+struct MapExtractor<'a>(&'a HashMap<String, String>);
+
+impl Extractor for MapExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
 }
