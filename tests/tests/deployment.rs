@@ -155,7 +155,9 @@ fn each_service_runs_its_own_binary_from_the_project_image() {
         assert_eq!(service(&doc, name)["build"]["dockerfile"].as_str(), Some("deploy/Dockerfile"), "{name}");
     }
     let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/Dockerfile")).unwrap();
-    for binary in ["ingress", "session-window", "template-approval", "outbound-dispatch", "twilio-sim", "wa-topics"] {
+    for binary in
+        ["ingress", "session-window", "template-approval", "outbound-dispatch", "twilio-sim", "wa-topics", "wactl"]
+    {
         assert!(dockerfile.contains(&format!("target/release/{binary}")), "the image lacks {binary}");
     }
 }

@@ -1,0 +1,268 @@
+//! `wactl`: the operator's view of the channel, read from its topics on any broker
+//! (`KAFKA_BOOTSTRAP_SERVERS`, `WA_TOPIC_PREFIX` and the security variables, as the services).
+//!
+//! - `wactl request <request_id>`: the request's whole story across the topics (requested,
+//!   window verdict, authorized or rejected, each dispatch outcome, each delivery status), with
+//!   times and trace ids.
+//! - `wactl in-doubt list`: the sends whose last outcome is `in_doubt` (never retried
+//!   automatically; see docs/runbook.md).
+//! - `wactl lag`: each consumer group's committed offset, end and lag per topic and partition.
+//!
+//! Human output by default, `--json` (anywhere) for one JSON document. Message texts and full
+//! phone numbers are never printed.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use wa_platform::config::KafkaConfig;
+use wa_platform::topics::{
+    TopicSpec, DELIVERY, INBOUND, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REJECTED,
+    OUTBOUND_REQUESTED,
+};
+use wa_schemas::{
+    DeliveryStatusReceived, DispatchOutcome, Event, OutboundAuthorized, OutboundDispatched, OutboundRejected,
+    OutboundRequested, OutboundWindowChecked,
+};
+
+const USAGE: &str = "usage: wactl [--json] request <request_id> | in-doubt list | lag";
+
+/// The consumer groups of the channel and the topics each reads.
+const GROUPS: &[(&str, &[&TopicSpec])] = &[
+    ("session-window", &[&INBOUND, &OUTBOUND_REQUESTED, &OUTBOUND_DISPATCHED]),
+    ("template-approval", &[&OUTBOUND_CHECKED]),
+    ("outbound-dispatch", &[&OUTBOUND_AUTHORIZED, &DELIVERY]),
+    ("ingress-media", &[&INBOUND]),
+];
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One thing that happened to a request.
+struct Step {
+    at: i64,
+    topic: &'static str,
+    what: String,
+    trace_id: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|arg| arg == "--json");
+    args.retain(|arg| arg != "--json");
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = KafkaConfig::from_env().map_err(anyhow::Error::from).and_then(|kafka| match words.as_slice() {
+        ["request", request_id] => request(&kafka, request_id, json),
+        ["in-doubt", "list"] => in_doubt(&kafka, json),
+        ["lag"] => lag(&kafka, json),
+        _ => Err(anyhow::anyhow!("{USAGE}")),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wactl: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The trace id of a record's `traceparent`.
+fn trace_id(record: &BorrowedMessage<'_>) -> Option<String> {
+    let traceparent = wa_platform::kafka::header_str(record.headers(), wa_platform::kafka::TRACEPARENT)?;
+    traceparent.split('-').nth(1).map(str::to_owned)
+}
+
+/// Reads `spec` to its end, handing each record to `each`.
+fn read(kafka: &KafkaConfig, spec: &TopicSpec, each: impl FnMut(&BorrowedMessage<'_>)) -> anyhow::Result<()> {
+    wa_platform::kafka::read_to_end(kafka, "wactl", &[kafka.topic(spec)], None, each, |_| {})?;
+    Ok(())
+}
+
+fn decode<E: Event>(record: &BorrowedMessage<'_>) -> Option<E> {
+    E::decode(record.payload().unwrap_or_default()).ok()
+}
+
+fn time(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| millis.to_string())
+}
+
+fn request(kafka: &KafkaConfig, request_id: &str, json: bool) -> anyhow::Result<()> {
+    let mut steps: Vec<Step> = Vec::new();
+    let mut push = |at, topic, what: String, record: &BorrowedMessage<'_>| {
+        steps.push(Step { at, topic, what, trace_id: trace_id(record) });
+    };
+    read(kafka, &OUTBOUND_REQUESTED, |record| {
+        if let Some(event) = decode::<OutboundRequested>(record).filter(|e| e.request_id == request_id) {
+            let content = match &event.template {
+                Some(template) => format!("template {} ({})", template.name, template.language),
+                None => format!(
+                    "free-form, {} characters, {} media",
+                    event.body.as_deref().unwrap_or_default().chars().count(),
+                    event.media_urls.len()
+                ),
+            };
+            push(event.occurred_at, "requested", format!("{content}, conversation {}", event.conversation_id), record);
+        }
+    })?;
+    read(kafka, &OUTBOUND_CHECKED, |record| {
+        if let Some(event) = decode::<OutboundWindowChecked>(record).filter(|e| e.request_id == request_id) {
+            let verdict = match (&event.refusal_reason, event.allowed) {
+                (_, true) => "window: allowed".to_owned(),
+                (Some(reason), false) => format!("window: refused ({reason})"),
+                (None, false) => "window: refused".to_owned(),
+            };
+            push(event.occurred_at, "checked", verdict, record);
+        }
+    })?;
+    read(kafka, &OUTBOUND_AUTHORIZED, |record| {
+        if let Some(event) = decode::<OutboundAuthorized>(record).filter(|e| e.request_id == request_id) {
+            let what = match (&event.content_sid, &event.template_name) {
+                (Some(sid), Some(name)) => format!("authorized: template {name} as {sid}"),
+                _ => "authorized: free-form".to_owned(),
+            };
+            push(event.occurred_at, "authorized", what, record);
+        }
+    })?;
+    read(kafka, &OUTBOUND_REJECTED, |record| {
+        if let Some(event) = decode::<OutboundRejected>(record).filter(|e| e.request_id == request_id) {
+            push(event.occurred_at, "rejected", format!("rejected: {} ({})", event.reason, event.message), record);
+        }
+    })?;
+    read(kafka, &OUTBOUND_DISPATCHED, |record| {
+        if let Some(event) = decode::<OutboundDispatched>(record).filter(|e| e.request_id == request_id) {
+            let mut what = event.outcome.clone();
+            for (name, value) in [
+                ("status", event.twilio_status.clone()),
+                ("sid", event.message_sid.clone()),
+                ("reason", event.failure_reason.clone()),
+                ("error", event.error_code.map(|code| code.to_string())),
+                ("by", event.claimed_by.clone()),
+            ] {
+                if let Some(value) = value {
+                    what.push_str(&format!(" {name}={value}"));
+                }
+            }
+            if event.attempts > 0 {
+                what.push_str(&format!(" attempts={}", event.attempts));
+            }
+            push(event.occurred_at, "dispatched", what, record);
+        }
+    })?;
+    read(kafka, &DELIVERY, |record| {
+        if let Some(event) =
+            decode::<DeliveryStatusReceived>(record).filter(|e| e.request_id.as_deref() == Some(request_id))
+        {
+            let error = event.error_code.as_deref().map(|code| format!(" error={code}")).unwrap_or_default();
+            push(event.occurred_at, "delivery", format!("callback {}{error}", event.message_status), record);
+        }
+    })?;
+    anyhow::ensure!(!steps.is_empty(), "no request {request_id:?} on {}", kafka.topic(&OUTBOUND_REQUESTED));
+    steps.sort_by_key(|step| step.at);
+    if json {
+        let steps: Vec<_> = steps
+            .iter()
+            .map(|s| json!({"at": time(s.at), "topic": s.topic, "what": s.what, "trace_id": s.trace_id}))
+            .collect();
+        println!("{}", json!({"request_id": request_id, "steps": steps}));
+    } else {
+        println!("request {request_id}");
+        for step in &steps {
+            let trace = step.trace_id.as_deref().map(|id| format!("  trace {id}")).unwrap_or_default();
+            println!("  {}  {:<10}  {}{trace}", time(step.at), step.topic, step.what);
+        }
+    }
+    Ok(())
+}
+
+fn in_doubt(kafka: &KafkaConfig, json: bool) -> anyhow::Result<()> {
+    // The last outcome of each request that settles it (claims and status moves aside).
+    let mut last: BTreeMap<String, OutboundDispatched> = BTreeMap::new();
+    read(kafka, &OUTBOUND_DISPATCHED, |record| {
+        if let Some(event) = decode::<OutboundDispatched>(record) {
+            let settling = matches!(
+                event.kind(),
+                Some(DispatchOutcome::Sent | DispatchOutcome::Failed | DispatchOutcome::InDoubt)
+            );
+            if settling {
+                let settled_before =
+                    last.get(&event.request_id).is_some_and(|e| e.kind() != Some(DispatchOutcome::InDoubt));
+                // Sent or failed stays: an in-doubt published later by a slow watcher does not undo it.
+                if !settled_before {
+                    last.insert(event.request_id.clone(), event);
+                }
+            }
+        }
+    })?;
+    let doubtful: Vec<&OutboundDispatched> =
+        last.values().filter(|e| e.kind() == Some(DispatchOutcome::InDoubt)).collect();
+    if json {
+        let list: Vec<_> = doubtful
+            .iter()
+            .map(|e| {
+                json!({"request_id": e.request_id, "at": time(e.occurred_at), "reason": e.failure_reason,
+                       "conversation_id": e.conversation_id, "detail": e.error_message})
+            })
+            .collect();
+        println!("{}", json!({ "in_doubt": list }));
+    } else if doubtful.is_empty() {
+        println!("no sends in doubt");
+    } else {
+        for event in doubtful {
+            println!(
+                "{}  {}  {}  {}",
+                time(event.occurred_at),
+                event.request_id,
+                event.failure_reason.as_deref().unwrap_or("in_doubt"),
+                event.error_message.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn lag(kafka: &KafkaConfig, json: bool) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for (group, topics) in GROUPS {
+        let consumer: BaseConsumer =
+            wa_platform::kafka::client_config(kafka, "wactl").set("group.id", kafka.group(group)).create()?;
+        for spec in *topics {
+            let topic = kafka.topic(spec);
+            let mut query = TopicPartitionList::new();
+            for partition in 0..spec.partitions {
+                query.add_partition(&topic, partition);
+            }
+            // Asks the group's coordinator without joining the group.
+            let committed = consumer.committed_offsets(query, TIMEOUT)?;
+            for partition in 0..spec.partitions {
+                let (_, end) = consumer.fetch_watermarks(&topic, partition, TIMEOUT)?;
+                let committed = committed.find_partition(&topic, partition).and_then(|e| match e.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                });
+                let lag = end - committed.unwrap_or(0);
+                rows.push((group.to_string(), topic.clone(), partition, committed, end, lag));
+            }
+        }
+    }
+    if json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(group, topic, partition, committed, end, lag)| {
+                json!({"group": group, "topic": topic, "partition": partition, "committed": committed, "end": end, "lag": lag})
+            })
+            .collect();
+        println!("{}", json!({ "lag": list }));
+    } else {
+        println!("{:<20} {:<40} {:>9} {:>10} {:>10} {:>8}", "group", "topic", "partition", "committed", "end", "lag");
+        for (group, topic, partition, committed, end, lag) in rows {
+            let committed = committed.map_or_else(|| "-".to_owned(), |offset| offset.to_string());
+            println!("{group:<20} {topic:<40} {partition:>9} {committed:>10} {end:>10} {lag:>8}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `wactl`, the operator CLI, against the real broker: a request's story, the sends in doubt,
+//! and the consumer groups' lag. Runs the binary `cargo xtask test` builds.
+
+use std::process::Output;
+
+use e2e_tests::{refused_send, unique_customer, Channel, API_TOKEN, BUSINESS};
+use serde_json::Value;
+use wa_platform::topics::OUTBOUND_DISPATCHED;
+use wa_schemas::DispatchOutcome;
+
+/// Runs `wactl` with `args` on the channel's broker and topics.
+fn wactl(channel: &Channel, args: &[&str]) -> Output {
+    let exe = std::env::current_exe().expect("test binary");
+    let path = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("wactl");
+    assert!(path.exists(), "{} is missing: run the tests with `cargo xtask test`, which builds it", path.display());
+    std::process::Command::new(path)
+        .args(args)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &channel.kafka.bootstrap_servers)
+        .env("WA_TOPIC_PREFIX", &channel.kafka.topic_prefix)
+        .output()
+        .expect("wactl runs")
+}
+
+fn json(output: &Output) -> Value {
+    assert!(output.status.success(), "wactl failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("wactl --json prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wactl_tells_a_requests_story_lists_sends_in_doubt_and_shows_lag() {
+    let channel = Channel::start().await;
+    let customer = unique_customer();
+    let (_, status) = channel.sim_inbound(&customer, "Where is my order?").await;
+    assert_eq!(status, 200);
+    let request_id = format!("wactl-{}", uuid::Uuid::new_v4().simple());
+    let text = "Your order 4411 ships today.";
+    let response = channel
+        .http()
+        .post(format!("{}/v1/outbound", channel.ingress_url))
+        .bearer_auth(API_TOKEN)
+        .json(&serde_json::json!({"request_id": request_id, "from": BUSINESS, "to": customer, "body": text}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let sent = channel.dispatch_outcome(&request_id).await;
+    assert_eq!(sent.outcome, "sent");
+
+    // The story: every step in order, one trace, no message text or phone number.
+    let human = wactl(&channel, &["request", &request_id]);
+    assert!(human.status.success(), "{}", String::from_utf8_lossy(&human.stderr));
+    let printed = String::from_utf8_lossy(&human.stdout);
+    for expected in ["requested", "window: allowed", "authorized: free-form", "sending", "sent status="] {
+        assert!(printed.contains(expected), "{expected:?} missing from:\n{printed}");
+    }
+    assert!(!printed.contains(text) && !printed.contains(customer.trim_start_matches("whatsapp:")), "{printed}");
+    let story = json(&wactl(&channel, &["--json", "request", &request_id]));
+    let steps = story["steps"].as_array().unwrap();
+    let topics: Vec<&str> = steps.iter().map(|s| s["topic"].as_str().unwrap()).collect();
+    let first = |topic| topics.iter().position(|t| *t == topic).unwrap_or_else(|| panic!("no {topic}: {topics:?}"));
+    assert!(first("requested") < first("checked") && first("checked") < first("authorized"), "{topics:?}");
+    assert!(first("authorized") < first("dispatched"), "{topics:?}");
+    // Status callbacks and the moves they cause are in traces Twilio started.
+    let traces: std::collections::BTreeSet<&str> = steps
+        .iter()
+        .filter(|s| s["topic"] != "delivery" && !s["what"].as_str().unwrap().starts_with("status_changed"))
+        .filter_map(|s| s["trace_id"].as_str())
+        .collect();
+    assert_eq!(traces.len(), 1, "one trace from request to send: {story:#}");
+
+    let unknown = wactl(&channel, &["request", "no-such-request"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no request"), "a clear error");
+
+    // In doubt: a send whose last outcome is in_doubt is listed; one resolved later is not.
+    let mut doubtful = refused_send(&customer, wa_platform::now_millis(), 0);
+    doubtful.outcome = DispatchOutcome::InDoubt.as_str().to_owned();
+    doubtful.failure_reason = Some("no_answer".to_owned());
+    let mut resolved = refused_send(&customer, wa_platform::now_millis(), 0);
+    resolved.outcome = DispatchOutcome::InDoubt.as_str().to_owned();
+    let mut resolved_sent = resolved.clone();
+    resolved_sent.event_id = uuid::Uuid::new_v4().to_string();
+    resolved_sent.outcome = DispatchOutcome::Sent.as_str().to_owned();
+    channel.publish_all(&OUTBOUND_DISPATCHED, &[doubtful.clone(), resolved.clone(), resolved_sent]).await;
+    let listed = json(&wactl(&channel, &["--json", "in-doubt", "list"]));
+    let ids: Vec<&str> =
+        listed["in_doubt"].as_array().unwrap().iter().map(|e| e["request_id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&doubtful.request_id.as_str()), "{ids:?}");
+    assert!(!ids.contains(&resolved.request_id.as_str()), "resolved later, still listed: {ids:?}");
+    assert!(!ids.contains(&request_id.as_str()));
+
+    // Lag: every group and partition is reported; dispatch has read all it was given.
+    let lag = json(&wactl(&channel, &["--json", "lag"]));
+    let rows = lag["lag"].as_array().unwrap();
+    let authorized = channel.topic(&wa_platform::topics::OUTBOUND_AUTHORIZED);
+    let dispatch: Vec<&Value> =
+        rows.iter().filter(|r| r["group"] == "outbound-dispatch" && r["topic"] == authorized).collect();
+    assert_eq!(dispatch.len(), wa_platform::topics::OUTBOUND_AUTHORIZED.partitions as usize);
+    assert!(dispatch.iter().any(|r| r["end"].as_i64() > Some(0)), "{dispatch:?}");
+    for group in ["session-window", "template-approval", "outbound-dispatch", "ingress-media"] {
+        assert!(rows.iter().any(|r| r["group"] == group), "{group} missing from {lag}");
+    }
+    channel.stop().await;
+}
