@@ -89,6 +89,41 @@ async fn wactl_tells_a_requests_story_lists_sends_in_doubt_and_shows_lag() {
     assert!(!ids.contains(&resolved.request_id.as_str()), "resolved later, still listed: {ids:?}");
     assert!(!ids.contains(&request_id.as_str()));
 
+    // Settling: not sent (the CRM may send again), or sent with the sid found at Twilio.
+    let settled = wactl(&channel, &["in-doubt", "resolve", &doubtful.request_id, "--not-sent"]);
+    assert!(settled.status.success(), "{}", String::from_utf8_lossy(&settled.stderr));
+    let failed = channel
+        .await_record(&OUTBOUND_DISPATCHED, |r| {
+            let event: wa_schemas::OutboundDispatched = r.decode();
+            event.request_id == doubtful.request_id && event.kind() == Some(DispatchOutcome::Failed)
+        })
+        .await
+        .decode::<wa_schemas::OutboundDispatched>();
+    assert_eq!(failed.failure_reason.as_deref(), Some("not_sent"));
+    let listed = json(&wactl(&channel, &["--json", "in-doubt", "list"]));
+    assert!(!listed.to_string().contains(&doubtful.request_id), "settled, still listed: {listed}");
+    let again =
+        wactl(&channel, &["in-doubt", "resolve", &doubtful.request_id, "--sent", &format!("SM{}", "a".repeat(32))]);
+    assert_eq!(again.status.code(), Some(2), "a settled request is not settled again");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not in doubt"));
+    let mut other = refused_send(&customer, wa_platform::now_millis(), 0);
+    other.outcome = DispatchOutcome::InDoubt.as_str().to_owned();
+    channel.publish(&OUTBOUND_DISPATCHED, &other).await;
+    let bad_sid = wactl(&channel, &["in-doubt", "resolve", &other.request_id, "--sent", "SM123"]);
+    assert_eq!(bad_sid.status.code(), Some(2));
+    let sid = format!("SM{}", "0123456789abcdef".repeat(2));
+    let found = wactl(&channel, &["in-doubt", "resolve", &other.request_id, "--sent", &sid]);
+    assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
+    let sent_by_operator = channel
+        .await_record(&OUTBOUND_DISPATCHED, |r| {
+            let event: wa_schemas::OutboundDispatched = r.decode();
+            event.request_id == other.request_id && event.kind() == Some(DispatchOutcome::Sent)
+        })
+        .await
+        .decode::<wa_schemas::OutboundDispatched>();
+    assert_eq!(sent_by_operator.message_sid.as_deref(), Some(sid.as_str()));
+    assert_eq!(sent_by_operator.twilio_status.as_deref(), Some("resolved_by_operator"));
+
     // Lag: every group and partition is reported; dispatch has read all it was given.
     let lag = json(&wactl(&channel, &["--json", "lag"]));
     let rows = lag["lag"].as_array().unwrap();

@@ -6,6 +6,9 @@
 //!   times and trace ids.
 //! - `wactl in-doubt list`: the sends whose last outcome is `in_doubt` (never retried
 //!   automatically; see docs/runbook.md).
+//! - `wactl in-doubt resolve <request_id> --sent <SM sid> | --not-sent`: settles one with an
+//!   event on `wa.outbound.dispatched.v1` (`sent`, or `failed` with `not_sent`: the CRM may
+//!   then send it again under a new request id).
 //! - `wactl lag`: each consumer group's committed offset, end and lag per topic and partition.
 //!
 //! Human output by default, `--json` (anywhere) for one JSON document. Message texts and full
@@ -29,7 +32,8 @@ use wa_schemas::{
     OutboundRequested, OutboundWindowChecked,
 };
 
-const USAGE: &str = "usage: wactl [--json] request <request_id> | in-doubt list | lag";
+const USAGE: &str = "usage: wactl [--json] request <request_id> | in-doubt list \
+                     | in-doubt resolve <request_id> (--sent <SM sid> | --not-sent) | lag";
 
 /// The consumer groups of the channel and the topics each reads.
 const GROUPS: &[(&str, &[&TopicSpec])] = &[
@@ -57,6 +61,8 @@ fn main() -> ExitCode {
     let result = KafkaConfig::from_env().map_err(anyhow::Error::from).and_then(|kafka| match words.as_slice() {
         ["request", request_id] => request(&kafka, request_id, json),
         ["in-doubt", "list"] => in_doubt(&kafka, json),
+        ["in-doubt", "resolve", request_id, "--sent", sid] => resolve(&kafka, request_id, Some(sid)),
+        ["in-doubt", "resolve", request_id, "--not-sent"] => resolve(&kafka, request_id, None),
         ["lag"] => lag(&kafka, json),
         _ => Err(anyhow::anyhow!("{USAGE}")),
     });
@@ -179,8 +185,9 @@ fn request(kafka: &KafkaConfig, request_id: &str, json: bool) -> anyhow::Result<
     Ok(())
 }
 
-fn in_doubt(kafka: &KafkaConfig, json: bool) -> anyhow::Result<()> {
-    // The last outcome of each request that settles it (claims and status moves aside).
+/// The last outcome of each request that settles it (claims and status moves aside): a `sent`
+/// or `failed` stays, an `in_doubt` published after it (a slow watcher) does not undo it.
+fn settled(kafka: &KafkaConfig) -> anyhow::Result<BTreeMap<String, OutboundDispatched>> {
     let mut last: BTreeMap<String, OutboundDispatched> = BTreeMap::new();
     read(kafka, &OUTBOUND_DISPATCHED, |record| {
         if let Some(event) = decode::<OutboundDispatched>(record) {
@@ -191,13 +198,17 @@ fn in_doubt(kafka: &KafkaConfig, json: bool) -> anyhow::Result<()> {
             if settling {
                 let settled_before =
                     last.get(&event.request_id).is_some_and(|e| e.kind() != Some(DispatchOutcome::InDoubt));
-                // Sent or failed stays: an in-doubt published later by a slow watcher does not undo it.
                 if !settled_before {
                     last.insert(event.request_id.clone(), event);
                 }
             }
         }
     })?;
+    Ok(last)
+}
+
+fn in_doubt(kafka: &KafkaConfig, json: bool) -> anyhow::Result<()> {
+    let last = settled(kafka)?;
     let doubtful: Vec<&OutboundDispatched> =
         last.values().filter(|e| e.kind() == Some(DispatchOutcome::InDoubt)).collect();
     if json {
@@ -264,5 +275,48 @@ fn lag(kafka: &KafkaConfig, json: bool) -> anyhow::Result<()> {
             println!("{group:<20} {topic:<40} {partition:>9} {committed:>10} {end:>10} {lag:>8}");
         }
     }
+    Ok(())
+}
+
+/// Settles an in-doubt send: `sent` with the sid an operator found at Twilio, or `failed` with
+/// `not_sent`. Refused for a request that is not in doubt.
+fn resolve(kafka: &KafkaConfig, request_id: &str, sid: Option<&str>) -> anyhow::Result<()> {
+    if let Some(sid) = sid {
+        let valid = sid.len() == 34 && sid.starts_with("SM") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        anyhow::ensure!(valid, "{sid:?} is not a Twilio message SID (SM followed by 32 hex digits)");
+    }
+    let last = settled(kafka)?;
+    let Some(doubtful) = last.get(request_id) else {
+        anyhow::bail!("request {request_id:?} has no outcome on {}", kafka.topic(&OUTBOUND_DISPATCHED));
+    };
+    anyhow::ensure!(
+        doubtful.kind() == Some(DispatchOutcome::InDoubt),
+        "request {request_id:?} is not in doubt: it ended {}",
+        doubtful.outcome
+    );
+    let outcome = if sid.is_some() { DispatchOutcome::Sent } else { DispatchOutcome::Failed };
+    // The id dispatch would give the same outcome, so a later callback's `sent` is one event.
+    let name = format!("wachannel:dispatched:{request_id}:{outcome}:");
+    let mut settled = doubtful.clone();
+    settled.event_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string();
+    settled.occurred_at = wa_platform::now_millis();
+    settled.outcome = outcome.as_str().to_owned();
+    settled.message_sid = sid.map(str::to_owned);
+    settled.twilio_status = sid.map(|_| "resolved_by_operator".to_owned());
+    settled.error_code = None;
+    settled.failure_reason = sid.is_none().then(|| "not_sent".to_owned());
+    settled.error_message = Some(match sid {
+        Some(_) => "settled by an operator: found sent at Twilio".to_owned(),
+        None => {
+            "settled by an operator: not sent at Twilio; the CRM may send it again under a new request_id".to_owned()
+        }
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let producer = wa_platform::kafka::EventProducer::new(kafka, "wachannel/wactl", TIMEOUT)?;
+        producer.publish(&OUTBOUND_DISPATCHED, &settled).await?;
+        anyhow::Ok(())
+    })?;
+    println!("request {request_id}: {}", settled.error_message.as_deref().unwrap_or_default());
     Ok(())
 }
