@@ -1,5 +1,6 @@
-//! `wactl`, the operator CLI, against the real broker: a request's story, the sends in doubt,
-//! and the consumer groups' lag. Runs the binary `cargo xtask test` builds.
+//! `wactl`, the operator CLI, against the real broker: a request's story, the sends in doubt and
+//! their settling, a conversation's state, and the consumer groups' lag. Runs the binary
+//! `cargo xtask test` builds.
 
 use std::process::Output;
 
@@ -123,6 +124,23 @@ async fn wactl_tells_a_requests_story_lists_sends_in_doubt_and_shows_lag() {
         .decode::<wa_schemas::OutboundDispatched>();
     assert_eq!(sent_by_operator.message_sid.as_deref(), Some(sid.as_str()));
     assert_eq!(sent_by_operator.twilio_status.as_deref(), Some("resolved_by_operator"));
+
+    // The conversation, by the customer's address or its id: window open, what happened.
+    let by_customer = wactl(&channel, &["conversation", &customer]);
+    assert!(by_customer.status.success(), "{}", String::from_utf8_lossy(&by_customer.stderr));
+    let printed = String::from_utf8_lossy(&by_customer.stdout);
+    assert!(printed.contains("24-hour window         open"), "{printed}");
+    assert!(printed.contains("window_opened"), "{printed}");
+    assert!(!printed.contains(customer.trim_start_matches("whatsapp:")), "a phone number printed: {printed}");
+    let conversation = wa_schemas::conversation_id(BUSINESS, &customer);
+    let by_id = json(&wactl(&channel, &["--json", "conversation", &conversation]));
+    let first = &by_id["conversations"][0];
+    assert_eq!(
+        (&first["conversation_id"], &first["known"], &first["window_open"]),
+        (&Value::from(conversation.as_str()), &Value::from(true), &Value::from(true))
+    );
+    let stranger = wactl(&channel, &["conversation", &unique_customer()]);
+    assert_eq!(stranger.status.code(), Some(2));
 
     // Lag: every group and partition is reported; dispatch has read all it was given.
     let lag = json(&wactl(&channel, &["--json", "lag"]));

@@ -9,6 +9,9 @@
 //! - `wactl in-doubt resolve <request_id> --sent <SM sid> | --not-sent`: settles one with an
 //!   event on `wa.outbound.dispatched.v1` (`sent`, or `failed` with `not_sent`: the CRM may
 //!   then send it again under a new request id).
+//! - `wactl conversation <conversation id | customer address>`: the session state (window,
+//!   free entry point, consent) and the latest window and consent events of the conversation,
+//!   or of each conversation the customer has (found on `wa.inbound.v1`).
 //! - `wactl lag`: each consumer group's committed offset, end and lag per topic and partition.
 //!
 //! Human output by default, `--json` (anywhere) for one JSON document. Message texts and full
@@ -24,16 +27,18 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use wa_platform::config::KafkaConfig;
 use wa_platform::topics::{
-    TopicSpec, DELIVERY, INBOUND, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REJECTED,
-    OUTBOUND_REQUESTED,
+    TopicSpec, CONSENT, DELIVERY, INBOUND, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED,
+    OUTBOUND_REJECTED, OUTBOUND_REQUESTED, SESSIONS, SESSION_EVENTS,
 };
 use wa_schemas::{
-    DeliveryStatusReceived, DispatchOutcome, Event, OutboundAuthorized, OutboundDispatched, OutboundRejected,
-    OutboundRequested, OutboundWindowChecked,
+    ConsentChanged, DeliveryStatusReceived, DispatchOutcome, Event, InboundMessageReceived, OutboundAuthorized,
+    OutboundDispatched, OutboundRejected, OutboundRequested, OutboundWindowChecked, SessionEvent, SessionState,
+    WhatsAppAddress,
 };
 
 const USAGE: &str = "usage: wactl [--json] request <request_id> | in-doubt list \
-                     | in-doubt resolve <request_id> (--sent <SM sid> | --not-sent) | lag";
+                     | in-doubt resolve <request_id> (--sent <SM sid> | --not-sent) \
+                     | conversation <conversation id | customer address> | lag";
 
 /// The consumer groups of the channel and the topics each reads.
 const GROUPS: &[(&str, &[&TopicSpec])] = &[
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         ["in-doubt", "list"] => in_doubt(&kafka, json),
         ["in-doubt", "resolve", request_id, "--sent", sid] => resolve(&kafka, request_id, Some(sid)),
         ["in-doubt", "resolve", request_id, "--not-sent"] => resolve(&kafka, request_id, None),
+        ["conversation", who] => conversation(&kafka, who, json),
         ["lag"] => lag(&kafka, json),
         _ => Err(anyhow::anyhow!("{USAGE}")),
     });
@@ -318,5 +324,105 @@ fn resolve(kafka: &KafkaConfig, request_id: &str, sid: Option<&str>) -> anyhow::
         anyhow::Ok(())
     })?;
     println!("request {request_id}: {}", settled.error_message.as_deref().unwrap_or_default());
+    Ok(())
+}
+
+/// How many of a conversation's latest window and consent events are shown.
+const RECENT_EVENTS: usize = 10;
+
+fn conversation(kafka: &KafkaConfig, who: &str, json: bool) -> anyhow::Result<()> {
+    let ids: Vec<String> = match uuid::Uuid::parse_str(who) {
+        Ok(id) => vec![id.to_string()],
+        Err(_) => {
+            let customer = WhatsAppAddress::parse(who)
+                .map_err(|err| anyhow::anyhow!("{who:?} is neither a conversation id nor a WhatsApp address: {err}"))?;
+            let mut ids = Vec::new();
+            read(kafka, &INBOUND, |record| {
+                if let Some(event) = decode::<InboundMessageReceived>(record) {
+                    let from = WhatsAppAddress::parse(&event.from).map(String::from).unwrap_or(event.from);
+                    if from == customer.as_str() && !ids.contains(&event.conversation_id) {
+                        ids.push(event.conversation_id);
+                    }
+                }
+            })?;
+            anyhow::ensure!(!ids.is_empty(), "the customer has not written on {}", kafka.topic(&INBOUND));
+            ids
+        }
+    };
+    let mut states: BTreeMap<String, SessionState> = BTreeMap::new();
+    read(kafka, &SESSIONS, |record| {
+        let key = record.key().and_then(|k| std::str::from_utf8(k).ok()).unwrap_or_default();
+        if ids.iter().any(|id| id == key) {
+            match decode::<SessionState>(record) {
+                Some(state) => {
+                    states.insert(key.to_owned(), state);
+                }
+                // A tombstone: the conversation's state was removed.
+                None => {
+                    states.remove(key);
+                }
+            }
+        }
+    })?;
+    let mut events: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    read(kafka, &SESSION_EVENTS, |record| {
+        if let Some(event) = decode::<SessionEvent>(record).filter(|e| ids.contains(&e.conversation_id)) {
+            let reason = event.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+            events
+                .entry(event.conversation_id)
+                .or_default()
+                .push((event.occurred_at, format!("{}{reason}", event.kind)));
+        }
+    })?;
+    read(kafka, &CONSENT, |record| {
+        if let Some(event) = decode::<ConsentChanged>(record).filter(|e| ids.contains(&e.conversation_id)) {
+            let what = format!("consent {} ({})", event.consent, event.reason);
+            events.entry(event.conversation_id).or_default().push((event.occurred_at, what));
+        }
+    })?;
+    let now = wa_platform::now_millis();
+    let mut documents = Vec::new();
+    for id in &ids {
+        let state = states.get(id);
+        let mut recent = events.remove(id).unwrap_or_default();
+        recent.sort_by_key(|(at, _)| *at);
+        let recent: Vec<(i64, String)> = recent.into_iter().rev().take(RECENT_EVENTS).rev().collect();
+        let window_open = state.and_then(|s| s.window_expires_at).is_some_and(|expires| expires > now);
+        if json {
+            documents.push(json!({
+                "conversation_id": id,
+                "known": state.is_some(),
+                "window_open": window_open,
+                "last_customer_message_at": state.and_then(|s| s.last_customer_message_at).map(time),
+                "window_expires_at": state.and_then(|s| s.window_expires_at).map(time),
+                "entry_point_expires_at": state.and_then(|s| s.entry_point_expires_at).map(time),
+                "opted_out": state.is_some_and(|s| s.opted_out),
+                "notified": state.map(|s| s.notified.clone()),
+                "recent_events": recent.iter().map(|(at, what)| json!({"at": time(*at), "what": what})).collect::<Vec<_>>(),
+            }));
+            continue;
+        }
+        println!("conversation {id}");
+        match state {
+            None => println!("  no session state on {}", kafka.topic(&SESSIONS)),
+            Some(state) => {
+                let at = |millis: Option<i64>| millis.map_or_else(|| "-".to_owned(), time);
+                println!("  last customer message  {}", at(state.last_customer_message_at));
+                println!(
+                    "  24-hour window         {} (until {})",
+                    if window_open { "open" } else { "closed" },
+                    at(state.window_expires_at)
+                );
+                println!("  free entry point until {}", at(state.entry_point_expires_at));
+                println!("  opted out              {}", if state.opted_out { "yes" } else { "no" });
+            }
+        }
+        for (at, what) in &recent {
+            println!("  {}  {what}", time(*at));
+        }
+    }
+    if json {
+        println!("{}", json!({ "conversations": documents }));
+    }
     Ok(())
 }
