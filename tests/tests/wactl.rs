@@ -155,3 +155,40 @@ async fn wactl_tells_a_requests_story_lists_sends_in_doubt_and_shows_lag() {
     }
     channel.stop().await;
 }
+
+/// Dead letters: listed with their reason, shown without their value's text, replayed to the
+/// original topic once (a second replay of the same one is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wactl_lists_shows_and_replays_dead_letters_once() {
+    let channel = Channel::start().await;
+    channel.produce_raw(&wa_platform::topics::OUTBOUND_REQUESTED, "poison-key", b"{\"not\": \"avro\"}").await;
+    channel.await_record(&wa_platform::topics::DEAD_LETTER, |_| true).await;
+
+    let listed = json(&wactl(&channel, &["--json", "dlq", "list"]));
+    let letters = listed["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{listed}");
+    let letter = &letters[0];
+    assert_eq!(letter["service"], "session-window");
+    assert_eq!(letter["topic"].as_str(), Some(channel.topic(&wa_platform::topics::OUTBOUND_REQUESTED).as_str()));
+    assert!(letter["reason"].as_str().unwrap().contains("not an avro single-object"), "{letter}");
+    let offset = letter["offset"].as_i64().unwrap().to_string();
+
+    let shown = json(&wactl(&channel, &["--json", "dlq", "show", &offset]));
+    assert_eq!(shown["key"], "poison-key");
+    assert_eq!(shown["value_bytes"], 15);
+    assert!(shown["headers"]["dlq.reason"].is_string(), "{shown}");
+
+    let replayed = wactl(&channel, &["dlq", "replay", &offset]);
+    assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stderr));
+    let copy = channel
+        .await_record(&wa_platform::topics::OUTBOUND_REQUESTED, |r| r.headers.get("wactl.replay_of") == Some(&offset))
+        .await;
+    assert_eq!((copy.key.as_deref(), copy.payload.as_slice()), (Some(&b"poison-key"[..]), &b"{\"not\": \"avro\"}"[..]));
+    assert!(!copy.headers.keys().any(|name| name.starts_with("dlq.")), "{:?}", copy.headers);
+    let again = wactl(&channel, &["dlq", "replay", &offset]);
+    assert_eq!(again.status.code(), Some(2), "replayed twice");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already replayed"));
+    let missing = wactl(&channel, &["dlq", "show", "999999"]);
+    assert_eq!(missing.status.code(), Some(2));
+    channel.stop().await;
+}

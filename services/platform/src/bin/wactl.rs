@@ -12,6 +12,9 @@
 //! - `wactl conversation <conversation id | customer address>`: the session state (window,
 //!   free entry point, consent) and the latest window and consent events of the conversation,
 //!   or of each conversation the customer has (found on `wa.inbound.v1`).
+//! - `wactl dlq list | show <offset> | replay <offset>…`: the dead letters; a replay produces
+//!   the original key, value and headers back to the original topic, once (the copy carries
+//!   `wactl.replay_of`, and a dead letter already replayed is refused).
 //! - `wactl lag`: each consumer group's committed offset, end and lag per topic and partition.
 //!
 //! Human output by default, `--json` (anywhere) for one JSON document. Message texts and full
@@ -27,7 +30,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use wa_platform::config::KafkaConfig;
 use wa_platform::topics::{
-    TopicSpec, CONSENT, DELIVERY, INBOUND, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED,
+    TopicSpec, CONSENT, DEAD_LETTER, DELIVERY, INBOUND, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED,
     OUTBOUND_REJECTED, OUTBOUND_REQUESTED, SESSIONS, SESSION_EVENTS,
 };
 use wa_schemas::{
@@ -38,7 +41,8 @@ use wa_schemas::{
 
 const USAGE: &str = "usage: wactl [--json] request <request_id> | in-doubt list \
                      | in-doubt resolve <request_id> (--sent <SM sid> | --not-sent) \
-                     | conversation <conversation id | customer address> | lag";
+                     | conversation <conversation id | customer address> \
+                     | dlq list | dlq show <offset> | dlq replay <offset>... | lag";
 
 /// The consumer groups of the channel and the topics each reads.
 const GROUPS: &[(&str, &[&TopicSpec])] = &[
@@ -69,6 +73,9 @@ fn main() -> ExitCode {
         ["in-doubt", "resolve", request_id, "--sent", sid] => resolve(&kafka, request_id, Some(sid)),
         ["in-doubt", "resolve", request_id, "--not-sent"] => resolve(&kafka, request_id, None),
         ["conversation", who] => conversation(&kafka, who, json),
+        ["dlq", "list"] => dlq_list(&kafka, json),
+        ["dlq", "show", offset] => dlq_show(&kafka, offset, json),
+        ["dlq", "replay", offsets @ ..] if !offsets.is_empty() => dlq_replay(&kafka, offsets),
         ["lag"] => lag(&kafka, json),
         _ => Err(anyhow::anyhow!("{USAGE}")),
     });
@@ -423,6 +430,160 @@ fn conversation(kafka: &KafkaConfig, who: &str, json: bool) -> anyhow::Result<()
     }
     if json {
         println!("{}", json!({ "conversations": documents }));
+    }
+    Ok(())
+}
+
+/// The header that marks a replayed dead letter on its original topic: the dead letter's offset.
+const REPLAY_OF: &str = "wactl.replay_of";
+
+/// A record as read, headers by name.
+struct Raw {
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: BTreeMap<String, String>,
+}
+
+impl Raw {
+    fn of(record: &BorrowedMessage<'_>) -> Self {
+        let headers = record
+            .headers()
+            .map(|headers| {
+                use rdkafka::message::Headers as _;
+                headers
+                    .iter()
+                    .map(|h| {
+                        (h.key.to_owned(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            offset: record.offset(),
+            key: record.key().map(<[u8]>::to_vec),
+            payload: record.payload().unwrap_or_default().to_vec(),
+            headers,
+        }
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+}
+
+fn dead_letters(kafka: &KafkaConfig) -> anyhow::Result<Vec<Raw>> {
+    let mut letters = Vec::new();
+    read(kafka, &DEAD_LETTER, |record| letters.push(Raw::of(record)))?;
+    Ok(letters)
+}
+
+fn dlq_list(kafka: &KafkaConfig, json: bool) -> anyhow::Result<()> {
+    let letters = dead_letters(kafka)?;
+    if json {
+        let list: Vec<_> = letters
+            .iter()
+            .map(|l| {
+                json!({"offset": l.offset, "failed_at": l.header("dlq.failed_at"), "service": l.header("dlq.service"),
+                       "topic": l.header("dlq.topic"), "partition": l.header("dlq.partition"),
+                       "original_offset": l.header("dlq.offset"), "reason": l.header("dlq.reason")})
+            })
+            .collect();
+        println!("{}", json!({ "dead_letters": list }));
+    } else if letters.is_empty() {
+        println!("no dead letters");
+    } else {
+        for l in &letters {
+            println!(
+                "{:>6}  {}  {:<18}  {}:{}@{}  {}",
+                l.offset,
+                l.header("dlq.failed_at"),
+                l.header("dlq.service"),
+                l.header("dlq.topic"),
+                l.header("dlq.partition"),
+                l.header("dlq.offset"),
+                l.header("dlq.reason")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn parse_offset(text: &str) -> anyhow::Result<i64> {
+    text.parse().map_err(|_| anyhow::anyhow!("{text:?} is not an offset of the dead-letter topic (see wactl dlq list)"))
+}
+
+fn dlq_show(kafka: &KafkaConfig, offset: &str, json: bool) -> anyhow::Result<()> {
+    let offset = parse_offset(offset)?;
+    let letters = dead_letters(kafka)?;
+    let letter = letters
+        .iter()
+        .find(|l| l.offset == offset)
+        .ok_or_else(|| anyhow::anyhow!("no dead letter at offset {offset}"))?;
+    // The value may hold a customer's message: its size and first bytes, not its text.
+    let start: String = letter.payload.iter().take(32).map(|b| format!("{b:02x}")).collect();
+    let key = letter.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+    if json {
+        println!(
+            "{}",
+            json!({"offset": letter.offset, "key": key, "value_bytes": letter.payload.len(), "value_start_hex": start, "headers": letter.headers})
+        );
+    } else {
+        println!("dead letter {offset}");
+        println!("  key    {key}");
+        println!("  value  {} bytes, starting {start}", letter.payload.len());
+        for (name, value) in &letter.headers {
+            println!("  {name}: {value}");
+        }
+    }
+    Ok(())
+}
+
+fn dlq_replay(kafka: &KafkaConfig, offsets: &[&str]) -> anyhow::Result<()> {
+    let offsets = offsets.iter().map(|o| parse_offset(o)).collect::<anyhow::Result<Vec<i64>>>()?;
+    let letters = dead_letters(kafka)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let producer =
+        runtime.block_on(async { wa_platform::kafka::EventProducer::new(kafka, "wachannel/wactl", TIMEOUT) })?;
+    for offset in offsets {
+        let letter = letters
+            .iter()
+            .find(|l| l.offset == offset)
+            .ok_or_else(|| anyhow::anyhow!("no dead letter at offset {offset}"))?;
+        let topic = letter.header("dlq.topic").to_owned();
+        anyhow::ensure!(!topic.is_empty(), "dead letter {offset} names no original topic (dlq.topic)");
+        // Once: a copy marked with this dead letter's offset already on the topic is not made again.
+        let mut replayed_at = None;
+        wa_platform::kafka::read_to_end(
+            kafka,
+            "wactl",
+            std::slice::from_ref(&topic),
+            None,
+            |record| {
+                let marked =
+                    wa_platform::kafka::header_str(record.headers(), REPLAY_OF) == Some(offset.to_string().as_str());
+                if marked {
+                    replayed_at = Some(record.offset());
+                }
+            },
+            |_| {},
+        )?;
+        if let Some(at) = replayed_at {
+            anyhow::bail!("dead letter {offset} was already replayed to {topic} (offset {at})");
+        }
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        for (name, value) in letter.headers.iter().filter(|(name, _)| !name.starts_with("dlq.")) {
+            headers = headers.insert(rdkafka::message::Header { key: name, value: Some(value.as_str()) });
+        }
+        let marker = offset.to_string();
+        headers = headers.insert(rdkafka::message::Header { key: REPLAY_OF, value: Some(marker.as_str()) });
+        let (partition, at) = runtime.block_on(async {
+            let queued = producer
+                .enqueue_record(&topic, letter.key.as_deref().unwrap_or_default(), Some(&letter.payload), headers, None)
+                .await?;
+            anyhow::Ok(queued.acknowledged().await?)
+        })?;
+        println!("dead letter {offset} replayed to {topic} (partition {partition}, offset {at})");
     }
     Ok(())
 }
