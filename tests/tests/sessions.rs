@@ -232,6 +232,36 @@ async fn a_rebuild_from_scratch_gives_the_state_of_the_live_projection() {
     };
     assert!(expected.values().any(|s| s.opted_out) && expected.values().any(|s| !s.opted_out));
     assert!(expected.values().any(|s| s.entry_point_expires_at.is_some()));
+    // Both folds go through the crate's rules; this checks them against WhatsApp's, written
+    // here apart: the window closes 24 hours after the customer's latest message, a
+    // click-to-WhatsApp referral opens 72 free hours from that message, and the latest consent
+    // signal (a keyword, or a send refused with 63014) decides opt-out.
+    for (i, customer) in customers.iter().enumerate() {
+        let i = i as i64;
+        let hi = now - (i % 5) * 20 * HOUR;
+        let mut messages = vec![hi, hi - HOUR];
+        let mut consent: Vec<(i64, bool)> = Vec::new();
+        if i % 4 == 0 {
+            messages.push(now - 2 * HOUR);
+            consent.push((now - 2 * HOUR, true));
+        }
+        if i % 8 == 0 {
+            messages.push(now - HOUR);
+            consent.push((now - HOUR, false));
+        }
+        let referral = (i % 3 == 0).then_some(now - 50 * HOUR);
+        messages.extend(referral);
+        if i % 5 == 1 {
+            consent.push((now - 3 * HOUR, true));
+        }
+        let last = *messages.iter().max().unwrap();
+        let opted_out = consent.iter().max_by_key(|(at, _)| *at).is_some_and(|(_, out)| *out);
+        let state = &expected[&conversation_id(BUSINESS, customer)];
+        assert_eq!(state.last_customer_message_at, Some(last), "customer {i}");
+        assert_eq!(state.window_expires_at, Some(last + 24 * HOUR), "customer {i}");
+        assert_eq!(state.entry_point_expires_at, referral.map(|at| at + 72 * HOUR), "customer {i}");
+        assert_eq!(state.opted_out, opted_out, "customer {i}");
+    }
     // The dry runs wrote nothing: no snapshot and no consent record comes from the rebuild.
     let by_rebuild = |records: Vec<RawRecord>| {
         records.iter().filter(|r| r.headers.get("ce_source").map(String::as_str) == Some(REBUILD_SOURCE)).count()
