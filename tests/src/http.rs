@@ -39,15 +39,7 @@ impl Channel {
     /// channel's ingress; the simulator's whole answer.
     pub async fn sim_inbound_request(&self, mut request: serde_json::Value) -> serde_json::Value {
         request["url"] = format!("{}/twilio/inbound", self.ingress_url).into();
-        self.http
-            .post(format!("{}/sim/inbound", self.sim_url))
-            .json(&request)
-            .send()
-            .await
-            .expect("simulator answers")
-            .json()
-            .await
-            .expect("simulator answers json")
+        sim_json(self.http.post(format!("{}/sim/inbound", self.sim_url)).json(&request)).await
     }
 
     /// An HTTP client for requests the helpers do not cover.
@@ -128,14 +120,7 @@ impl Channel {
 
     /// Every message the simulator accepted.
     pub async fn sim_messages(&self) -> Vec<serde_json::Value> {
-        self.http
-            .get(format!("{}/sim/messages", self.sim_url))
-            .send()
-            .await
-            .expect("simulator answers")
-            .json()
-            .await
-            .expect("simulator answers json")
+        sim_json(self.http.get(format!("{}/sim/messages", self.sim_url))).await
     }
 
     /// A GET on a component's HTTP port.
@@ -144,4 +129,9 @@ impl Channel {
         // The session query needs its token; the ops endpoints ignore it.
         self.http.get(format!("{base}{path}")).bearer_auth(SESSION_TOKEN).send().await.expect("service answers")
     }
+}
+
+/// The simulator's JSON answer to `request`.
+async fn sim_json<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) -> T {
+    request.send().await.expect("simulator answers").json().await.expect("simulator answers json")
 }

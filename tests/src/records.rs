@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use wa_platform::config::KafkaConfig;
 use wa_platform::topics::{self, TopicSpec};
@@ -188,17 +188,7 @@ impl Channel {
 }
 
 fn raw(message: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| {
-                    (h.key.to_owned(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = wa_platform::kafka::header_pairs(message.headers()).into_iter().collect();
     RawRecord {
         partition: message.partition(),
         offset: message.offset(),

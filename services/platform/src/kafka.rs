@@ -19,8 +19,8 @@ pub use consumer::{
 };
 pub use follower::{partition_ranges, TopicFollower};
 pub use headers::{
-    current_traceparent, header_str, link_current_span, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID, CE_SOURCE,
-    CE_SUBJECT, CE_TIME, CE_TYPE, TRACEPARENT,
+    current_traceparent, header_pairs, header_str, link_current_span, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID,
+    CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE, TRACEPARENT,
 };
 pub use probe::{watch_broker, PROBE_INTERVAL, PROBE_TIMEOUT};
 pub use producer::{DeliveryFaults, EventProducer, PublishError, Queued, DELIVERY_TIMEOUT};

@@ -447,18 +447,7 @@ struct Raw {
 
 impl Raw {
     fn of(record: &BorrowedMessage<'_>) -> Self {
-        let headers = record
-            .headers()
-            .map(|headers| {
-                use rdkafka::message::Headers as _;
-                headers
-                    .iter()
-                    .map(|h| {
-                        (h.key.to_owned(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = wa_platform::kafka::header_pairs(record.headers()).into_iter().collect();
         Self {
             offset: record.offset(),
             key: record.key().map(<[u8]>::to_vec),

@@ -76,6 +76,21 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// Every header as a (name, value) pair, values read as UTF-8 (lossily): for tools and tests
+/// that show or compare headers.
+pub fn header_pairs<H: Headers>(headers: Option<&H>) -> Vec<(String, String)> {
+    headers
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    (h.key.to_owned(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The UTF-8 value of the last header named `key`, if any.
 pub fn header_str<'a, H: Headers>(headers: Option<&'a H>, key: &str) -> Option<&'a str> {
     headers?
