@@ -5,6 +5,7 @@ mod admin;
 mod consumer;
 mod follower;
 mod headers;
+mod member;
 mod probe;
 mod producer;
 mod reader;
@@ -22,6 +23,7 @@ pub use headers::{
     current_traceparent, header_pairs, header_str, link_current_span, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID,
     CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE, TRACEPARENT,
 };
+pub use member::{GroupMember, Membership};
 pub use probe::{watch_broker, PROBE_INTERVAL, PROBE_TIMEOUT};
 pub use producer::{DeliveryFaults, EventProducer, PublishError, Queued, DELIVERY_TIMEOUT};
 pub use reader::{read_partitions_to_end, read_to_end, Progress};

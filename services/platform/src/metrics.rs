@@ -59,8 +59,6 @@ pub const SESSION_RESTORE: &str = "wa_session_restore_seconds";
 pub const SESSION_REWINDS: &str = "wa_session_rewinds_total";
 /// Counter: revokes whose queued records were not all acknowledged (positions left uncommitted).
 pub const SESSION_UNCOMMITTED_REVOKES: &str = "wa_session_uncommitted_revokes_total";
-/// Counter: rejoins of the projection's group after a stale or empty assignment.
-pub const SESSION_GROUP_REJOINS: &str = "wa_session_group_rejoins_total";
 
 /// Counter: authorization decisions, by `decision` (`authorized`, `rejected`) and `reason`.
 pub const OUTBOUND_DECISIONS: &str = "wa_outbound_decisions_total";
@@ -129,7 +127,6 @@ pub const ALL: &[&str] = &[
     SESSION_RESTORE,
     SESSION_REWINDS,
     SESSION_UNCOMMITTED_REVOKES,
-    SESSION_GROUP_REJOINS,
     OUTBOUND_DECISIONS,
     TEMPLATES,
     TEMPLATE_SYNCS,

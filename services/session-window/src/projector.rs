@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -31,10 +31,8 @@ use uuid::Uuid;
 use wa_platform::backoff::Backoff;
 use wa_platform::config::KafkaConfig;
 use wa_platform::http::Health;
-use wa_platform::kafka::rebalance::{
-    complete_revoke, DeferredRevoke, RebalanceEvent, StaleAssignments, TopicPartition,
-};
-use wa_platform::kafka::{ConsumerSettings, EventProducer, Queued, Record};
+use wa_platform::kafka::rebalance::{RebalanceEvent, TopicPartition};
+use wa_platform::kafka::{ConsumerSettings, EventProducer, GroupMember, Membership, Queued, Record};
 use wa_platform::topics::{
     partition_for_key, CONSENT, INBOUND, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED, OUTBOUND_REQUESTED, SESSIONS,
     SESSION_EVENTS, SESSION_OWNERS,
@@ -91,12 +89,9 @@ struct Topics {
 
 /// The live projection loop.
 pub(crate) struct Projector {
-    /// Before `consumer`, so dropped before it (fields drop in order) however the loop ends:
-    /// closing the consumer revokes its partitions, and with the receiver gone the context
-    /// gives them up at once.
-    rebalances: mpsc::UnboundedReceiver<RebalanceEvent>,
+    /// The group membership (the platform's, as every consumer's): records and rebalances.
+    member: GroupMember,
     config: Config,
-    consumer: StreamConsumer<DeferredRevoke>,
     metadata: Arc<BaseConsumer>,
     shared: Arc<Shared>,
     producer: EventProducer,
@@ -113,8 +108,6 @@ pub(crate) struct Projector {
     /// Outputs were lost and the group is being rejoined: nothing is recorded or committed
     /// until the partitions are revoked.
     rewinding: bool,
-    /// Tells a rebalance that handed back what it took (tansu 0.6).
-    stale: StaleAssignments,
     /// Counts received records: orders requests against watermark queries.
     seq: u64,
     answers: mpsc::UnboundedReceiver<(i32, u64, Result<i64, String>)>,
@@ -140,13 +133,6 @@ pub(crate) async fn follow_owners(
             })
             .await
     }))
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Looks up how many partitions `topic` has.
@@ -195,20 +181,18 @@ impl Projector {
         let kafka = &config.kafka;
         let partitions = partition_count(kafka, &INBOUND).await?;
         let _ = shared.partitions.set(partitions);
-        let (context, rebalances) = DeferredRevoke::new(&kafka.group(GROUP));
-        let consumer: StreamConsumer<DeferredRevoke> = wa_platform::kafka::group_member_config(kafka, GROUP, SERVICE)
-            // Offsets are committed by the loop, after the records they caused are acknowledged.
-            .set("enable.auto.commit", "false")
-            // Range assignment gives one member the same partition number of every topic.
-            .set("partition.assignment.strategy", "range")
-            .create_with_context(context)?;
+        let member =
+            GroupMember::join(kafka, GROUP, SERVICE, &[INBOUND, OUTBOUND_REQUESTED, OUTBOUND_DISPATCHED], |c| {
+                // Offsets are committed by the loop, after the records they caused are acknowledged.
+                // Range assignment gives one member the same partition number of every topic.
+                c.set("enable.auto.commit", "false").set("partition.assignment.strategy", "range");
+            })?;
         let topics = Topics {
             inbound: kafka.topic(&INBOUND),
             requested: kafka.topic(&OUTBOUND_REQUESTED),
             dispatched: kafka.topic(&OUTBOUND_DISPATCHED),
             sessions: kafka.topic(&SESSIONS),
         };
-        consumer.subscribe(&[&topics.inbound, &topics.requested, &topics.dispatched])?;
         let metadata: Arc<BaseConsumer> =
             Arc::new(wa_platform::kafka::client_config(kafka, "session-window-watermarks").create()?);
         let (answers_tx, answers) = mpsc::unbounded_channel();
@@ -221,8 +205,8 @@ impl Projector {
         };
         tracing::info!(group = %kafka.group(GROUP), partitions, "session projection started");
         let projector = Self {
+            member,
             config,
-            consumer,
             metadata,
             shared,
             producer,
@@ -234,9 +218,7 @@ impl Projector {
             positions: HashMap::new(),
             positions_moved: false,
             rewinding: false,
-            stale: StaleAssignments::default(),
             seq: 0,
-            rebalances,
             answers,
             answers_tx,
         };
@@ -250,30 +232,16 @@ impl Projector {
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let rejoin_at = self.stale.due().map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(event) = self.rebalances.recv() => self.rebalanced(event, &shutdown).await?,
-                () = sleep_until(rejoin_at), if rejoin_at.is_some() => {
-                    if self.stale.take_due(std::time::Instant::now()) {
-                        tracing::info!("assignment stale or empty; rejoining the group");
-                        metrics::counter!(wa_platform::metrics::SESSION_GROUP_REJOINS).increment(1);
-                        self.resubscribe()?;
-                    }
-                }
                 Some((partition, seq, answer)) = self.answers.recv() => self.answered(partition, seq, answer).await?,
                 _ = commit.tick() => self.commit().await?,
                 _ = timers.tick() => self.fire_timers().await?,
-                received = self.consumer.recv() => match received {
-                    Ok(message) => {
-                        let message = message.detach();
-                        self.handle(message, &shutdown).await?;
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "consumer error");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                membership = self.member.next(true) => match membership {
+                    Membership::Assigned(assigned) => self.rebalanced(RebalanceEvent::Assigned(assigned), &shutdown).await?,
+                    Membership::Revoked(revoked) => self.rebalanced(RebalanceEvent::Revoked(revoked), &shutdown).await?,
+                    Membership::Record(message) => self.handle(message, &shutdown).await?,
                 },
             }
         }
@@ -317,10 +285,7 @@ impl Projector {
                         metrics::gauge!(wa_platform::metrics::SESSION_VERDICTS_WAITING).decrement(waiting as f64);
                     }
                 }
-                if let Err(err) = complete_revoke(&self.consumer, &revoked) {
-                    tracing::error!(error = %err, "cannot give up the revoked partitions");
-                }
-                self.stale.revoked(&revoked);
+                self.member.give_up(&revoked);
             }
             RebalanceEvent::Assigned(assigned) => {
                 // A rejoin that had nothing to revoke: nothing to rewind either.
@@ -331,10 +296,8 @@ impl Projector {
                 // it kept a dead member's stale assignment (tansu 0.6 keeps the generation when
                 // a member times out): rejoin as a new member once, so a fresh generation is
                 // assigned and the dead member's partitions are not left unowned.
-                let now = std::time::Instant::now();
-                self.stale.assigned(&assigned, now);
-                if self.stale.due().is_some_and(|due| due <= now) {
-                    // Rejoined at once (the loop's timer), before restoring anything.
+                if self.member.rejoin_due() {
+                    // Rejoined at once (by the membership), before restoring anything.
                     return Ok(());
                 }
                 let missing: Vec<i32> = partitions.into_iter().filter(|p| !self.owned.contains_key(p)).collect();
@@ -344,14 +307,6 @@ impl Projector {
                 self.health.set_ready(true);
             }
         }
-        Ok(())
-    }
-
-    /// Leaves the group and joins it again as a new member: every partition is revoked (and
-    /// restored when it comes back).
-    fn resubscribe(&mut self) -> anyhow::Result<()> {
-        self.consumer.unsubscribe();
-        self.consumer.subscribe(&[&self.topics.inbound, &self.topics.requested, &self.topics.dispatched])?;
         Ok(())
     }
 
@@ -466,7 +421,7 @@ impl Projector {
         for partition in partitions {
             query.add_partition(&self.topics.inbound, *partition);
         }
-        let committed = self.consumer.committed_offsets(query, METADATA_TIMEOUT)?;
+        let committed = self.member.consumer().committed_offsets(query, METADATA_TIMEOUT)?;
         Ok(committed
             .elements()
             .iter()
@@ -488,7 +443,7 @@ impl Projector {
         self.seq += 1;
         let partition = message.partition();
         if !self.owned.contains_key(&partition) {
-            let assigned = self.consumer.assignment().is_ok_and(|list| {
+            let assigned = self.member.consumer().assignment().is_ok_and(|list| {
                 list.elements().iter().any(|e| e.partition() == partition && e.topic() == message.topic())
             });
             if !assigned {
@@ -789,7 +744,7 @@ impl Projector {
         if list.count() == 0 {
             return;
         }
-        if let Err(err) = self.consumer.commit(&list, mode) {
+        if let Err(err) = self.member.consumer().commit(&list, mode) {
             tracing::warn!(error = %err, "commit failed; the positions are committed with the next one");
             self.positions_moved = true;
         }
@@ -813,7 +768,7 @@ impl Projector {
         self.positions.clear();
         self.positions_moved = false;
         self.rewinding = true;
-        self.stale.rejoined(std::time::Instant::now());
-        self.resubscribe()
+        // Every partition is revoked, and restored when it comes back.
+        self.member.rejoin()
     }
 }

@@ -30,8 +30,9 @@ use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::headers::HeaderExtractor;
+use super::member::{GroupMember, Membership};
 use super::producer::EventProducer;
-use super::rebalance::{complete_revoke, Assignment, DeferredRevoke, RebalanceEvent, StaleAssignments, TopicPartition};
+use super::rebalance::{Assignment, DeferredRevoke, TopicPartition};
 use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
 use crate::topics::{TopicSpec, DEAD_LETTER};
@@ -168,27 +169,17 @@ pub async fn run_consumer<H: Handler>(
     handler: &H,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let group = kafka.group(&settings.group);
-    let (context, rebalances) = DeferredRevoke::new(&group);
-    let consumer: StreamConsumer<DeferredRevoke> = super::group_member_config(kafka, &settings.group, settings.service)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .create_with_context(context)?;
-    // Declared after the consumer, so dropped before it on every way out: closing the consumer
-    // revokes what it holds, and with the receiver gone the context gives the partitions up at
-    // once instead of waiting for a drain nobody runs.
-    let mut rebalances = rebalances;
-    let topics: Vec<String> = settings.topics.iter().map(|spec| kafka.topic(spec)).collect();
-    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topic_refs)?;
-    tracing::info!(group = %group, topics = ?topics, "consumer started");
+    let mut member = GroupMember::join(kafka, &settings.group, settings.service, &settings.topics, |config| {
+        // Offsets are stored as records finish, and committed in the background.
+        config.set("enable.auto.commit", "true").set("auto.commit.interval.ms", "1000");
+    })?;
+    let group = member.group().to_owned();
 
     let mut in_flight = FuturesUnordered::new();
     let mut progress = Progress::default();
     // A record whose key was busy, waiting for its turn.
     let mut waiting: Option<OwnedMessage> = None;
     let mut draining: Option<Drain> = None;
-    let mut stale = StaleAssignments::default();
     let mut stopping = false;
 
     loop {
@@ -212,21 +203,20 @@ pub async fn run_consumer<H: Handler>(
             drain.partitions.iter().all(|p| !progress.busy(p)) || tokio::time::Instant::now() >= drain.deadline
         }) {
             let revoked: Vec<TopicPartition> = drain.partitions.iter().cloned().collect();
-            finish_revoke(&consumer, &mut progress, drain);
-            stale.revoked(&revoked);
+            finish_revoke(&mut member, &mut progress, drain);
             settings.assignment.remove(&revoked);
         }
         let can_receive = !stopping && waiting.is_none() && in_flight.len() < settings.max_in_flight.max(1);
         let drain_deadline = draining.as_ref().map(|drain| drain.deadline);
-        let rejoin_at = stale.due().map(tokio::time::Instant::from_std);
         tokio::select! {
             () = shutdown.cancelled(), if !stopping => stopping = true,
-            Some(event) = rebalances.recv() => {
-                if let RebalanceEvent::Assigned(partitions) = &event {
-                    stale.assigned(partitions, std::time::Instant::now());
-                    settings.assignment.add(partitions);
-                }
-                if let RebalanceEvent::Revoked(partitions) = event {
+            Some((message, done)) = in_flight.next(), if !in_flight.is_empty() => {
+                progress.keys_in_flight.remove(&key_of(&message));
+                finish(member.consumer(), &mut progress, &message, if done { Stage::Done } else { Stage::Abandoned });
+            }
+            membership = member.next(can_receive) => match membership {
+                Membership::Assigned(partitions) => settings.assignment.add(&partitions),
+                Membership::Revoked(partitions) => {
                     for partition in &partitions {
                         if let Some(token) = progress.tokens.remove(partition) {
                             token.cancel();
@@ -240,33 +230,13 @@ pub async fn run_consumer<H: Handler>(
                     });
                     drain.partitions.extend(partitions);
                 }
-            }
-            Some((message, done)) = in_flight.next(), if !in_flight.is_empty() => {
-                progress.keys_in_flight.remove(&key_of(&message));
-                finish(&consumer, &mut progress, &message, if done { Stage::Done } else { Stage::Abandoned });
-            }
-            received = consumer.recv(), if can_receive => match received {
-                Ok(message) => {
-                    let message = message.detach();
+                Membership::Record(message) => {
                     if !draining.as_ref().is_some_and(|drain| drain.partitions.contains(&partition_of(&message))) {
                         waiting = Some(message);
                     }
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "consumer error");
-                    // Errors repeat while the broker is away: do not spin.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
             },
             () = sleep_until(drain_deadline), if drain_deadline.is_some() => {}
-            () = sleep_until(rejoin_at), if rejoin_at.is_some() => {
-                if stale.take_due(std::time::Instant::now()) {
-                    tracing::info!("assignment stale or empty; rejoining the group");
-                    consumer.unsubscribe();
-                    consumer.subscribe(&topic_refs)?;
-                }
-            }
-            else => break,
         }
         if stopping && in_flight.is_empty() {
             break;
@@ -274,13 +244,12 @@ pub async fn run_consumer<H: Handler>(
     }
 
     if let Some(drain) = draining.take() {
-        finish_revoke(&consumer, &mut progress, drain);
+        finish_revoke(&mut member, &mut progress, drain);
     }
-    if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
+    if let Err(err) = member.consumer().commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %err, "final commit found nothing to commit");
     }
-    drop(rebalances);
-    drop(consumer);
+    drop(member);
     tracing::info!(group = %group, "consumer stopped");
     Ok(())
 }
@@ -293,7 +262,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Commits what is done and gives the drained partitions up.
-fn finish_revoke(consumer: &StreamConsumer<DeferredRevoke>, progress: &mut Progress, drain: Drain) {
+fn finish_revoke(member: &mut GroupMember, progress: &mut Progress, drain: Drain) {
     let still_running = drain.partitions.iter().filter(|p| progress.busy(p)).count();
     if still_running > 0 {
         metrics::counter!(crate::metrics::CONSUMER_DRAIN_TIMEOUTS).increment(1);
@@ -303,16 +272,14 @@ fn finish_revoke(consumer: &StreamConsumer<DeferredRevoke>, progress: &mut Progr
             "handlers still running after the drain timeout; giving the partitions up anyway"
         );
     }
-    if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
+    if let Err(err) = member.consumer().commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %err, "commit on revoke found nothing to commit");
     }
     for partition in &drain.partitions {
         progress.offsets.remove(partition);
     }
     let revoked: Vec<TopicPartition> = drain.partitions.into_iter().collect();
-    if let Err(err) = complete_revoke(consumer, &revoked) {
-        tracing::error!(error = %err, "cannot give up the revoked partitions");
-    }
+    member.give_up(&revoked);
     metrics::histogram!(crate::metrics::CONSUMER_DRAIN).record(drain.started.elapsed().as_secs_f64());
     tracing::info!(partitions = revoked.len(), elapsed = ?drain.started.elapsed(), "revoke drained and committed");
 }
