@@ -192,3 +192,71 @@ async fn wactl_lists_shows_and_replays_dead_letters_once() {
     assert_eq!(missing.status.code(), Some(2));
     channel.stop().await;
 }
+
+/// A webhook quarantined because ingress checked it against the wrong public URL is replayed
+/// once the right URL is known: verified again, published with its original receive time,
+/// never twice; a replay against a URL that still does not match is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wactl_replays_a_webhook_quarantined_after_a_wrong_public_url_once() {
+    let channel = Channel::start().await;
+    let customer = unique_customer();
+    let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
+    let params = channel.inbound_params(&sid, &customer, "Hello, is anyone there?");
+    // Twilio signed for the public URL; ingress here checks against its own address.
+    let public = "https://wa.example.com";
+    let signature = wa_twilio::signature::compute(e2e_tests::AUTH_TOKEN, &format!("{public}/twilio/inbound"), &params);
+    let refused = channel.post_inbound(&params, Some(&signature)).await;
+    assert_eq!(refused.status(), 403);
+    channel.await_record(&wa_platform::topics::QUARANTINE, |_| true).await;
+
+    let listed = json(&wactl(&channel, &["--json", "quarantine", "list"]));
+    let kept = &listed["quarantined"][0];
+    assert_eq!(kept["reason"], "signature_invalid", "{listed}");
+    let offset = kept["offset"].as_i64().unwrap().to_string();
+    let shown = String::from_utf8_lossy(&wactl(&channel, &["quarantine", "show", &offset]).stdout).into_owned();
+    assert!(shown.contains("signature_invalid") && !shown.contains("anyone there"), "{shown}");
+
+    let replay = |url: &str| {
+        let exe = std::env::current_exe().unwrap();
+        let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join("wactl");
+        std::process::Command::new(path)
+            .args(["quarantine", "replay", &offset, "--url", url])
+            .env("KAFKA_BOOTSTRAP_SERVERS", &channel.kafka.bootstrap_servers)
+            .env("WA_TOPIC_PREFIX", &channel.kafka.topic_prefix)
+            .env("TWILIO_AUTH_TOKEN", e2e_tests::AUTH_TOKEN)
+            .output()
+            .unwrap()
+    };
+    let wrong = replay("https://elsewhere.example.com");
+    assert_eq!(wrong.status.code(), Some(2), "{}", String::from_utf8_lossy(&wrong.stdout));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("does not match"));
+
+    let replayed = replay(public);
+    assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stderr));
+    let published: wa_schemas::InboundMessageReceived = channel
+        .await_record(&wa_platform::topics::INBOUND, |r| {
+            r.decode::<wa_schemas::InboundMessageReceived>().message_sid == sid
+        })
+        .await
+        .decode();
+    assert_eq!(published.occurred_at, kept_received_at(&channel, &offset), "the original receive time");
+    assert_eq!(published.conversation_id, wa_schemas::conversation_id(BUSINESS, &customer));
+
+    let again = replay(public);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already"), "{}", String::from_utf8_lossy(&again.stdout));
+    let copies = channel
+        .read_to_end(&wa_platform::topics::INBOUND)
+        .await
+        .iter()
+        .filter(|r| r.decode::<wa_schemas::InboundMessageReceived>().message_sid == sid)
+        .count();
+    assert_eq!(copies, 1, "replayed twice");
+    channel.stop().await;
+}
+
+/// When ingress received the quarantined request at `offset`.
+fn kept_received_at(channel: &Channel, offset: &str) -> i64 {
+    let shown = json(&wactl(channel, &["--json", "quarantine", "show", offset]));
+    chrono::DateTime::parse_from_rfc3339(shown["received_at"].as_str().unwrap()).unwrap().timestamp_millis()
+}

@@ -16,6 +16,7 @@ mod dedupe;
 mod identities;
 mod media;
 mod outbound_api;
+pub mod replay;
 mod request;
 mod webhook;
 

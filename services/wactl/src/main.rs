@@ -15,6 +15,11 @@
 //! - `wactl dlq list | show <offset> | replay <offset>…`: the dead letters; a replay produces
 //!   the original key, value and headers back to the original topic, once (the copy carries
 //!   `wactl.replay_of`, and a dead letter already replayed is refused).
+//! - `wactl quarantine list | show <offset> | replay <offset> --url <public base url>`: the
+//!   webhooks ingress refused and kept; a replay verifies the signature again against the URL
+//!   Twilio called (`--url` and the kept path, with `TWILIO_AUTH_TOKEN` and
+//!   `TWILIO_PREVIOUS_AUTH_TOKENS`) and publishes the message as ingress would, with its
+//!   original receive time, unless its `MessageSid` is already published.
 //! - `wactl lag`: each consumer group's committed offset, end and lag per topic and partition.
 //!
 //! Human output by default, `--json` (anywhere) for one JSON document. Message texts and full
@@ -31,18 +36,19 @@ use serde_json::json;
 use wa_platform::config::KafkaConfig;
 use wa_platform::topics::{
     TopicSpec, CONSENT, DEAD_LETTER, DELIVERY, INBOUND, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_DISPATCHED,
-    OUTBOUND_REJECTED, OUTBOUND_REQUESTED, SESSIONS, SESSION_EVENTS,
+    OUTBOUND_REJECTED, OUTBOUND_REQUESTED, QUARANTINE, SESSIONS, SESSION_EVENTS,
 };
 use wa_schemas::{
     ConsentChanged, DeliveryStatusReceived, DispatchOutcome, Event, InboundMessageReceived, OutboundAuthorized,
-    OutboundDispatched, OutboundRejected, OutboundRequested, OutboundWindowChecked, SessionEvent, SessionState,
-    WhatsAppAddress,
+    OutboundDispatched, OutboundRejected, OutboundRequested, OutboundWindowChecked, QuarantinedRequest, SessionEvent,
+    SessionState, WhatsAppAddress,
 };
 
 const USAGE: &str = "usage: wactl [--json] request <request_id> | in-doubt list \
                      | in-doubt resolve <request_id> (--sent <SM sid> | --not-sent) \
                      | conversation <conversation id | customer address> \
-                     | dlq list | dlq show <offset> | dlq replay <offset>... | lag";
+                     | dlq list | dlq show <offset> | dlq replay <offset>... \
+                     | quarantine list | quarantine show <offset> | quarantine replay <offset> --url <public url> | lag";
 
 /// The consumer groups of the channel and the topics each reads.
 const GROUPS: &[(&str, &[&TopicSpec])] = &[
@@ -76,6 +82,9 @@ fn main() -> ExitCode {
         ["dlq", "list"] => dlq_list(&kafka, json),
         ["dlq", "show", offset] => dlq_show(&kafka, offset, json),
         ["dlq", "replay", offsets @ ..] if !offsets.is_empty() => dlq_replay(&kafka, offsets),
+        ["quarantine", "list"] => quarantine_list(&kafka, json),
+        ["quarantine", "show", offset] => quarantine_show(&kafka, offset, json),
+        ["quarantine", "replay", offset, "--url", url] => quarantine_replay(&kafka, offset, url),
         ["lag"] => lag(&kafka, json),
         _ => Err(anyhow::anyhow!("{USAGE}")),
     });
@@ -573,6 +582,102 @@ fn dlq_replay(kafka: &KafkaConfig, offsets: &[&str]) -> anyhow::Result<()> {
             anyhow::Ok(queued.acknowledged().await?)
         })?;
         println!("dead letter {offset} replayed to {topic} (partition {partition}, offset {at})");
+    }
+    Ok(())
+}
+
+fn quarantined(kafka: &KafkaConfig) -> anyhow::Result<Vec<(i64, QuarantinedRequest)>> {
+    let mut kept = Vec::new();
+    read(kafka, &QUARANTINE, |record| {
+        if let Some(request) = decode::<QuarantinedRequest>(record) {
+            kept.push((record.offset(), request));
+        }
+    })?;
+    Ok(kept)
+}
+
+fn quarantine_list(kafka: &KafkaConfig, json: bool) -> anyhow::Result<()> {
+    let kept = quarantined(kafka)?;
+    if json {
+        let list: Vec<_> = kept
+            .iter()
+            .map(|(offset, q)| {
+                json!({"offset": offset, "received_at": time(q.occurred_at), "reason": q.reason, "path": q.path,
+                       "checked_url": q.checked_url, "detail": q.detail})
+            })
+            .collect();
+        println!("{}", json!({ "quarantined": list }));
+    } else if kept.is_empty() {
+        println!("nothing quarantined");
+    } else {
+        for (offset, q) in &kept {
+            println!(
+                "{offset:>6}  {}  {:<18}  {}  checked against {}",
+                time(q.occurred_at),
+                q.reason,
+                q.path,
+                q.checked_url
+            );
+        }
+    }
+    Ok(())
+}
+
+fn find_quarantined(kafka: &KafkaConfig, offset: &str) -> anyhow::Result<QuarantinedRequest> {
+    let wanted: i64 = offset.parse().map_err(|_| {
+        anyhow::anyhow!("{offset:?} is not an offset of the quarantine topic (see wactl quarantine list)")
+    })?;
+    quarantined(kafka)?
+        .into_iter()
+        .find(|(offset, _)| *offset == wanted)
+        .map(|(_, request)| request)
+        .ok_or_else(|| anyhow::anyhow!("nothing quarantined at offset {wanted}"))
+}
+
+fn quarantine_show(kafka: &KafkaConfig, offset: &str, json: bool) -> anyhow::Result<()> {
+    let q = find_quarantined(kafka, offset)?;
+    // The body is a customer's message: its size, not its text.
+    if json {
+        println!(
+            "{}",
+            json!({"received_at": time(q.occurred_at), "reason": q.reason, "detail": q.detail, "method": q.method,
+                   "path": q.path, "checked_url": q.checked_url, "headers": q.headers, "body_bytes": q.body.len()})
+        );
+    } else {
+        println!("quarantined {offset}: {} ({})", q.reason, q.detail);
+        println!("  {} {}  checked against {}", q.method, q.path, q.checked_url);
+        println!("  received {}, body {} bytes", time(q.occurred_at), q.body.len());
+        for (name, value) in &q.headers {
+            println!("  {name}: {value}");
+        }
+    }
+    Ok(())
+}
+
+fn quarantine_replay(kafka: &KafkaConfig, offset: &str, url: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        url.starts_with("https://") || url.starts_with("http://"),
+        "--url takes the public base URL Twilio calls, e.g. https://wa.example.com"
+    );
+    let q = find_quarantined(kafka, offset)?;
+    let mut tokens = vec![wa_platform::config::var_or(&wa_platform::config::TWILIO_AUTH_TOKEN)];
+    tokens.extend(
+        std::env::var("TWILIO_PREVIOUS_AUTH_TOKENS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .map(str::to_owned),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let replayed = runtime.block_on(ingress::replay::replay_quarantined(kafka, &tokens, url, &q))?;
+    match replayed {
+        ingress::replay::Replayed::Published(sid) => {
+            println!("quarantined {offset}: message {sid} verified against {url} and published")
+        }
+        ingress::replay::Replayed::AlreadyPublished(sid) => {
+            println!("quarantined {offset}: message {sid} is already on the inbound topic; nothing published")
+        }
     }
     Ok(())
 }
