@@ -26,9 +26,14 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A customer address no other test uses.
 pub fn unique_customer() -> String {
-    // A North American number: the area code starts with 2-9.
+    // A valid North American number, as strict validators want it: an assigned California area
+    // code, an exchange starting with 2-9 (never 555), any line number. 80 million of them.
+    const AREA_CODES: [u32; 10] = [415, 628, 510, 650, 408, 707, 925, 209, 559, 805];
     let n = uuid::Uuid::new_v4().as_u128();
-    format!("whatsapp:+1{}{:09}", 2 + n % 8, (n / 8) % 1_000_000_000)
+    let area = AREA_CODES[(n % 10) as usize];
+    let exchange = 200 + (n / 10) % 800;
+    let exchange = if exchange == 555 { 556 } else { exchange };
+    format!("whatsapp:+1{area}{exchange:03}{:04}", (n / 8_000) % 10_000)
 }
 
 /// A customer's message to [`BUSINESS`] at `at`, as ingress would publish it.

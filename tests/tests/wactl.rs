@@ -11,6 +11,11 @@ use wa_schemas::DispatchOutcome;
 
 /// Runs `wactl` with `args` on the channel's broker and topics.
 fn wactl(channel: &Channel, args: &[&str]) -> Output {
+    wactl_with(channel, args, &[])
+}
+
+/// [`wactl`] with more environment variables.
+fn wactl_with(channel: &Channel, args: &[&str], env: &[(&str, &str)]) -> Output {
     let exe = std::env::current_exe().expect("test binary");
     let path = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("wactl");
     assert!(path.exists(), "{} is missing: run the tests with `cargo xtask test`, which builds it", path.display());
@@ -18,6 +23,7 @@ fn wactl(channel: &Channel, args: &[&str]) -> Output {
         .args(args)
         .env("KAFKA_BOOTSTRAP_SERVERS", &channel.kafka.bootstrap_servers)
         .env("WA_TOPIC_PREFIX", &channel.kafka.topic_prefix)
+        .envs(env.iter().copied())
         .output()
         .expect("wactl runs")
 }
@@ -217,15 +223,11 @@ async fn wactl_replays_a_webhook_quarantined_after_a_wrong_public_url_once() {
     assert!(shown.contains("signature_invalid") && !shown.contains("anyone there"), "{shown}");
 
     let replay = |url: &str| {
-        let exe = std::env::current_exe().unwrap();
-        let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join("wactl");
-        std::process::Command::new(path)
-            .args(["quarantine", "replay", &offset, "--url", url])
-            .env("KAFKA_BOOTSTRAP_SERVERS", &channel.kafka.bootstrap_servers)
-            .env("WA_TOPIC_PREFIX", &channel.kafka.topic_prefix)
-            .env("TWILIO_AUTH_TOKEN", e2e_tests::AUTH_TOKEN)
-            .output()
-            .unwrap()
+        wactl_with(
+            &channel,
+            &["quarantine", "replay", &offset, "--url", url],
+            &[("TWILIO_AUTH_TOKEN", e2e_tests::AUTH_TOKEN)],
+        )
     };
     let wrong = replay("https://elsewhere.example.com");
     assert_eq!(wrong.status.code(), Some(2), "{}", String::from_utf8_lossy(&wrong.stdout));
