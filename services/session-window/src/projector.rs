@@ -75,11 +75,6 @@ struct Pending {
     span: tracing::Span,
 }
 
-/// Per owned partition: the requests waiting for its inbound records ([`Barrier`]).
-struct Owned {
-    barrier: Barrier<Pending>,
-}
-
 struct Topics {
     inbound: String,
     requested: String,
@@ -98,7 +93,8 @@ pub(crate) struct Projector {
     health: Arc<Health>,
     topics: Topics,
     settings: ConsumerSettings,
-    owned: HashMap<i32, Owned>,
+    /// Per owned partition: the requests waiting for its inbound records.
+    owned: HashMap<i32, Barrier<Pending>>,
     unacked: Vec<Queued>,
     /// The next offset to commit per input partition: everything before it is handled and
     /// its outputs queued.
@@ -281,7 +277,7 @@ impl Projector {
                 }
                 for partition in &partitions {
                     if let Some(owned) = self.owned.remove(partition) {
-                        let waiting = owned.barrier.waiting().filter(|p| p.request.is_some()).count();
+                        let waiting = owned.waiting().filter(|p| p.request.is_some()).count();
                         metrics::gauge!(wa_platform::metrics::SESSION_VERDICTS_WAITING).decrement(waiting as f64);
                     }
                 }
@@ -380,7 +376,7 @@ impl Projector {
             let applied_inbound = committed.get(&partition).copied().unwrap_or(inbound_low);
             let store = stores.remove(&partition).unwrap_or_else(|| PartitionStore::new(lead));
             self.shared.stores.lock().expect("stores lock").insert(partition, store);
-            self.owned.insert(partition, Owned { barrier: Barrier::new(applied_inbound) });
+            self.owned.insert(partition, Barrier::new(applied_inbound));
         }
         self.shared.restoring.lock().expect("restoring lock").retain(|p| !partitions.contains(p));
         self.announce_ownership(partitions).await?;
@@ -488,7 +484,7 @@ impl Projector {
             if record.topic == self.topics.requested {
                 // Its offset is stored after the requests before it are decided.
                 if let Some(owned) = self.owned.get_mut(&partition) {
-                    owned.barrier.push(self.seq, Pending { request: None, offset: record.offset, span });
+                    owned.push(self.seq, Pending { request: None, offset: record.offset, span });
                 }
             } else {
                 self.store_offset(record.topic, partition, record.offset);
@@ -497,7 +493,7 @@ impl Projector {
         // A new request, or inbound progress, may let waiting requests through.
         if record.topic == self.topics.inbound {
             if let Some(owned) = self.owned.get_mut(&partition) {
-                owned.barrier.applied(record.offset);
+                owned.applied(record.offset);
             }
         }
         if record.topic != self.topics.dispatched {
@@ -580,7 +576,7 @@ impl Projector {
         let request = OutboundRequested::decode(record.payload).map_err(|e| format!("undecodable value: {e}"))?;
         self.conversation_of(&request.conversation_id, record.partition)?;
         let owned = self.owned.get_mut(&record.partition).ok_or("partition not owned")?;
-        owned.barrier.push(self.seq, Pending { request: Some(request), offset: record.offset, span });
+        owned.push(self.seq, Pending { request: Some(request), offset: record.offset, span });
         metrics::gauge!(wa_platform::metrics::SESSION_VERDICTS_WAITING).increment(1.0);
         Ok(())
     }
@@ -591,7 +587,7 @@ impl Projector {
             tracing::warn!(partition, reason = %reason, "inbound watermark query failed; retrying");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        owned.barrier.answered(seq, answer.ok());
+        owned.answered(seq, answer.ok());
         self.release(partition).await
     }
 
@@ -600,7 +596,7 @@ impl Projector {
     async fn release(&mut self, partition: i32) -> anyhow::Result<()> {
         loop {
             let Some(owned) = self.owned.get_mut(&partition) else { return Ok(()) };
-            let pending = match owned.barrier.next(self.seq) {
+            let pending = match owned.next(self.seq) {
                 Next::Wait => return Ok(()),
                 Next::Query { seq } => {
                     let metadata = self.metadata.clone();
