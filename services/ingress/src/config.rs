@@ -17,7 +17,7 @@ const TRUST_FORWARDED: EnvVar = EnvVar {
     default: Some("false"),
     doc: "true behind a reverse proxy that sets X-Forwarded-Proto and X-Forwarded-Host: the signed URL is rebuilt from them when INGRESS_PUBLIC_URL is unset. Never enable without such a proxy",
 };
-const EXTRA_AUTH_TOKENS: EnvVar = EnvVar {
+pub(crate) const EXTRA_AUTH_TOKENS: EnvVar = EnvVar {
     name: "TWILIO_PREVIOUS_AUTH_TOKENS",
     default: None,
     doc: "comma-separated older auth tokens still accepted on webhooks while a token rotation is under way",

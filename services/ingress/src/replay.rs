@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use wa_platform::config::KafkaConfig;
+use wa_platform::config::{self, KafkaConfig};
 use wa_platform::kafka::EventProducer;
 use wa_platform::topics::{IDENTITIES, INBOUND};
 use wa_schemas::{Event as _, IdentityLinked, InboundMessageReceived, QuarantinedRequest};
@@ -39,6 +39,14 @@ pub enum ReplayError {
     /// The broker failed.
     #[error("{0}")]
     Broker(String),
+}
+
+/// The auth tokens ingress accepts on webhook signatures, from the same variables:
+/// `TWILIO_AUTH_TOKEN` and, during a rotation, `TWILIO_PREVIOUS_AUTH_TOKENS`.
+pub fn auth_tokens_from_env() -> Vec<String> {
+    let mut tokens = vec![config::var_or(&config::TWILIO_AUTH_TOKEN)];
+    tokens.extend(config::list(&crate::config::EXTRA_AUTH_TOKENS));
+    tokens
 }
 
 /// Replays `quarantined` as if Twilio had called `public_base_url` (e.g. `https://wa.example.com`)

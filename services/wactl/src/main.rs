@@ -660,15 +660,7 @@ fn quarantine_replay(kafka: &KafkaConfig, offset: &str, url: &str) -> anyhow::Re
         "--url takes the public base URL Twilio calls, e.g. https://wa.example.com"
     );
     let q = find_quarantined(kafka, offset)?;
-    let mut tokens = vec![wa_platform::config::var_or(&wa_platform::config::TWILIO_AUTH_TOKEN)];
-    tokens.extend(
-        std::env::var("TWILIO_PREVIOUS_AUTH_TOKENS")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .map(str::to_owned),
-    );
+    let tokens = ingress::replay::auth_tokens_from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let replayed = runtime.block_on(ingress::replay::replay_quarantined(kafka, &tokens, url, &q))?;
     match replayed {
