@@ -124,71 +124,96 @@ fn request(kafka: &KafkaConfig, request_id: &str, json: bool) -> anyhow::Result<
     let mut push = |at, topic, what: String, record: &BorrowedMessage<'_>| {
         steps.push(Step { at, topic, what, trace_id: trace_id(record) });
     };
-    read(kafka, &OUTBOUND_REQUESTED, |record| {
-        if let Some(event) = decode::<OutboundRequested>(record).filter(|e| e.request_id == request_id) {
-            let content = match &event.template {
-                Some(template) => format!("template {} ({})", template.name, template.language),
-                None => format!(
-                    "free-form, {} characters, {} media",
-                    event.body.as_deref().unwrap_or_default().chars().count(),
-                    event.media_urls.len()
-                ),
-            };
-            push(event.occurred_at, "requested", format!("{content}, conversation {}", event.conversation_id), record);
-        }
-    })?;
-    read(kafka, &OUTBOUND_CHECKED, |record| {
-        if let Some(event) = decode::<OutboundWindowChecked>(record).filter(|e| e.request_id == request_id) {
-            let verdict = match (&event.refusal_reason, event.allowed) {
-                (_, true) => "window: allowed".to_owned(),
-                (Some(reason), false) => format!("window: refused ({reason})"),
-                (None, false) => "window: refused".to_owned(),
-            };
-            push(event.occurred_at, "checked", verdict, record);
-        }
-    })?;
-    read(kafka, &OUTBOUND_AUTHORIZED, |record| {
-        if let Some(event) = decode::<OutboundAuthorized>(record).filter(|e| e.request_id == request_id) {
-            let what = match (&event.content_sid, &event.template_name) {
-                (Some(sid), Some(name)) => format!("authorized: template {name} as {sid}"),
-                _ => "authorized: free-form".to_owned(),
-            };
-            push(event.occurred_at, "authorized", what, record);
-        }
-    })?;
-    read(kafka, &OUTBOUND_REJECTED, |record| {
-        if let Some(event) = decode::<OutboundRejected>(record).filter(|e| e.request_id == request_id) {
-            push(event.occurred_at, "rejected", format!("rejected: {} ({})", event.reason, event.message), record);
-        }
-    })?;
-    read(kafka, &OUTBOUND_DISPATCHED, |record| {
-        if let Some(event) = decode::<OutboundDispatched>(record).filter(|e| e.request_id == request_id) {
-            let mut what = event.outcome.clone();
-            for (name, value) in [
-                ("status", event.twilio_status.clone()),
-                ("sid", event.message_sid.clone()),
-                ("reason", event.failure_reason.clone()),
-                ("error", event.error_code.map(|code| code.to_string())),
-                ("by", event.claimed_by.clone()),
-            ] {
-                if let Some(value) = value {
-                    what.push_str(&format!(" {name}={value}"));
+    // One pass over every topic a request touches.
+    let topics = [
+        &OUTBOUND_REQUESTED,
+        &OUTBOUND_CHECKED,
+        &OUTBOUND_AUTHORIZED,
+        &OUTBOUND_REJECTED,
+        &OUTBOUND_DISPATCHED,
+        &DELIVERY,
+    ];
+    let names: Vec<String> = topics.iter().map(|spec| kafka.topic(spec)).collect();
+    wa_platform::kafka::read_to_end(
+        kafka,
+        "wactl",
+        &names,
+        None,
+        |record| {
+            let topic = record.topic();
+            if topic == names[0] {
+                if let Some(event) = decode::<OutboundRequested>(record).filter(|e| e.request_id == request_id) {
+                    let content = match &event.template {
+                        Some(template) => format!("template {} ({})", template.name, template.language),
+                        None => format!(
+                            "free-form, {} characters, {} media",
+                            event.body.as_deref().unwrap_or_default().chars().count(),
+                            event.media_urls.len()
+                        ),
+                    };
+                    push(
+                        event.occurred_at,
+                        "requested",
+                        format!("{content}, conversation {}", event.conversation_id),
+                        record,
+                    );
+                }
+            } else if topic == names[1] {
+                if let Some(event) = decode::<OutboundWindowChecked>(record).filter(|e| e.request_id == request_id) {
+                    let verdict = match (&event.refusal_reason, event.allowed) {
+                        (_, true) => "window: allowed".to_owned(),
+                        (Some(reason), false) => format!("window: refused ({reason})"),
+                        (None, false) => "window: refused".to_owned(),
+                    };
+                    push(event.occurred_at, "checked", verdict, record);
+                }
+            } else if topic == names[2] {
+                if let Some(event) = decode::<OutboundAuthorized>(record).filter(|e| e.request_id == request_id) {
+                    let what = match (&event.content_sid, &event.template_name) {
+                        (Some(sid), Some(name)) => format!("authorized: template {name} as {sid}"),
+                        _ => "authorized: free-form".to_owned(),
+                    };
+                    push(event.occurred_at, "authorized", what, record);
+                }
+            } else if topic == names[3] {
+                if let Some(event) = decode::<OutboundRejected>(record).filter(|e| e.request_id == request_id) {
+                    push(
+                        event.occurred_at,
+                        "rejected",
+                        format!("rejected: {} ({})", event.reason, event.message),
+                        record,
+                    );
+                }
+            } else if topic == names[4] {
+                if let Some(event) = decode::<OutboundDispatched>(record).filter(|e| e.request_id == request_id) {
+                    let mut what = event.outcome.clone();
+                    for (name, value) in [
+                        ("status", event.twilio_status.clone()),
+                        ("sid", event.message_sid.clone()),
+                        ("reason", event.failure_reason.clone()),
+                        ("error", event.error_code.map(|code| code.to_string())),
+                        ("by", event.claimed_by.clone()),
+                    ] {
+                        if let Some(value) = value {
+                            what.push_str(&format!(" {name}={value}"));
+                        }
+                    }
+                    if event.attempts > 0 {
+                        what.push_str(&format!(" attempts={}", event.attempts));
+                    }
+                    push(event.occurred_at, "dispatched", what, record);
+                }
+            } else if topic == names[5] {
+                if let Some(event) =
+                    decode::<DeliveryStatusReceived>(record).filter(|e| e.request_id.as_deref() == Some(request_id))
+                {
+                    let error = event.error_code.as_deref().map(|code| format!(" error={code}")).unwrap_or_default();
+                    push(event.occurred_at, "delivery", format!("callback {}{error}", event.message_status), record);
                 }
             }
-            if event.attempts > 0 {
-                what.push_str(&format!(" attempts={}", event.attempts));
-            }
-            push(event.occurred_at, "dispatched", what, record);
-        }
-    })?;
-    read(kafka, &DELIVERY, |record| {
-        if let Some(event) =
-            decode::<DeliveryStatusReceived>(record).filter(|e| e.request_id.as_deref() == Some(request_id))
-        {
-            let error = event.error_code.as_deref().map(|code| format!(" error={code}")).unwrap_or_default();
-            push(event.occurred_at, "delivery", format!("callback {}{error}", event.message_status), record);
-        }
-    })?;
+        },
+        |_| {},
+    )?;
     anyhow::ensure!(!steps.is_empty(), "no request {request_id:?} on {}", kafka.topic(&OUTBOUND_REQUESTED));
     steps.sort_by_key(|step| step.at);
     if json {
@@ -365,37 +390,39 @@ fn conversation(kafka: &KafkaConfig, who: &str, json: bool) -> anyhow::Result<()
             ids
         }
     };
+    // One pass over the state, window events and consent of the conversations.
     let mut states: BTreeMap<String, SessionState> = BTreeMap::new();
-    read(kafka, &SESSIONS, |record| {
-        let key = record.key().and_then(|k| std::str::from_utf8(k).ok()).unwrap_or_default();
-        if ids.iter().any(|id| id == key) {
-            match decode::<SessionState>(record) {
-                Some(state) => {
-                    states.insert(key.to_owned(), state);
-                }
-                // A tombstone: the conversation's state was removed.
-                None => {
-                    states.remove(key);
+    let mut events: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    let names = [kafka.topic(&SESSIONS), kafka.topic(&SESSION_EVENTS), kafka.topic(&CONSENT)];
+    let each = |record: &BorrowedMessage<'_>| {
+        let topic = record.topic();
+        if topic == names[0] {
+            let key = record.key().and_then(|k| std::str::from_utf8(k).ok()).unwrap_or_default();
+            if ids.iter().any(|id| id == key) {
+                match decode::<SessionState>(record) {
+                    Some(state) => {
+                        states.insert(key.to_owned(), state);
+                    }
+                    // A tombstone: the conversation's state was removed.
+                    None => {
+                        states.remove(key);
+                    }
                 }
             }
-        }
-    })?;
-    let mut events: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
-    read(kafka, &SESSION_EVENTS, |record| {
-        if let Some(event) = decode::<SessionEvent>(record).filter(|e| ids.contains(&e.conversation_id)) {
-            let reason = event.reason.map(|r| format!(" ({r})")).unwrap_or_default();
-            events
-                .entry(event.conversation_id)
-                .or_default()
-                .push((event.occurred_at, format!("{}{reason}", event.kind)));
-        }
-    })?;
-    read(kafka, &CONSENT, |record| {
-        if let Some(event) = decode::<ConsentChanged>(record).filter(|e| ids.contains(&e.conversation_id)) {
+        } else if topic == names[1] {
+            if let Some(event) = decode::<SessionEvent>(record).filter(|e| ids.contains(&e.conversation_id)) {
+                let reason = event.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                events
+                    .entry(event.conversation_id)
+                    .or_default()
+                    .push((event.occurred_at, format!("{}{reason}", event.kind)));
+            }
+        } else if let Some(event) = decode::<ConsentChanged>(record).filter(|e| ids.contains(&e.conversation_id)) {
             let what = format!("consent {} ({})", event.consent, event.reason);
             events.entry(event.conversation_id).or_default().push((event.occurred_at, what));
         }
-    })?;
+    };
+    wa_platform::kafka::read_to_end(kafka, "wactl", &names, None, each, |_| {})?;
     let now = wa_platform::now_millis();
     let mut documents = Vec::new();
     for id in &ids {
@@ -543,6 +570,7 @@ fn dlq_replay(kafka: &KafkaConfig, offsets: &[&str]) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let producer =
         runtime.block_on(async { wa_platform::kafka::EventProducer::new(kafka, "wachannel/wactl", TIMEOUT) })?;
+    let mut chosen = Vec::new();
     for offset in offsets {
         let letter = letters
             .iter()
@@ -550,23 +578,30 @@ fn dlq_replay(kafka: &KafkaConfig, offsets: &[&str]) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("no dead letter at offset {offset}"))?;
         let topic = letter.header("dlq.topic").to_owned();
         anyhow::ensure!(!topic.is_empty(), "dead letter {offset} names no original topic (dlq.topic)");
-        // Once: a copy marked with this dead letter's offset already on the topic is not made again.
-        let mut replayed_at = None;
+        chosen.push((offset, letter, topic));
+    }
+    // Once: the copies already on the original topics, by the dead letter they replay (each
+    // topic read once, whatever the number of letters).
+    let mut replayed: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut topics: Vec<String> = chosen.iter().map(|(_, _, topic)| topic.clone()).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    for topic in topics {
         wa_platform::kafka::read_to_end(
             kafka,
             "wactl",
             std::slice::from_ref(&topic),
             None,
             |record| {
-                let marked =
-                    wa_platform::kafka::header_str(record.headers(), REPLAY_OF) == Some(offset.to_string().as_str());
-                if marked {
-                    replayed_at = Some(record.offset());
+                if let Some(marker) = wa_platform::kafka::header_str(record.headers(), REPLAY_OF) {
+                    replayed.insert((topic.clone(), marker.to_owned()), record.offset());
                 }
             },
             |_| {},
         )?;
-        if let Some(at) = replayed_at {
+    }
+    for (offset, letter, topic) in chosen {
+        if let Some(at) = replayed.get(&(topic.clone(), offset.to_string())) {
             anyhow::bail!("dead letter {offset} was already replayed to {topic} (offset {at})");
         }
         let mut headers = rdkafka::message::OwnedHeaders::new();
@@ -582,6 +617,7 @@ fn dlq_replay(kafka: &KafkaConfig, offsets: &[&str]) -> anyhow::Result<()> {
             anyhow::Ok(queued.acknowledged().await?)
         })?;
         println!("dead letter {offset} replayed to {topic} (partition {partition}, offset {at})");
+        replayed.insert((topic, offset.to_string()), at);
     }
     Ok(())
 }
