@@ -13,14 +13,36 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use wa_platform::topics::{DELIVERY, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_REQUESTED};
 
-/// Every span the process ended.
+/// Every span the process ended, and a wake-up each time more arrive.
 #[derive(Debug, Clone, Default)]
-struct Collected(Arc<Mutex<Vec<SpanData>>>);
+struct Collected {
+    spans: Arc<Mutex<Vec<SpanData>>>,
+    added: Arc<tokio::sync::Notify>,
+}
 
 impl SpanExporter for Collected {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        self.0.lock().expect("spans lock").extend(batch);
+        self.spans.lock().expect("spans lock").extend(batch);
+        self.added.notify_waiters();
         Ok(())
+    }
+}
+
+impl Collected {
+    /// Waits until `found` finds what it looks for among the spans ended so far.
+    async fn wait_for<T>(&self, what: &str, found: impl Fn(&[SpanData]) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let added = self.added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            if let Some(result) = found(&self.spans.lock().expect("spans lock")) {
+                return result;
+            }
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                panic!("{what} within {EVENT_TIMEOUT:?}");
+            }
+        }
     }
 }
 
@@ -60,22 +82,13 @@ async fn one_reply_is_one_trace_that_reads_like_the_system() {
     assert_eq!(channel.dispatch_outcome(&request_id).await.outcome, "sent");
 
     // Spans end as the work does: wait for the Twilio call's span to be in the trace.
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    let trace = loop {
-        let trace: Vec<SpanData> = collected
-            .0
-            .lock()
-            .expect("spans lock")
-            .iter()
-            .filter(|span| span.span_context.trace_id() == trace_id)
-            .cloned()
-            .collect();
-        if trace.iter().any(|span| span.span_kind == SpanKind::Client) {
-            break trace;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no Twilio call in the CRM's trace: {trace:#?}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let trace = collected
+        .wait_for("no Twilio call in the CRM's trace", |spans| {
+            let trace: Vec<SpanData> =
+                spans.iter().filter(|span| span.span_context.trace_id() == trace_id).cloned().collect();
+            trace.iter().any(|span| span.span_kind == SpanKind::Client).then_some(trace)
+        })
+        .await;
     let named = |name: &str| {
         trace.iter().find(|span| span.name == name).unwrap_or_else(|| {
             let names: Vec<&str> = trace.iter().map(|span| span.name.as_ref()).collect();
@@ -118,19 +131,18 @@ async fn one_reply_is_one_trace_that_reads_like_the_system() {
 
     // Twilio's status callbacks start traces of their own; their handling links to the send.
     let delivery = format!("process {}", channel.topic(&DELIVERY));
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    loop {
-        let linked = collected.0.lock().expect("spans lock").iter().any(|span| {
-            span.name == delivery
-                && span.span_context.trace_id() != trace_id
-                && span.links.iter().any(|link| link.span_context.trace_id() == trace_id)
-        });
-        if linked {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no status callback's handling links to the send");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    collected
+        .wait_for("no status callback's handling links to the send", |spans| {
+            spans
+                .iter()
+                .any(|span| {
+                    span.name == delivery
+                        && span.span_context.trace_id() != trace_id
+                        && span.links.iter().any(|link| link.span_context.trace_id() == trace_id)
+                })
+                .then_some(())
+        })
+        .await;
 
     // One tree: every span but the server's has its parent in the trace.
     let ids: Vec<SpanId> = trace.iter().map(|span| span.span_context.span_id()).collect();
