@@ -11,7 +11,7 @@ use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry::Value;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use wa_platform::topics::{DELIVERY, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_REQUESTED};
+use wa_platform::topics::{DELIVERY, INBOUND, OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_REQUESTED};
 
 /// Every span the process ended, and a wake-up each time more arrive.
 #[derive(Debug, Clone, Default)]
@@ -151,5 +151,27 @@ async fn one_reply_is_one_trace_that_reads_like_the_system() {
             assert!(ids.contains(&span.parent_span_id), "{} hangs off a span outside the trace", span.name);
         }
     }
+
+    // A customer's media: its download from Twilio is a client span under the handling of the
+    // message that carried it.
+    let answer = channel
+        .sim_inbound_request(serde_json::json!({
+            "from": customer, "to": BUSINESS, "body": "A photo of the parcel",
+            "media": [{"content_type": "image/jpeg", "size": 4096}],
+        }))
+        .await;
+    assert_eq!(answer["webhook_status"], 200, "{answer}");
+    let inbound = format!("process {}", channel.topic(&INBOUND));
+    let (download, parent) = collected
+        .wait_for("no media download span", |spans| {
+            let download = spans.iter().find(|span| {
+                span.span_kind == SpanKind::Client && span.name == "GET" && text(span, "url.full").contains("/Media/")
+            })?;
+            let parent = spans.iter().find(|span| span.span_context.span_id() == download.parent_span_id)?;
+            Some((download.clone(), parent.clone()))
+        })
+        .await;
+    assert_eq!(parent.name, inbound, "the download is part of handling the message");
+    assert_eq!(attribute(&download, "http.response.status_code").map(|v| v.to_string()).as_deref(), Some("200"));
     channel.stop().await;
 }

@@ -227,12 +227,24 @@ pub(crate) async fn test(cargo_args: Vec<String>) -> anyhow::Result<ExitCode> {
         true
     };
     let rules_passed = !cargo_args.is_empty() || check_alert_rules().await?;
+    let manifests_passed = !cargo_args.is_empty() || check_kubernetes_manifests().await?;
     if !tests_passed {
         // Repeated last, so the end of a long log names what failed and why.
         totals.print_failures();
         println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
     }
-    Ok(if tests_passed && fuzz_passed && rules_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if tests_passed && fuzz_passed && rules_passed && manifests_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The deployment checks alone (`cargo xtask check`): alert rules and Kubernetes manifests.
+pub(crate) async fn check_deployment() -> anyhow::Result<ExitCode> {
+    let rules_passed = check_alert_rules().await?;
+    let manifests_passed = check_kubernetes_manifests().await?;
+    Ok(if rules_passed && manifests_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Checks the alert rules and runs their unit tests with promtool, when it is installed
@@ -249,18 +261,84 @@ async fn check_alert_rules() -> anyhow::Result<bool> {
         ["test", "rules", "alerts.test.yml"],
         ["check", "rules", dashboard_rules.as_str()],
     ] {
-        let status = match tokio::process::Command::new("promtool").args(args).current_dir(&dir).status().await {
-            Ok(status) => status,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                println!("xtask: alert rules not checked: promtool is not installed (Debian/Ubuntu: apt-get install prometheus)");
-                return Ok(true);
+        match run_tool("promtool", &args, &dir).await? {
+            Some(success) => passed &= success,
+            None => {
+                return checker_missing(
+                    "alert rules not checked: promtool is not installed (Debian/Ubuntu: apt-get install prometheus)",
+                )
             }
-            Err(err) => return Err(err).context("running promtool"),
-        };
-        passed &= status.success();
+        }
     }
     println!("alert rules and dashboard queries: {}", if passed { "checked, unit tests passed" } else { "FAILED" });
     Ok(passed)
+}
+
+/// Kubernetes versions the manifests are validated against: the oldest the validator's bundled
+/// schemas cover that still has every API the manifests use, and the newest.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
+
+/// Renders `deploy/k8s` and `deploy/k8s/strimzi` with `kubectl kustomize` and validates the
+/// channel's resources against Kubernetes' schemas offline, strictly (no unknown fields), with
+/// `kubernetes-validate` (PyPI; it bundles the schemas). Skipped, and said so, when either tool is
+/// missing (CI installs both). The Strimzi topics are rendered here and checked against the topic
+/// declaration by `tests/tests/kubernetes.rs`: Kubernetes' schemas do not cover Strimzi's kinds.
+async fn check_kubernetes_manifests() -> anyhow::Result<bool> {
+    let k8s = root().join("deploy").join("k8s");
+    let rendered = root().join("target").join("k8s-rendered.yaml");
+    let mut passed = true;
+    for dir in [k8s.clone(), k8s.join("strimzi")] {
+        let output = match Command::new("kubectl").arg("kustomize").arg(&dir).output().await {
+            Ok(output) => output,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return checker_missing("Kubernetes manifests not checked: kubectl is not installed (Debian/Ubuntu: apt-get install kubernetes-client)");
+            }
+            Err(err) => return Err(err).context("running kubectl kustomize"),
+        };
+        if !output.status.success() {
+            eprintln!("kubectl kustomize {}: {}", dir.display(), String::from_utf8_lossy(&output.stderr));
+            passed = false;
+        } else if dir == k8s {
+            std::fs::write(&rendered, &output.stdout)?;
+        }
+    }
+    if passed {
+        let rendered = rendered.display().to_string();
+        for version in KUBERNETES_VERSIONS {
+            let args = ["--strict", "--quiet", "--kubernetes-version", version, rendered.as_str()];
+            match run_tool("kubernetes-validate", &args, &k8s).await? {
+                Some(success) => passed &= success,
+                None => {
+                    return checker_missing("Kubernetes manifests rendered, not validated: kubernetes-validate is not installed (pip install kubernetes-validate)");
+                }
+            }
+        }
+    }
+    println!(
+        "kubernetes manifests: {}",
+        if passed {
+            format!("rendered, valid for Kubernetes {}", KUBERNETES_VERSIONS.join(" and "))
+        } else {
+            "FAILED".to_owned()
+        }
+    );
+    Ok(passed)
+}
+
+/// A checker is not installed: said, and a failure when `XTASK_REQUIRE_CHECKERS` is set (CI).
+fn checker_missing(what: &str) -> anyhow::Result<bool> {
+    let required = var("XTASK_REQUIRE_CHECKERS").is_some();
+    println!("xtask: {what}{}", if required { " (required: XTASK_REQUIRE_CHECKERS is set)" } else { "" });
+    Ok(!required)
+}
+
+/// Runs `program` with `args` in `dir`: whether it succeeded, or `None` when it is not installed.
+async fn run_tool(program: &str, args: &[&str], dir: &Path) -> anyhow::Result<Option<bool>> {
+    match Command::new(program).args(args).current_dir(dir).status().await {
+        Ok(status) => Ok(Some(status.success())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("running {program}")),
+    }
 }
 
 /// Every query of `deploy/grafana/wachannel.json` as a recording rule (Grafana's

@@ -6,6 +6,8 @@
 //! - `cargo xtask test [-- <cargo test args>]`: starts a throwaway broker and runs every test.
 //!   Then fuzzes the webhook parsers for `FUZZ_SECONDS` (default 30; 0 skips).
 //! - `cargo xtask fuzz [seconds]`: only the fuzzing (default 60 s).
+//! - `cargo xtask check`: only the deployment checks a full `test` ends with: alert rules and
+//!   dashboard queries (promtool), Kubernetes manifests (kustomize, kubernetes-validate).
 //! - `cargo xtask broker`: only the broker and topics, until Ctrl-C.
 //! - `cargo xtask inbound --from <customer> --body <text>`: posts a webhook signed the way
 //!   Twilio signs it to the running ingress, as a customer's WhatsApp message would arrive.
@@ -28,6 +30,7 @@ commands:
   up [--fresh]                 run the whole channel locally (Ctrl-C stops it); --fresh wipes .local/
   test [-- <cargo test args>]  start a throwaway broker and run every test, then fuzz (FUZZ_SECONDS, default 30)
   fuzz [seconds]               fuzz the webhook parsers and signature code (default 60 s)
+  check                        check the alert rules (promtool) and the Kubernetes manifests (kustomize, kubernetes-validate)
   broker                       run only the broker (with topics) until Ctrl-C
   inbound --from <addr> --body <text> [--to <addr>] [--sid <MessageSid>] [--url <ingress url>]
                                post a signed WhatsApp webhook to ingress, as Twilio would
@@ -53,6 +56,7 @@ async fn main() -> ExitCode {
         Some("up") => channel::up(args.iter().any(|a| a == "--fresh")).await,
         Some("test") => channel::test(args.iter().skip_while(|a| *a != "--").skip(1).cloned().collect()).await,
         Some("broker") => channel::broker_only().await,
+        Some("check") => channel::check_deployment().await,
         Some("fuzz") => match args.get(1).map(|s| s.parse::<u64>()).transpose() {
             Ok(seconds) => fuzz::run(seconds.unwrap_or(60)).await,
             Err(_) => {

@@ -103,12 +103,10 @@ enum Download {
 
 impl MediaKeeper {
     async fn download(&self, url: &str) -> Result<(String, Vec<u8>), Download> {
-        let response = self
-            .http
-            .get(url)
-            .basic_auth(&self.credentials.0, Some(&self.credentials.1))
-            .send()
+        let request = self.http.get(url).basic_auth(&self.credentials.0, Some(&self.credentials.1));
+        let response = wa_twilio::traced::send(&self.http, request)
             .await
+            .0
             .map_err(|err| Download::Retry(format!("GET {url}: {err}")))?;
         let status = response.status();
         if !status.is_success() {
@@ -159,7 +157,8 @@ impl MediaKeeper {
 
     async fn delete_at_twilio(&self, url: &str) -> bool {
         let resource = if url.ends_with(".json") { url.to_owned() } else { format!("{url}.json") };
-        match self.http.delete(&resource).basic_auth(&self.credentials.0, Some(&self.credentials.1)).send().await {
+        let request = self.http.delete(&resource).basic_auth(&self.credentials.0, Some(&self.credentials.1));
+        match wa_twilio::traced::send(&self.http, request).await.0 {
             Ok(response) if response.status().is_success() => true,
             Ok(response) => {
                 tracing::warn!(status = %response.status(), "media not deleted at twilio");

@@ -23,7 +23,7 @@ pub mod params;
 pub mod signature;
 pub mod status;
 #[cfg(feature = "client")]
-mod traced;
+pub mod traced;
 
 /// A webhook parameter that is missing or malformed, named as Twilio names it.
 #[derive(Debug, Clone, PartialEq, Eq)]

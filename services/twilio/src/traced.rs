@@ -1,5 +1,5 @@
-//! Calls to Twilio's REST APIs as OpenTelemetry HTTP client spans: `POST` with
-//! `http.request.method`, `url.full` (scheme, host and path: no query string, which may hold
+//! Calls to Twilio's REST APIs (messages, content, media) as OpenTelemetry HTTP client spans,
+//! named by their method, with `http.request.method`, `url.full` (scheme, host and path: no query string, which may hold
 //! phone numbers, and never credentials), `server.address`, `http.response.status_code` and
 //! Twilio's error code when it answers one.
 
@@ -7,7 +7,7 @@ use tracing::Instrument as _;
 
 /// Sends `request` with `http` inside a client span. The span is returned with the response,
 /// so the caller can record Twilio's error code once it has read the body.
-pub(crate) async fn send(
+pub async fn send(
     http: &reqwest::Client,
     request: reqwest::RequestBuilder,
 ) -> (Result<reqwest::Response, reqwest::Error>, tracing::Span) {
