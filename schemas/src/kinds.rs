@@ -95,6 +95,23 @@ wire_strings! {
         Disabled = "disabled",
         /// Removed.
         Deleted = "deleted",
+        /// Twilio holds new types or variables under the same Content SID (an edit in Twilio).
+        ContentUpdated = "content_updated",
+        /// Meta moved it to another category (`category`, `previous_category`).
+        Recategorized = "recategorized",
+    }
+}
+
+wire_strings! {
+    /// Which rule let a message go (`OutboundAuthorized.rule`).
+    pub enum AuthorizationRule {
+        /// Free-form text or media inside the customer's 24-hour window.
+        SessionReply = "session_reply",
+        /// Content WhatsApp allows inside the window without approval (text, media, quick
+        /// replies, call to action, list picker), whatever its approval status.
+        SessionContent = "session_content",
+        /// An approved template, at any time.
+        ApprovedTemplate = "approved_template",
     }
 }
 
@@ -121,6 +138,12 @@ wire_strings! {
         TemplateRejected = "template_rejected",
         /// The variables given do not fit the template's.
         TemplateVariablesInvalid = "template_variables_invalid",
+        /// A marketing template to a number where Meta does not deliver marketing templates
+        /// (`TEMPLATE_MARKETING_BLOCKED_PREFIXES`, US numbers by default).
+        MarketingRegionBlocked = "marketing_region_blocked",
+        /// A marketing template during the cool-down after Meta declined one to this customer
+        /// (63049, its per-user marketing limit).
+        MarketingLimited = "marketing_limited",
     }
 }
 
@@ -222,5 +245,12 @@ mod tests {
         round_trips_and_is_documented(ConsentChange::ALL, ConsentChange::as_str, ConsentChange::parse, consent);
         let session = include_str!("../session_event.avsc");
         round_trips_and_is_documented(SessionChange::ALL, SessionChange::as_str, SessionChange::parse, session);
+        let authorized = include_str!("../outbound_authorized.avsc");
+        round_trips_and_is_documented(
+            AuthorizationRule::ALL,
+            AuthorizationRule::as_str,
+            AuthorizationRule::parse,
+            authorized,
+        );
     }
 }

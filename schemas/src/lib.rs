@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 pub use address::{AddressError, WhatsAppAddress};
 pub use content_sid::{ContentSid, ContentSidError};
 pub use ids::conversation_id;
-pub use kinds::{Actor, ConsentChange, DispatchOutcome, RejectionReason, SessionChange, TemplateChange};
+pub use kinds::{
+    Actor, AuthorizationRule, ConsentChange, DispatchOutcome, RejectionReason, SessionChange, TemplateChange,
+};
 
 /// The two marker bytes that open every single-object encoded value.
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -170,6 +172,10 @@ pub const HISTORY: &[(&str, &str)] = &[
     ("history/outbound_authorized.1.avsc", include_str!("../history/outbound_authorized.1.avsc")),
     ("history/outbound_rejected.1.avsc", include_str!("../history/outbound_rejected.1.avsc")),
     ("history/outbound_dispatched.2.avsc", include_str!("../history/outbound_dispatched.2.avsc")),
+    ("history/template_event.1.avsc", include_str!("../history/template_event.1.avsc")),
+    ("history/outbound_window_checked.2.avsc", include_str!("../history/outbound_window_checked.2.avsc")),
+    ("history/outbound_authorized.2.avsc", include_str!("../history/outbound_authorized.2.avsc")),
+    ("history/session_state.2.avsc", include_str!("../history/session_state.2.avsc")),
 ];
 
 /// The parsed earlier versions, in the order of [`HISTORY`].
@@ -272,6 +278,11 @@ pub struct TemplateEvent {
     pub examples: BTreeMap<String, String>,
     /// Why (rejections, pauses, disables).
     pub reason: Option<String>,
+    /// The content's types (Twilio's `types` object as JSON), when registered, replaced or
+    /// updated.
+    pub content_types: Option<String>,
+    /// The category before a re-categorization.
+    pub previous_category: Option<String>,
     /// Who made the change: an [`Actor`]'s wire string.
     pub actor: String,
 }
@@ -509,6 +520,10 @@ pub struct OutboundWindowChecked {
     pub window_expires_at: Option<i64>,
     /// Whether the customer opted out of marketing messages.
     pub opted_out: bool,
+    /// The latest time Meta declined a marketing message to this customer (63049).
+    pub marketing_limited_at: Option<i64>,
+    /// Whether the customer's window is open now (less the safety margin), whatever is asked.
+    pub window_open: bool,
     /// The CRM's metadata of the request (agent, case, tags), carried unchanged.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
@@ -546,6 +561,8 @@ pub struct OutboundAuthorized {
     pub template_language: Option<String>,
     /// The template body with its variables filled in.
     pub preview: Option<String>,
+    /// Which rule allowed it: an [`AuthorizationRule`]'s wire string.
+    pub rule: Option<String>,
     /// The CRM's metadata of the request (agent, case, tags), carried unchanged.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
@@ -654,6 +671,8 @@ pub struct SessionState {
     pub notified: String,
     /// The customer's latest messages, latest first: a replay is recognised by its id.
     pub recent_messages: Vec<RecentMessage>,
+    /// The latest time Meta declined a marketing message to this customer (63049).
+    pub marketing_limited_at: Option<i64>,
 }
 event!(SessionState, "session_state.avsc", "wachannel.session.state.v1");
 

@@ -272,3 +272,22 @@ fn any_value_decodes_to_json_with_nothing_but_the_schema_files() {
         assert_eq!(json, expected, "{}", fixture.file);
     }
 }
+
+/// Template events written before content types, and verdicts and authorizations written before
+/// the window's state and the rule, still decode: the new fields are absent.
+#[test]
+fn template_events_and_verdicts_from_before_content_types_decode() {
+    let event = TemplateEvent::decode(&fixture("history/template_event.1.avsc").bytes).unwrap();
+    assert_eq!((event.kind.as_str(), event.content_types, event.previous_category), ("registered", None, None));
+    let checked = OutboundWindowChecked::decode(&fixture("history/outbound_window_checked.2.avsc").bytes).unwrap();
+    assert!(!checked.window_open);
+    let authorized = OutboundAuthorized::decode(&fixture("history/outbound_authorized.2.avsc").bytes).unwrap();
+    assert_eq!(authorized.rule, None);
+}
+
+/// Session states written before the marketing cool-down still decode, with none.
+#[test]
+fn session_states_from_before_the_marketing_limit_decode_with_none() {
+    let state = SessionState::decode(&fixture("history/session_state.2.avsc").bytes).unwrap();
+    assert_eq!((state.marketing_limited_at, state.recent_messages.len()), (None, 1));
+}

@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         .send()
         .await?;
 
+    let content_sid = e2e_tests::sim_approved_content(&http, &sim_url).await;
     let total = (offered * SENDERS as f64) as usize * seconds as usize;
     eprintln!("bench: offering {total} authorizations at {}/s for {seconds} s", offered as usize * SENDERS);
     let producer = EventProducer::new(&kafka, "bench", Duration::from_secs(60))?;
@@ -108,11 +109,12 @@ async fn main() -> anyhow::Result<()> {
             body: None,
             media_urls: vec![],
             window_expires_at: None,
-            content_sid: Some("HX00000000000000000000000000000001".to_owned()),
+            content_sid: Some(content_sid.clone()),
             content_variables: Some(r#"{"1":"Ana"}"#.to_owned()),
             template_name: Some("order_update".to_owned()),
             template_language: Some("en".to_owned()),
             preview: None,
+            rule: Some("approved_template".to_owned()),
             metadata: Default::default(),
         };
         published_at.insert(request_id, Utc::now());

@@ -143,16 +143,17 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("bench: channel up (5 processes); machine: {} cores", std::thread::available_parallelism()?.get());
 
     // An approved template for the template share.
-    let content_sid = "HX0000000000000000000000000000e2e0";
     let registered = http
         .post(format!("{approval_url}/v1/templates"))
         .json(&serde_json::json!({
-            "name": TEMPLATE, "language": "en", "category": "UTILITY", "content_sid": content_sid,
-            "body": "Hi {{1}}, your order {{2}} ships today.", "examples": {"1": "Ana", "2": "1234"}
+            "name": TEMPLATE, "language": "en", "category": "UTILITY",
+            "types": {"twilio/text": {"body": "Hi {{1}}, your order {{2}} ships today."}}, "variables": {"1": "Ana", "2": "1234"}
         }))
         .send()
         .await?;
     anyhow::ensure!(registered.status().is_success(), "template not registered: {}", registered.text().await?);
+    let registered: serde_json::Value = registered.json().await?;
+    let content_sid = registered["content_sid"].as_str().unwrap_or_default().to_owned();
     http.post(format!("{approval_url}/v1/templates/{TEMPLATE}/en/submit")).send().await?.error_for_status()?;
     http.post(format!("{sim_url}/sim/content/{content_sid}/approval"))
         .json(&serde_json::json!({"status": "approved"}))

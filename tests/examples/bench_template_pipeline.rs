@@ -39,6 +39,8 @@ fn template_events(i: usize) -> Vec<TemplateEvent> {
         body: None,
         examples: BTreeMap::new(),
         reason: None,
+        content_types: None,
+        previous_category: None,
         actor: "admin".to_owned(),
     };
     ["registered", "submitted", "approved"]
@@ -50,7 +52,9 @@ fn template_events(i: usize) -> Vec<TemplateEvent> {
             if *kind == "registered" {
                 event.category = Some("utility".to_owned());
                 event.content_sid = Some(format!("HX{i:032x}"));
-                event.body = Some("Hello {{1}}, your order {{2}} ships today.".to_owned());
+                let body = "Hello {{1}}, your order {{2}} ships today.";
+                event.body = Some(body.to_owned());
+                event.content_types = Some(serde_json::json!({"twilio/text": {"body": body}}).to_string());
                 event.examples = [("1".to_owned(), "Ana".to_owned()), ("2".to_owned(), "1".to_owned())].into();
             }
             event
@@ -77,6 +81,8 @@ fn verdict(i: usize, templates: usize) -> OutboundWindowChecked {
         refusal_reason: None,
         window_expires_at: None,
         opted_out: false,
+        marketing_limited_at: None,
+        window_open: false,
         metadata: Default::default(),
     }
 }

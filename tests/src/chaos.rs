@@ -256,15 +256,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
         .send()
         .await?
         .error_for_status()?;
-    let content_sid = "HX0000000000000000000000000000c4a0";
-    http.post(format!("{}/v1/templates", url("approval")))
+    let registered: serde_json::Value = http
+        .post(format!("{}/v1/templates", url("approval")))
         .json(&serde_json::json!({
-            "name": TEMPLATE, "language": "en", "category": "UTILITY", "content_sid": content_sid,
-            "body": "Hi {{1}}, your order {{2}} ships today.", "examples": {"1": "Ana", "2": "1234"}
+            "name": TEMPLATE, "language": "en", "category": "UTILITY",
+            "types": {"twilio/text": {"body": "Hi {{1}}, your order {{2}} ships today."}}, "variables": {"1": "Ana", "2": "1234"}
         }))
         .send()
         .await?
-        .error_for_status()?;
+        .error_for_status()?
+        .json()
+        .await?;
+    let content_sid =
+        anyhow::Context::context(registered["content_sid"].as_str(), "the registered template has no content_sid")?
+            .to_owned();
     http.post(format!("{}/v1/templates/{TEMPLATE}/en/submit", url("approval"))).send().await?.error_for_status()?;
     http.post(format!("{}/sim/content/{content_sid}/approval", url("twilio-sim")))
         .json(&serde_json::json!({"status": "approved"}))

@@ -36,6 +36,13 @@ pub fn unique_customer() -> String {
     format!("whatsapp:+1{area}{exchange:03}{:04}", (n / 8_000) % 10_000)
 }
 
+/// A customer in Brazil, unique to the test (where Meta still delivers marketing templates): a
+/// valid São Paulo mobile number, 11 9 and eight digits.
+pub fn unique_customer_in_brazil() -> String {
+    let n = uuid::Uuid::new_v4().as_u128();
+    format!("whatsapp:+55119{:08}", 60_000_000 + n % 40_000_000)
+}
+
 /// A customer's message to [`BUSINESS`] at `at`, as ingress would publish it.
 pub fn customer_message(customer: &str, at: i64, body: &str) -> wa_schemas::InboundMessageReceived {
     wa_schemas::InboundMessageReceived {
@@ -95,12 +102,12 @@ pub fn refused_send(customer: &str, at: i64, error_code: i32) -> wa_schemas::Out
     }
 }
 
-/// A template send from `from` to `to` cleared for dispatch, as template-approval would publish
-/// it; `variable` fills its one variable.
+/// A send of the approved template `content_sid` from `from` to `to` cleared for dispatch, as
+/// template-approval would publish it; `variable` fills its one variable.
 pub fn template_authorization(
     request_id: &str,
-    from: &str,
-    to: &str,
+    (from, to): (&str, &str),
+    content_sid: &str,
     variable: &str,
 ) -> wa_schemas::OutboundAuthorized {
     wa_schemas::OutboundAuthorized {
@@ -113,11 +120,12 @@ pub fn template_authorization(
         body: None,
         media_urls: vec![],
         window_expires_at: None,
-        content_sid: Some("HX00000000000000000000000000000001".to_owned()),
+        content_sid: Some(content_sid.to_owned()),
         content_variables: Some(serde_json::json!({ "1": variable }).to_string()),
         template_name: Some("order_update".to_owned()),
         template_language: Some("en".to_owned()),
         preview: None,
+        rule: Some(wa_schemas::AuthorizationRule::ApprovedTemplate.as_str().to_owned()),
         metadata: Default::default(),
     }
 }

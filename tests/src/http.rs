@@ -6,7 +6,43 @@ use wa_twilio::signature as twilio_signature;
 
 use crate::{Channel, ACCOUNT_SID, ADMIN_TOKEN, API_TOKEN, AUTH_TOKEN, BUSINESS, SESSION_TOKEN};
 
+/// Creates content at the simulator `sim_url` as Twilio's Content API would (one variable,
+/// `{{1}}`), and has Meta approve it: the Content SID of an approved template, which the
+/// simulated Messages API accepts at any time.
+pub async fn sim_approved_content(http: &reqwest::Client, sim_url: &str) -> String {
+    let created: serde_json::Value = sim_json(
+        http.post(format!("{sim_url}/v1/Content")).basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN)).json(&serde_json::json!({
+            "friendly_name": "order_update", "language": "en", "variables": {"1": "1234"},
+            "types": {"twilio/text": {"body": "Your order {{1}} ships today."}},
+        })),
+    )
+    .await;
+    let sid = created["sid"].as_str().expect("the simulator created content").to_owned();
+    let submitted = http
+        .post(format!("{sim_url}/v1/Content/{sid}/ApprovalRequests/whatsapp"))
+        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+        .json(&serde_json::json!({"name": "order_update", "category": "UTILITY"}))
+        .send()
+        .await
+        .expect("simulator answers");
+    assert_eq!(submitted.status(), 201, "{}", submitted.text().await.unwrap_or_default());
+    let approved = http
+        .post(format!("{sim_url}/sim/content/{sid}/approval"))
+        .json(&serde_json::json!({"status": "approved"}))
+        .send()
+        .await
+        .expect("simulator answers");
+    assert!(approved.status().is_success());
+    sid
+}
+
 impl Channel {
+    /// An approved template's Content SID at this channel's simulator
+    /// ([`sim_approved_content`]).
+    pub async fn sim_approved_content(&self) -> String {
+        sim_approved_content(&self.http, &self.sim_url).await
+    }
+
     /// Changes the simulator's behaviour (`PATCH /sim/behaviour`), e.g.
     /// `{"reorder": true, "duplicate": true}`.
     pub async fn sim_behaviour(&self, patch: serde_json::Value) {
@@ -53,16 +89,33 @@ impl Channel {
         self.http.request(method, format!("{base}{path}")).bearer_auth(ADMIN_TOKEN)
     }
 
-    /// Sets a content's WhatsApp approval status in the simulator, as Meta's decision would.
+    /// Sets a submitted content's WhatsApp approval status in the simulator, as Meta's decision
+    /// would.
     pub async fn sim_set_approval(&self, content_sid: &str, status: &str) {
+        self.sim_meta(content_sid, serde_json::json!({ "status": status, "rejection_reason": "" })).await;
+    }
+
+    /// Meta's change to a submitted content in the simulator: `{"status": …}` and/or
+    /// `{"category": …}` (a re-categorization).
+    pub async fn sim_meta(&self, content_sid: &str, change: serde_json::Value) {
         let response = self
             .http
             .post(format!("{}/sim/content/{content_sid}/approval", self.sim_url))
-            .json(&serde_json::json!({ "status": status, "rejection_reason": "" }))
+            .json(&change)
             .send()
             .await
             .expect("simulator answers");
-        assert!(response.status().is_success(), "simulator refused the status change");
+        assert!(
+            response.status().is_success(),
+            "simulator refused {change}: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
+    /// A Content API call to the simulator with the account's credentials, as an edit in
+    /// Twilio's console or another tool would make it.
+    pub fn sim_content_api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.sim_url)).basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
     }
 
     /// The full name of a topic of this channel.

@@ -14,6 +14,7 @@ mod processes;
 mod records;
 
 pub use fixtures::*;
+pub use http::sim_approved_content;
 pub use processes::*;
 pub use records::*;
 
@@ -68,7 +69,14 @@ fn template_approval_config(kafka: &KafkaConfig, sim_url: &str) -> template_appr
         auth_username: ACCOUNT_SID.to_owned(),
         auth_password: AUTH_TOKEN.to_owned(),
         sync_interval: Duration::from_millis(200),
-        fallbacks: template_approval::authorize::Fallbacks::parse(FALLBACKS).expect("fallbacks"),
+        // The production defaults: no marketing templates to +1 numbers, a day's cool-down.
+        policy: template_approval::authorize::Policy {
+            fallbacks: template_approval::authorize::Fallbacks::parse(FALLBACKS).expect("fallbacks"),
+            marketing: template_approval::authorize::MarketingRules {
+                blocked_prefixes: vec!["+1".to_owned()],
+                cooldown_millis: 24 * 3_600_000,
+            },
+        },
     }
 }
 

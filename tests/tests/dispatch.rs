@@ -111,6 +111,7 @@ async fn a_send_twilio_never_takes_fails_as_retries_exhausted_at_the_deadline() 
 async fn a_redelivered_authorization_is_not_sent_twice() {
     let channel = Channel::start().await;
     let customer = unique_customer();
+    let content_sid = channel.sim_approved_content().await;
     let authorized = |request_id: &str| OutboundAuthorized {
         event_id: uuid::Uuid::new_v4().to_string(),
         occurred_at: wa_platform::now_millis(),
@@ -121,11 +122,12 @@ async fn a_redelivered_authorization_is_not_sent_twice() {
         body: None,
         media_urls: vec![],
         window_expires_at: None,
-        content_sid: Some("HX00000000000000000000000000000001".to_owned()),
+        content_sid: Some(content_sid.clone()),
         content_variables: Some("{}".to_owned()),
         template_name: Some("order_update".to_owned()),
         template_language: Some("en".to_owned()),
         preview: Some("Your order ships today.".to_owned()),
+        rule: Some("approved_template".to_owned()),
         metadata: Default::default(),
     };
     // The same authorization three times (a redelivery after a crash, a replay), then another

@@ -16,11 +16,11 @@ const SENDERS: usize = 20;
 const CUSTOMERS: usize = 400;
 const KILLS: u64 = 3;
 
-fn authorization(run: &str, i: usize) -> OutboundAuthorized {
+fn authorization(run: &str, content_sid: &str, i: usize) -> OutboundAuthorized {
     let from = if i % SENDERS == 0 { BUSINESS.to_owned() } else { format!("whatsapp:+1415555{:04}", i % SENDERS) };
     // Valid North American numbers: area code 415, exchanges from 200.
     let to = format!("whatsapp:+1415{}", 2_000_000 + run.parse::<usize>().unwrap_or(0) * 10_000 + i % CUSTOMERS);
-    e2e_tests::template_authorization(&format!("crash-{i}"), &from, &to, &i.to_string())
+    e2e_tests::template_authorization(&format!("crash-{i}"), (&from, &to), content_sid, &i.to_string())
 }
 
 async fn sim_stats(channel: &Channel) -> Value {
@@ -35,7 +35,8 @@ async fn sigkilled_dispatch_never_sends_twice_and_accounts_for_every_request() {
         .sim_behaviour(json!({"callback_statuses": ["sent", "failed", "undelivered"], "rate_limit_per_sender": 0}))
         .await;
     let run = format!("{:02}", fastrand::u8(..100));
-    let authorizations: Vec<OutboundAuthorized> = (0..MESSAGES).map(|i| authorization(&run, i)).collect();
+    let content_sid = channel.sim_approved_content().await;
+    let authorizations: Vec<OutboundAuthorized> = (0..MESSAGES).map(|i| authorization(&run, &content_sid, i)).collect();
     channel.publish_all(&OUTBOUND_AUTHORIZED, &authorizations).await;
 
     // 20 senders at 3 messages/s each: about 33 s of sending, killed at a quarter, a half and

@@ -18,10 +18,10 @@ const CUSTOMERS: usize = 400;
 /// How many times the third instance joins and is killed.
 const KILLS: usize = 8;
 
-fn authorization(run: &str, i: usize) -> OutboundAuthorized {
+fn authorization(run: &str, content_sid: &str, i: usize) -> OutboundAuthorized {
     let from = if i % SENDERS == 0 { BUSINESS.to_owned() } else { format!("whatsapp:+1415555{:04}", i % SENDERS) };
     let to = format!("whatsapp:+1628{run}{:05}", i % CUSTOMERS);
-    e2e_tests::template_authorization(&format!("rebalance-{i}"), &from, &to, &i.to_string())
+    e2e_tests::template_authorization(&format!("rebalance-{i}"), (&from, &to), content_sid, &i.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -32,7 +32,8 @@ async fn rebalances_while_sends_wait_never_send_a_request_twice() {
     // callbacks only for failures, to keep the broker's load on what the test is about.
     channel.sim_behaviour(json!({"callback_statuses": ["failed", "undelivered"], "rate_limit_per_sender": 4})).await;
     let run = format!("{:02}", fastrand::u8(..100));
-    let authorizations: Vec<OutboundAuthorized> = (0..MESSAGES).map(|i| authorization(&run, i)).collect();
+    let content_sid = channel.sim_approved_content().await;
+    let authorizations: Vec<OutboundAuthorized> = (0..MESSAGES).map(|i| authorization(&run, &content_sid, i)).collect();
     channel.publish_all(&OUTBOUND_AUTHORIZED, &authorizations).await;
     let env = [
         ("DISPATCH_SENDER_RATE", "12".to_owned()),

@@ -47,7 +47,7 @@ async fn a_service_whose_broker_stops_serving_is_not_ready_until_it_serves_again
         auth_username: "AC11111111111111111111111111111111".to_owned(),
         auth_password: "unused".to_owned(),
         sync_interval: Duration::from_secs(3600),
-        fallbacks: template_approval::authorize::Fallbacks::default(),
+        policy: template_approval::authorize::Policy::default(),
     })
     .await
     .unwrap();

@@ -1,6 +1,6 @@
 //! The Twilio simulator: signed status callbacks (reordered, repeated) and simulated customers
 //! through ingress against the real broker; and, on its own, per-sender rate limits, the window
-//! rule, undeliverable recipients and fault injection.
+//! rule, undeliverable recipients, fault injection, and the Content API in Twilio's shapes.
 
 use std::collections::HashMap;
 
@@ -110,6 +110,18 @@ impl Sim {
             .await
     }
 
+    /// A Content API call with the account's credentials.
+    fn content_api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.url)).basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+    }
+
+    /// Creates content (`POST /v1/Content`) and returns its SID.
+    async fn content(&self, request: Value) -> String {
+        let response = self.content_api(reqwest::Method::POST, "/v1/Content").json(&request).send().await.unwrap();
+        assert_eq!(response.status(), 201, "{request}");
+        response.json::<Value>().await.unwrap()["sid"].as_str().unwrap().to_owned()
+    }
+
     async fn fate_of(&self, sid: &str) -> String {
         let messages: Vec<Value> =
             self.http.get(format!("{}/sim/messages", self.url)).send().await.unwrap().json().await.unwrap();
@@ -154,13 +166,22 @@ async fn the_simulator_limits_senders_enforces_the_window_and_injects_faults() {
     assert_eq!(sim.send("whatsapp:+14150000002", customer, &[]).await.unwrap().status(), 201);
     assert_eq!(sim.behave(json!({"rate_limit_per_sender": 0})).await, 200);
 
-    // The window: free-form to a customer who never wrote fails with 63016; a template does
-    // not; once the customer writes (through the simulator) free-form goes through.
+    // The window: free-form to a customer who never wrote fails with 63016; an approved
+    // template does not, unapproved content does; once the customer writes (through the
+    // simulator) free-form goes through.
     assert_eq!(sim.behave(json!({"enforce_window": true})).await, 200);
     let cold = sim.sid(sim.send(BUSINESS, customer, &[]).await.unwrap()).await;
     assert_eq!(sim.fate_of(&cold).await, "failed");
-    let template = sim.sid(sim.send(BUSINESS, customer, &[("ContentSid", "HX1")]).await.unwrap()).await;
+    let approved = e2e_tests::sim_approved_content(&sim.http, &sim.url).await;
+    let template = sim.sid(sim.send(BUSINESS, customer, &[("ContentSid", &approved)]).await.unwrap()).await;
     assert_eq!(sim.fate_of(&template).await, "read");
+    let draft = sim.content(json!({"language": "en", "types": {"twilio/text": {"body": "Hello"}}})).await;
+    let unapproved = sim.sid(sim.send(BUSINESS, customer, &[("ContentSid", &draft)]).await.unwrap()).await;
+    assert_eq!(sim.fate_of(&unapproved).await, "failed", "unapproved content outside the window");
+    // A ContentSid the account does not hold is refused, as Twilio does (21655).
+    let unknown = sim.send(BUSINESS, customer, &[("ContentSid", "HX0123456789abcdef0123456789abcdef")]).await.unwrap();
+    assert_eq!(unknown.status(), 400);
+    assert_eq!(unknown.json::<Value>().await.unwrap()["code"], 21655);
     let wrote: Value = sim
         .http
         .post(format!("{}/sim/inbound", sim.url))
@@ -177,7 +198,7 @@ async fn the_simulator_limits_senders_enforces_the_window_and_injects_faults() {
 
     // An unreachable recipient ends undelivered.
     assert_eq!(sim.behave(json!({"undeliverable": {"whatsapp:+14157620009": 63024}})).await, 200);
-    let lost = sim.sid(sim.send(BUSINESS, "whatsapp:+14157620009", &[("ContentSid", "HX1")]).await.unwrap()).await;
+    let lost = sim.sid(sim.send(BUSINESS, "whatsapp:+14157620009", &[("ContentSid", &approved)]).await.unwrap()).await;
     assert_eq!(sim.fate_of(&lost).await, "undelivered");
 
     // Faults: errors in Twilio's shape, then a dropped connection after the message was taken.
@@ -200,5 +221,111 @@ async fn the_simulator_limits_senders_enforces_the_window_and_injects_faults() {
 
     // A behaviour that does not exist is refused with the reason.
     assert_eq!(sim.behave(json!({"reoder": true})).await, 422);
+    sim.stop.cancel();
+}
+
+/// Every content type the channel uses, created, fetched, edited, listed in pages, submitted
+/// with its category and moved to another by Meta, in the shapes of Twilio's Content API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulated_content_api_holds_every_content_type_as_twilio_does() {
+    use reqwest::Method;
+    let sim = Sim::start().await;
+    let actions = json!([{"type": "QUICK_REPLY", "title": "Yes", "id": "yes"}]);
+    let kinds = [
+        json!({"twilio/text": {"body": "Hi {{1}}, it ships."}}),
+        json!({"twilio/media": {"body": "Your invoice", "media": ["https://example.com/{{1}}.pdf"]}}),
+        json!({"twilio/quick-reply": {"body": "Is {{1}} right?", "actions": actions}}),
+        json!({"twilio/call-to-action": {"body": "Track {{1}} here.", "actions": [{"type": "URL", "title": "Track", "url": "https://example.com/t/{{1}}"}]}}),
+        json!({"twilio/list-picker": {"body": "Pick a slot for {{1}}.", "button": "Slots", "items": [{"id": "a", "item": "Monday"}]}}),
+        json!({"twilio/card": {"title": "Order {{1}}", "media": ["https://example.com/c.jpg"], "actions": [{"type": "URL", "title": "Open", "url": "https://example.com"}]}}),
+        json!({"whatsapp/card": {"body": "Order {{1}} shipped.", "footer": "Thanks", "media": ["https://example.com/c.jpg"]}}),
+        json!({"whatsapp/authentication": {"add_security_recommendation": true, "code_expiration_minutes": 5, "actions": [{"type": "COPY_CODE", "copy_code_text": "Copy code"}]}}),
+    ];
+    let mut sids = Vec::new();
+    for types in &kinds {
+        let request = json!({"friendly_name": "kind", "language": "en", "variables": {"1": "1234"}, "types": types});
+        let sid = sim.content(request).await;
+        assert!(wa_schemas::ContentSid::parse(&sid).is_ok(), "{sid}");
+        let fetched: Value =
+            sim.content_api(Method::GET, &format!("/v1/Content/{sid}")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(
+            (&fetched["types"], &fetched["language"], &fetched["variables"]["1"]),
+            (types, &json!("en"), &json!("1234"))
+        );
+        assert_eq!(
+            fetched["links"]["approval_create"],
+            format!("https://content.twilio.com/v1/Content/{sid}/ApprovalRequests/whatsapp")
+        );
+        sids.push(sid);
+    }
+    // Refusals in Twilio's shape: no types, a type Twilio does not have, no language.
+    for bad in [
+        json!({"language": "en", "types": {}}),
+        json!({"language": "en", "types": {"twilio/fax": {}}}),
+        json!({"types": {"twilio/text": {"body": "x"}}}),
+    ] {
+        let response = sim.content_api(Method::POST, "/v1/Content").json(&bad).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+        assert_eq!(response.json::<Value>().await.unwrap()["code"], 20001);
+    }
+    assert_eq!(
+        sim.content_api(Method::GET, "/v1/Content/HX0123456789abcdef0123456789abcdef").send().await.unwrap().status(),
+        404
+    );
+
+    // An edit in Twilio keeps the SID.
+    let edited = json!({"twilio/text": {"body": "Hello {{1}}, it is on its way."}});
+    let response = sim
+        .content_api(Method::PUT, &format!("/v1/Content/{}", sids[0]))
+        .json(&json!({"types": edited}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["types"], edited);
+
+    // Pages of 3, followed by next_page_url: every content once.
+    let mut seen = Vec::new();
+    let mut next = Some("/v1/Content?PageSize=3".to_owned());
+    while let Some(path) = next {
+        let page: Value = sim.content_api(Method::GET, &path).send().await.unwrap().json().await.unwrap();
+        seen.extend(page["contents"].as_array().unwrap().iter().map(|c| c["sid"].as_str().unwrap().to_owned()));
+        next = page["meta"]["next_page_url"]
+            .as_str()
+            .map(|url| url.trim_start_matches("https://content.twilio.com").to_owned());
+    }
+    seen.sort();
+    let mut expected = sids.clone();
+    expected.sort();
+    assert_eq!(seen, expected);
+
+    // Approval: a list picker is only ever sent in session, and cannot be submitted; a text
+    // is submitted with its category, which Meta may change.
+    let submit = |sid: &str| {
+        sim.content_api(Method::POST, &format!("/v1/Content/{sid}/ApprovalRequests/whatsapp"))
+            .json(&json!({"name": "kind", "category": "UTILITY"}))
+    };
+    assert_eq!(submit(&sids[4]).send().await.unwrap().status(), 400);
+    let created: Value = submit(&sids[0]).send().await.unwrap().json().await.unwrap();
+    assert_eq!((&created["status"], &created["category"]), (&json!("received"), &json!("UTILITY")));
+    let moved = sim
+        .http
+        .post(format!("{}/sim/content/{}/approval", sim.url, sids[0]))
+        .json(&json!({"status": "approved", "category": "marketing"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 200);
+    let listed: Value =
+        sim.content_api(Method::GET, "/v1/ContentAndApprovals?PageSize=50").send().await.unwrap().json().await.unwrap();
+    let item = listed["contents"].as_array().unwrap().iter().find(|c| c["sid"] == sids[0].as_str()).unwrap().clone();
+    assert_eq!(
+        (&item["approval_requests"]["status"], &item["approval_requests"]["category"]),
+        (&json!("approved"), &json!("MARKETING"))
+    );
+    assert_eq!(item["types"], edited);
+    let unsubmitted =
+        listed["contents"].as_array().unwrap().iter().find(|c| c["sid"] == sids[1].as_str()).unwrap().clone();
+    assert_eq!(unsubmitted["approval_requests"]["status"], "unsubmitted");
     sim.stop.cancel();
 }

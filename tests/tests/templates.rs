@@ -1,30 +1,47 @@
-//! Templates end to end: registered and approved through the admin API and the simulated
-//! Content API, sent by Content SID outside the window, refused once paused, chosen along the
-//! language fallback chain, and rebuilt after a restart.
+//! Templates end to end: content created or adopted through the admin API at the simulated
+//! Content API, approved, sent by Content SID outside the window, refused once paused, chosen
+//! along the language fallback chain, kept equal to Twilio's content and Meta's category, sent
+//! inside the window unapproved when WhatsApp allows the type, and rebuilt after a restart.
 
-use e2e_tests::{unique_customer, Channel, ACCOUNT_SID, AUTH_TOKEN, BUSINESS};
+use e2e_tests::{unique_customer, unique_customer_in_brazil, Channel, ACCOUNT_SID, AUTH_TOKEN, BUSINESS};
 use reqwest::Method;
 use serde_json::{json, Value};
-use wa_platform::topics::{INBOUND, OUTBOUND_REJECTED, TEMPLATES};
-use wa_schemas::{conversation_id, InboundMessageReceived, OutboundDispatched, OutboundRejected, TemplateEvent};
+use wa_platform::topics::{INBOUND, OUTBOUND_AUTHORIZED, OUTBOUND_REJECTED, TEMPLATES};
+use wa_schemas::{
+    conversation_id, InboundMessageReceived, OutboundAuthorized, OutboundDispatched, OutboundRejected, TemplateEvent,
+};
 
 fn unique_sid(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }
 
-async fn register(channel: &Channel, name: &str, language: &str, category: &str) -> String {
-    let content_sid = unique_sid("HX");
-    let response = channel
-        .admin(Method::POST, "/v1/templates")
-        .json(&json!({
-            "name": name, "language": language, "category": category, "content_sid": content_sid,
-            "body": "Hi {{1}}, your order {{2}} ships today.", "examples": {"1": "Ana", "2": "1234"}
-        }))
-        .send()
-        .await
-        .unwrap();
+/// The content an order update is: text with two variables, or Meta's code message for an
+/// authentication template.
+fn content_of(category: &str) -> Value {
+    if category == "authentication" {
+        json!({
+            "types": {"whatsapp/authentication": {"add_security_recommendation": true, "code_expiration_minutes": 10,
+                "actions": [{"type": "COPY_CODE", "copy_code_text": "Copy code"}]}},
+            "variables": {"1": "482913"},
+        })
+    } else {
+        json!({"types": {"twilio/text": {"body": "Hi {{1}}, your order {{2}} ships today."}}, "variables": {"1": "Ana", "2": "1234"}})
+    }
+}
+
+/// Registers `name` with `content` (`types` and `variables`), created at Twilio through the admin
+/// API; returns the Content SID Twilio gave it.
+async fn register_content(channel: &Channel, name: &str, language: &str, category: &str, content: Value) -> String {
+    let mut request = json!({"name": name, "language": language, "category": category});
+    request.as_object_mut().unwrap().extend(content.as_object().unwrap().clone());
+    let response = channel.admin(Method::POST, "/v1/templates").json(&request).send().await.unwrap();
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    content_sid
+    let template: Value = response.json().await.unwrap();
+    template["content_sid"].as_str().unwrap().to_owned()
+}
+
+async fn register(channel: &Channel, name: &str, language: &str, category: &str) -> String {
+    register_content(channel, name, language, category, content_of(category)).await
 }
 
 async fn template_event(channel: &Channel, name: &str, language: &str, kind: &str) -> TemplateEvent {
@@ -169,12 +186,10 @@ async fn a_restarted_service_rebuilds_the_same_templates() {
         .await
         .unwrap();
     assert_eq!(paused.status(), 200);
-    let replaced = channel
-        .admin(Method::PUT, "/v1/templates/login_code/en")
-        .json(&json!({"category": "authentication", "content_sid": unique_sid("HX"), "body": "Use {{1}} to sign in.", "examples": {"1": "123456"}}))
-        .send()
-        .await
-        .unwrap();
+    let mut replacement = content_of("authentication");
+    replacement["category"] = json!("authentication");
+    replacement["types"]["whatsapp/authentication"]["code_expiration_minutes"] = json!(5);
+    let replaced = channel.admin(Method::PUT, "/v1/templates/login_code/en").json(&replacement).send().await.unwrap();
     assert_eq!(replaced.status(), 200);
     let replaced: Value = replaced.json().await.unwrap();
     assert_eq!((replaced["version"].as_i64(), replaced["status"].as_str()), (Some(2), Some("draft")));
@@ -216,21 +231,27 @@ async fn the_admin_api_refuses_bad_input_with_problems() {
     assert_eq!(&answer, b"HTTP/1.1 401");
 
     let valid = json!({
-        "name": "order_update", "language": "en", "category": "utility", "content_sid": unique_sid("HX"),
-        "body": "Hi {{1}}, your order ships today.", "examples": {"1": "Ana"}
+        "name": "order_update", "language": "en", "category": "utility",
+        "types": {"twilio/text": {"body": "Hi {{1}}, your order ships today."}}, "variables": {"1": "Ana"}
     });
     let with = |field: &str, value: Value| {
         let mut request = valid.clone();
         request[field] = value;
         request
     };
+    let text = |body: String| json!({"twilio/text": {"body": body}});
+    let contents_before = sim_content_count(&channel).await;
     let cases = [
-        (with("body", json!("{{1}}, your order ships.")), 422, Some("body")),
-        (with("body", json!("Your order ships, {{1}}")), 422, Some("body")),
-        (with("body", json!("x".repeat(1025))), 422, Some("body")),
+        (with("types", text("{{1}}, your order ships.".into())), 422, Some("types")),
+        (with("types", text("Your order ships, {{1}}".into())), 422, Some("types")),
+        (with("types", text("x".repeat(1025))), 422, Some("types")),
+        (with("types", json!({"twilio/fax": {"body": "x"}})), 422, Some("types")),
         (with("language", json!("xx_YY")), 422, Some("language")),
-        (with("examples", json!({"1": "Ana", "2": "extra"})), 422, Some("examples")),
+        (with("variables", json!({"1": "Ana", "2": "extra"})), 422, Some("variables")),
         (with("category", json!("promo")), 422, Some("category")),
+        (with("category", json!("authentication")), 422, Some("category")),
+        (with("content_sid", json!(unique_sid("HX"))), 422, Some("content_sid")),
+        (with("body", json!("the old local copy")), 400, None),
         (valid.clone(), 201, None),
         (valid.clone(), 409, None),
     ];
@@ -245,6 +266,11 @@ async fn the_admin_api_refuses_bad_input_with_problems() {
             }
         }
     }
+    assert_eq!(sim_content_count(&channel).await, contents_before + 1, "only the valid content was created at Twilio");
+    let adopt_unknown = json!({"name": "ghost", "category": "utility", "content_sid": unique_sid("HX")});
+    let response = channel.admin(Method::POST, "/v1/templates").json(&adopt_unknown).send().await.unwrap();
+    assert_eq!(response.status(), 422);
+    assert!(response.text().await.unwrap().contains("Twilio holds no content"));
     let missing = channel.admin(Method::POST, "/v1/templates/nope/en/submit").send().await.unwrap();
     assert_eq!(missing.status(), 404);
     let premature = channel.admin(Method::POST, "/v1/templates/order_update/en/pause").send().await.unwrap();
@@ -280,26 +306,287 @@ async fn a_submission_the_lifecycle_refuses_never_reaches_twilio() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_status_sync_follows_the_content_api_to_its_last_page() {
     let channel = Channel::start().await;
-    // 1,000 other contents sort before this template's Content SID, so its verdict is on page 2.
+    // 1,000 other contents were created before this template's, so it is on page 2 (the list
+    // is oldest first).
     for i in 0..1_000 {
-        channel.sim_set_approval(&format!("HX0000000000000000000000000000{i:04}"), "pending").await;
+        let other = json!({"friendly_name": format!("other_{i}"), "language": "en", "types": {"twilio/text": {"body": "Hello"}}});
+        let created = channel.sim_content_api(Method::POST, "/v1/Content").json(&other).send().await.unwrap();
+        assert_eq!(created.status(), 201);
     }
-    let content_sid = format!("HXffff{}", &uuid::Uuid::new_v4().simple().to_string()[4..]);
-    let response = channel
-        .admin(Method::POST, "/v1/templates")
-        .json(&json!({
-            "name": "paged_update", "language": "en", "category": "utility", "content_sid": content_sid,
-            "body": "Hi {{1}}, your order {{2}} ships today.", "examples": {"1": "Ana", "2": "1234"}
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let content_sid = register(&channel, "paged_update", "en", "utility").await;
     let submitted = channel.admin(Method::POST, "/v1/templates/paged_update/en/submit").send().await.unwrap();
     assert_eq!(submitted.status(), 202);
     channel.sim_set_approval(&content_sid, "approved").await;
     let event = template_event(&channel, "paged_update", "en", "approved").await;
     assert_eq!(event.content_sid, None, "a status change carries no content");
     assert_eq!(event.actor, "twilio");
+    channel.stop().await;
+}
+
+/// How many contents the simulated account holds (`GET /v1/Content`, every page).
+async fn sim_content_count(channel: &Channel) -> usize {
+    let mut count = 0;
+    let mut next = Some("/v1/Content?PageSize=1000".to_owned());
+    while let Some(path) = next {
+        let page: Value = channel.sim_content_api(Method::GET, &path).send().await.unwrap().json().await.unwrap();
+        count += page["contents"].as_array().unwrap().len();
+        next = page["meta"]["next_page_url"]
+            .as_str()
+            .map(|url| url.trim_start_matches("https://content.twilio.com").to_owned());
+    }
+    count
+}
+
+async fn sim_content(channel: &Channel, sid: &str) -> Value {
+    channel.sim_content_api(Method::GET, &format!("/v1/Content/{sid}")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Every content type WhatsApp takes is created through the admin API and is at the simulator as
+/// sent; the template's types, variables and body are Twilio's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_content_type_is_created_at_twilio_through_the_admin_api() {
+    let channel = Channel::start().await;
+    let url_action = json!([{"type": "URL", "title": "Track", "url": "https://example.com/t/{{2}}"}]);
+    let kinds = [
+        ("text_kind", "utility", json!({"twilio/text": {"body": "Hi {{1}}, order {{2}} ships."}})),
+        (
+            "media_kind",
+            "utility",
+            json!({"twilio/media": {"body": "Hi {{1}}, your invoice.", "media": ["https://cdn.example.com/{{2}}.pdf"]}}),
+        ),
+        (
+            "quick_reply_kind",
+            "marketing",
+            json!({"twilio/quick-reply": {"body": "Hi {{1}}, rate order {{2}}?", "actions": [{"title": "Good", "id": "good"}, {"title": "Bad", "id": "bad"}]}}),
+        ),
+        (
+            "cta_kind",
+            "utility",
+            json!({"twilio/call-to-action": {"body": "Hi {{1}}, track your order.", "actions": url_action}}),
+        ),
+        (
+            "list_kind",
+            "utility",
+            json!({"twilio/list-picker": {"body": "Hi {{1}}, pick a slot for {{2}}.", "button": "Slots", "items": [{"id": "mon", "item": "Monday"}]}}),
+        ),
+        (
+            "card_kind",
+            "marketing",
+            json!({"twilio/card": {"title": "Hi {{1}}, order {{2}}", "media": ["https://cdn.example.com/c.jpg"]}}),
+        ),
+        (
+            "wa_card_kind",
+            "marketing",
+            json!({"whatsapp/card": {"body": "Hi {{1}}, order {{2}} shipped.", "footer": "Thanks", "media": ["https://cdn.example.com/c.jpg"]}}),
+        ),
+    ];
+    for (name, category, types) in kinds {
+        let sid = register_content(
+            &channel,
+            name,
+            "en",
+            category,
+            json!({"types": types, "variables": {"1": "Ana", "2": "1234"}}),
+        )
+        .await;
+        let at_twilio = sim_content(&channel, &sid).await;
+        assert_eq!(at_twilio["types"], types, "{name}");
+        assert_eq!((&at_twilio["language"], &at_twilio["variables"]["2"]), (&json!("en"), &json!("1234")), "{name}");
+        let template: Value =
+            channel.admin(Method::GET, &format!("/v1/templates/{name}/en")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(template["types"], types, "{name}");
+        assert!(template["body"].as_str().unwrap().starts_with("Hi {{1}}"), "{name}: {template}");
+    }
+    let otp = register(&channel, "otp_kind", "en", "authentication").await;
+    assert_eq!(sim_content(&channel, &otp).await["types"], content_of("authentication")["types"]);
+    // A list picker lives only inside the window: WhatsApp does not approve it.
+    let submit = channel.admin(Method::POST, "/v1/templates/list_kind/en/submit").send().await.unwrap();
+    assert_eq!(submit.status(), 409);
+    channel.stop().await;
+}
+
+/// Content made elsewhere (Twilio's console) is adopted by its SID; an edit in Twilio reaches
+/// the template; Meta's re-categorization to marketing is recorded and applied at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adopted_content_follows_twilio_and_metas_category() {
+    let channel = Channel::start().await;
+    let made_in_console = json!({"friendly_name": "restock", "language": "es_MX",
+        "types": {"twilio/text": {"body": "Hola {{1}}, volvió a haber {{2}}."}}, "variables": {"1": "Ana", "2": "tenis"}});
+    let created: Value = channel
+        .sim_content_api(Method::POST, "/v1/Content")
+        .json(&made_in_console)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sid = created["sid"].as_str().unwrap().to_owned();
+    let adopted = channel
+        .admin(Method::POST, "/v1/templates")
+        .json(&json!({"name": "restock", "category": "utility", "content_sid": sid}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(adopted.status(), 201, "{}", adopted.text().await.unwrap());
+    let template: Value = adopted.json().await.unwrap();
+    assert_eq!(
+        (&template["language"], &template["body"]),
+        (&json!("es_MX"), &json!("Hola {{1}}, volvió a haber {{2}}."))
+    );
+
+    // Edited in Twilio (same SID): the sync records it.
+    let edited = json!({"twilio/text": {"body": "Hola {{1}}, ya hay {{2}} otra vez."}});
+    let put = channel
+        .sim_content_api(Method::PUT, &format!("/v1/Content/{sid}"))
+        .json(&json!({"types": edited}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let updated = template_event(&channel, "restock", "es_MX", "content_updated").await;
+    assert_eq!(
+        (updated.actor.as_str(), updated.body.as_deref()),
+        ("twilio", Some("Hola {{1}}, ya hay {{2}} otra vez."))
+    );
+
+    // Approved as utility, then Meta moves it to marketing.
+    let submitted = channel.admin(Method::POST, "/v1/templates/restock/es_MX/submit").send().await.unwrap();
+    assert_eq!(submitted.status(), 202);
+    channel.sim_set_approval(&sid, "approved").await;
+    template_event(&channel, "restock", "es_MX", "approved").await;
+    channel.sim_meta(&sid, json!({"category": "MARKETING"})).await;
+    let moved = template_event(&channel, "restock", "es_MX", "recategorized").await;
+    assert_eq!((moved.previous_category.as_deref(), moved.category.as_deref()), (Some("utility"), Some("marketing")));
+
+    // A customer who opted out of marketing no longer gets it; one who did not still does,
+    // unless Meta delivers no marketing to their number (US numbers, by default).
+    let opted_out = unique_customer_in_brazil();
+    assert_eq!(channel.sim_inbound(&opted_out, "STOP").await.1, 200);
+    channel
+        .await_record(&wa_platform::topics::CONSENT, |r| {
+            r.decode::<wa_schemas::ConsentChanged>().conversation_id == conversation_id(BUSINESS, &opted_out)
+        })
+        .await;
+    let other = unique_customer_in_brazil();
+    let american = unique_customer();
+    for (request_id, to) in [("recat-1", &opted_out), ("recat-2", &other), ("recat-3", &american)] {
+        let response = channel
+            .post_outbound(&json!({"request_id": request_id, "from": BUSINESS, "to": to,
+                "template": {"name": "restock", "language": "es_MX", "variables": {"1": "Bo", "2": "botas"}}}))
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    assert_eq!(outcome(&channel, "recat-1").await.unwrap_err().reason, "opted_out");
+    assert_eq!(outcome(&channel, "recat-2").await.expect("sent").outcome, "sent");
+    let blocked = outcome(&channel, "recat-3").await.unwrap_err();
+    assert_eq!(blocked.reason, "marketing_region_blocked");
+    assert!(blocked.message.contains("+1"), "{}", blocked.message);
+    channel.stop().await;
+}
+
+/// Meta's authentication template: the code first, a copy-code button; approved, it is sent with
+/// the code as its one variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_authentication_template_is_sent_with_its_code() {
+    let channel = Channel::start().await;
+    let sid = approved(&channel, "login_code", "en", "authentication").await;
+    let customer = unique_customer();
+    let response = channel
+        .post_outbound(&json!({"request_id": "otp-1", "from": BUSINESS, "to": customer,
+            "template": {"name": "login_code", "language": "en", "variables": {"1": "730114"}}}))
+        .await;
+    assert_eq!(response.status(), 202);
+    let sent = outcome(&channel, "otp-1").await.expect("sent");
+    let authorized: OutboundAuthorized = channel
+        .await_record(&OUTBOUND_AUTHORIZED, |r| r.decode::<OutboundAuthorized>().request_id == "otp-1")
+        .await
+        .decode();
+    assert_eq!(authorized.preview.as_deref(), Some("730114 is your verification code."));
+    let messages = channel.sim_messages().await;
+    let message = messages.iter().find(|m| Some(m["sid"].as_str().unwrap()) == sent.message_sid.as_deref()).unwrap();
+    assert_eq!(param(message, "ContentSid").as_deref(), Some(sid.as_str()));
+    assert_eq!(param(message, "ContentVariables").as_deref(), Some(r#"{"1":"730114"}"#));
+    channel.stop().await;
+}
+
+/// A quick reply is content WhatsApp lets a business send inside the window without approval:
+/// it goes, never submitted, while the customer's window is open, and is refused once it closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quick_reply_goes_unapproved_inside_the_window_and_is_refused_outside() {
+    let channel = Channel::start().await;
+    let quick_reply = json!({"types": {"twilio/quick-reply": {"body": "Hi {{1}}, did order {{2}} arrive?",
+        "actions": [{"title": "Yes", "id": "arrived"}, {"title": "No", "id": "missing"}]}}, "variables": {"1": "Ana", "2": "1234"}});
+    let sid = register_content(&channel, "arrival_check", "en", "utility", quick_reply).await;
+    let send = |request_id: &'static str, to: String| {
+        let channel = &channel;
+        async move {
+            let response = channel
+                .post_outbound(&json!({"request_id": request_id, "from": BUSINESS, "to": to,
+                    "template": {"name": "arrival_check", "language": "en", "variables": {"1": "Bo", "2": "77"}}}))
+                .await;
+            assert_eq!(response.status(), 202);
+        }
+    };
+    let wrote = unique_customer();
+    assert_eq!(channel.sim_inbound(&wrote, "my parcel?").await.1, 200);
+    send("qr-in", wrote.clone()).await;
+    let sent = outcome(&channel, "qr-in").await.expect("sent inside the window");
+    let authorized: OutboundAuthorized = channel
+        .await_record(&OUTBOUND_AUTHORIZED, |r| r.decode::<OutboundAuthorized>().request_id == "qr-in")
+        .await
+        .decode();
+    assert_eq!(authorized.rule.as_deref(), Some("session_content"));
+    assert_eq!(authorized.content_sid.as_deref(), Some(sid.as_str()));
+    let messages = channel.sim_messages().await;
+    let message = messages.iter().find(|m| Some(m["sid"].as_str().unwrap()) == sent.message_sid.as_deref()).unwrap();
+    assert_eq!(message["fate"], "read", "WhatsApp delivered it inside the window");
+
+    let silent = unique_customer();
+    send("qr-out", silent).await;
+    let refused = outcome(&channel, "qr-out").await.unwrap_err();
+    assert_eq!(refused.reason, "template_not_approved");
+    assert!(refused.message.contains("window"), "{}", refused.message);
+    channel.stop().await;
+}
+
+/// Meta's per-user marketing limit: once a marketing template to a customer comes back
+/// undelivered with 63049, marketing templates to that customer are refused early for the
+/// cool-down; utility templates still go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_63049_holds_marketing_back_for_the_cool_down_and_nothing_else() {
+    let channel = Channel::start().await;
+    approved(&channel, "weekend_sale", "en", "marketing").await;
+    approved(&channel, "order_ready", "en", "utility").await;
+    let customer = unique_customer_in_brazil();
+    let send = |request_id: &'static str, name: &'static str| {
+        let (channel, customer) = (&channel, customer.clone());
+        async move {
+            let response = channel
+                .post_outbound(&json!({"request_id": request_id, "from": BUSINESS, "to": customer,
+                    "template": {"name": name, "language": "en", "variables": {"1": "Ana", "2": "1234"}}}))
+                .await;
+            assert_eq!(response.status(), 202);
+        }
+    };
+    // Meta declines the first marketing message: undelivered, 63049.
+    channel.sim_behaviour(json!({"undeliverable": {customer.clone(): 63049}})).await;
+    send("sale-1", "weekend_sale").await;
+    assert_eq!(outcome(&channel, "sale-1").await.expect("taken by Twilio").outcome, "sent");
+    let conversation = conversation_id(BUSINESS, &customer);
+    channel
+        .await_record(&wa_platform::topics::SESSIONS, |r| {
+            let state: wa_schemas::SessionState = r.decode();
+            state.conversation_id == conversation && state.marketing_limited_at.is_some()
+        })
+        .await;
+    channel.sim_behaviour(json!({"undeliverable": {}})).await;
+
+    send("sale-2", "weekend_sale").await;
+    let refused = outcome(&channel, "sale-2").await.unwrap_err();
+    assert_eq!(refused.reason, "marketing_limited");
+    assert!(refused.message.contains("63049"), "{}", refused.message);
+    send("ready-1", "order_ready").await;
+    assert_eq!(outcome(&channel, "ready-1").await.expect("utility goes").outcome, "sent");
     channel.stop().await;
 }

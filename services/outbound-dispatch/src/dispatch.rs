@@ -236,7 +236,14 @@ impl Dispatch {
             to: &authorized.to,
             metadata: &authorized.metadata,
         };
-        let free_form_until = authorized.window_expires_at.filter(|_| authorized.content_sid.is_none());
+        // What the window allowed (a reply, or content WhatsApp allows in session) must still go
+        // before it closes; an approved template goes at any time.
+        let window_rule = match authorized.rule.as_deref().and_then(wa_schemas::AuthorizationRule::parse) {
+            Some(wa_schemas::AuthorizationRule::ApprovedTemplate) => false,
+            Some(_) => true,
+            None => authorized.content_sid.is_none(),
+        };
+        let free_form_until = authorized.window_expires_at.filter(|_| window_rule);
         let mut lifecycle = Lifecycle::new(
             &authorized.request_id,
             &Uuid::new_v4().to_string(),
@@ -486,6 +493,7 @@ mod tests {
             template_name: None,
             template_language: None,
             preview: preview.map(str::to_owned),
+            rule: None,
             metadata: Default::default(),
         }
     }

@@ -1,6 +1,7 @@
 //! Sending rates: a pacing token bucket per sender and one for the account. A send reserves the
 //! next free slot of both and waits for it, so a sender never exceeds its rate, not even in a
-//! burst. Throttling from Twilio (429, 20429, 63018) halves the sender's rate; each send that
+//! burst. Throttling from Twilio's API (429, 20429) halves the sender's rate (WhatsApp's 63018,
+//! often about one recipient, retries that send only); each send that
 //! goes through wins back a step, up to the configured rate (additive increase, multiplicative
 //! decrease).
 //!

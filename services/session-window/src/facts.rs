@@ -34,10 +34,11 @@ pub(crate) enum Source {
     Consent,
 }
 
-/// The Twilio error a dispatch event reports when it says the customer refused the business's
-/// messages: a `failed` send, or a `status_changed` to `failed` or `undelivered`, with 21610
-/// or 63014 (whether the error came in Twilio's answer or in a status callback).
-pub(crate) fn refusal_code(event: &OutboundDispatched) -> Option<i32> {
+/// The Twilio error of a dispatch event that reports a failure: a `failed` send, or a
+/// `status_changed` to `failed` or `undelivered` (whether the error came in Twilio's answer or
+/// in a status callback). 21610 and 63014 say the customer refused the business's messages;
+/// 63049 that Meta held a marketing message back.
+fn failure_code(event: &OutboundDispatched) -> Option<i32> {
     let failed = match event.kind() {
         Some(DispatchOutcome::Failed) => true,
         Some(DispatchOutcome::StatusChanged) => {
@@ -45,7 +46,7 @@ pub(crate) fn refusal_code(event: &OutboundDispatched) -> Option<i32> {
         }
         _ => false,
     };
-    event.error_code.filter(|code| failed && wa_twilio::errors::is_consent(*code))
+    event.error_code.filter(|_| failed)
 }
 
 /// The fact in a record from `source`; `None` for dispatch events other than a send the
@@ -71,9 +72,16 @@ pub(crate) fn read(source: Source, payload: &[u8], keywords: &Keywords) -> Resul
         }
         Source::Dispatched => {
             let event = OutboundDispatched::decode(payload)?;
-            Ok(refusal_code(&event).map(|code| ReadFact {
-                reason: Some(format!("twilio_error_{code}")),
-                fact: Fact::SendRefusedByCustomer { at: event.occurred_at },
+            let fact = match failure_code(&event) {
+                Some(code) if wa_twilio::errors::is_consent(code) => {
+                    Fact::SendRefusedByCustomer { at: event.occurred_at }
+                }
+                Some(wa_twilio::errors::MARKETING_LIMITED) => Fact::MarketingLimited { at: event.occurred_at },
+                _ => return Ok(None),
+            };
+            Ok(Some(ReadFact {
+                reason: event.error_code.map(|code| format!("twilio_error_{code}")),
+                fact,
                 at: event.occurred_at,
                 conversation_id: event.conversation_id,
                 event_id: event.event_id,

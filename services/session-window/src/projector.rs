@@ -642,6 +642,16 @@ impl Projector {
             self.config.safety_margin_millis(),
             self.config.opt_out_scope,
         );
+        // Whether free-form (and content WhatsApp allows in session) could go now, whatever
+        // this request asks: template-approval lets such content through without approval.
+        let window_open = session::check(
+            session.as_ref(),
+            Content::FreeForm,
+            now,
+            self.config.safety_margin_millis(),
+            self.config.opt_out_scope,
+        )
+        .is_ok();
         let code = verdict.map_or_else(|r| r.code(), |()| "allowed");
         metrics::counter!(wa_platform::metrics::SESSION_VERDICTS, "verdict" => code).increment(1);
         tracing::info!(request_id = %request.request_id, verdict = code, "window checked");
@@ -663,6 +673,8 @@ impl Projector {
             refusal_reason: verdict.err().map(|refusal| refusal.code().to_owned()),
             window_expires_at: session.as_ref().and_then(Session::window_expires_at),
             opted_out: session.as_ref().is_some_and(Session::opted_out),
+            marketing_limited_at: session.as_ref().and_then(Session::marketing_limited_at),
+            window_open,
             metadata: request.metadata,
         };
         self.queue(&OUTBOUND_CHECKED, &checked, None).await?;

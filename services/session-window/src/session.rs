@@ -73,6 +73,8 @@ pub struct Session {
     last_referral_at: i64,
     opted_out_at: i64,
     opted_in_at: i64,
+    /// The latest time Meta declined to deliver a marketing message to this customer (63049).
+    marketing_limited_at: i64,
     /// The latest messages by (time, id), latest first; empty slots are `NO_MESSAGE`.
     recent: [RecentMessage; RECENT_MESSAGES],
     notified: Notified,
@@ -85,6 +87,7 @@ impl Default for Session {
             last_referral_at: NEVER,
             opted_out_at: NEVER,
             opted_in_at: NEVER,
+            marketing_limited_at: NEVER,
             recent: [NO_MESSAGE; RECENT_MESSAGES],
             notified: Notified::None,
         }
@@ -122,6 +125,12 @@ pub enum Fact {
     },
     /// A send failed because the customer blocked or unsubscribed (Twilio 21610 or 63014).
     SendRefusedByCustomer {
+        /// When the failure was reported.
+        at: i64,
+    },
+    /// Meta declined to deliver a marketing message to the customer: its per-user marketing
+    /// limit (Twilio 63049).
+    MarketingLimited {
         /// When the failure was reported.
         at: i64,
     },
@@ -170,8 +179,8 @@ impl Session {
     pub fn from_parts(
         last_customer_message_at: Option<i64>,
         last_referral_at: Option<i64>,
-        opted_out_at: Option<i64>,
-        opted_in_at: Option<i64>,
+        (opted_out_at, opted_in_at): (Option<i64>, Option<i64>),
+        marketing_limited_at: Option<i64>,
         recent: &[RecentMessage],
         notified: Notified,
     ) -> Self {
@@ -180,6 +189,7 @@ impl Session {
             last_referral_at: last_referral_at.unwrap_or(NEVER),
             opted_out_at: opted_out_at.unwrap_or(NEVER),
             opted_in_at: opted_in_at.unwrap_or(NEVER),
+            marketing_limited_at: marketing_limited_at.unwrap_or(NEVER),
             recent: [NO_MESSAGE; RECENT_MESSAGES],
             notified,
         };
@@ -231,6 +241,12 @@ impl Session {
         known(self.opted_in_at)
     }
 
+    /// The latest time Meta declined a marketing message to this customer (63049):
+    /// template-approval holds marketing back for a cool-down after it.
+    pub fn marketing_limited_at(&self) -> Option<i64> {
+        known(self.marketing_limited_at)
+    }
+
     /// Opted out when the latest opt-out is at least as recent as the latest opt-in (a tie
     /// counts as out: the safer reading).
     pub fn opted_out(&self) -> bool {
@@ -248,10 +264,17 @@ impl Session {
             Notified::None => NEVER,
             Notified::Expiring | Notified::Closed => self.window_expires_at().unwrap_or(NEVER),
         };
-        [self.last_customer_message_at, self.last_referral_at, self.opted_out_at, self.opted_in_at, notice]
-            .into_iter()
-            .max()
-            .unwrap_or(NEVER)
+        [
+            self.last_customer_message_at,
+            self.last_referral_at,
+            self.opted_out_at,
+            self.opted_in_at,
+            self.marketing_limited_at,
+            notice,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(NEVER)
     }
 
     /// Applies `fact`. Idempotent and order-independent: the result depends only on the set of
@@ -289,6 +312,7 @@ impl Session {
                 self.opted_out_at = self.opted_out_at.max(at);
             }
             Fact::ConsentRecorded { at, consent: Consent::OptIn } => self.opted_in_at = self.opted_in_at.max(at),
+            Fact::MarketingLimited { at } => self.marketing_limited_at = self.marketing_limited_at.max(at),
         }
         if self.opted_out_at != out_before {
             change.consent_fact = Some(Consent::OptOut);
@@ -531,8 +555,22 @@ mod tests {
             4 => (at.clone(), any::<bool>(), consent, any::<Option<u128>>())
                 .prop_map(|(at, referral, consent, id)| Fact::CustomerMessage { id: id.map(Uuid::from_u128), at, referral, consent }),
             1 => at.clone().prop_map(|at| Fact::SendRefusedByCustomer { at }),
+            1 => at.clone().prop_map(|at| Fact::MarketingLimited { at }),
             1 => (at, any::<bool>()).prop_map(|(at, out)| Fact::ConsentRecorded { at, consent: if out { Consent::OptOut } else { Consent::OptIn } }),
         ]
+    }
+
+    #[test]
+    fn metas_marketing_limit_keeps_its_latest_time_and_touches_nothing_else() {
+        let mut session = Session::default();
+        session.apply(message(HOUR));
+        let before = session;
+        assert!(!session.apply(Fact::MarketingLimited { at: 3 * HOUR }).any(), "no event: a fact for the verdicts");
+        session.apply(Fact::MarketingLimited { at: 2 * HOUR });
+        assert_eq!(session.marketing_limited_at(), Some(3 * HOUR));
+        assert_eq!((session.window_expires_at(), session.opted_out()), (before.window_expires_at(), false));
+        let (id, restored) = crate::store::from_snapshot(&crate::store::snapshot(&Uuid::nil(), &session)).unwrap();
+        assert_eq!((id, restored), (Uuid::nil(), session));
     }
 
     #[test]

@@ -161,6 +161,11 @@ pub fn snapshot(conversation: &Uuid, session: &Session) -> SessionState {
         session.opted_in_at(),
         recent.join(",")
     );
+    // The cool-down fact only where it exists, so earlier states keep their ids.
+    let content = match session.marketing_limited_at() {
+        Some(at) => format!("{content}:marketing_limited@{at}"),
+        None => content,
+    };
     SessionState {
         event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, content.as_bytes()).to_string(),
         occurred_at: session.latest_at(),
@@ -173,6 +178,7 @@ pub fn snapshot(conversation: &Uuid, session: &Session) -> SessionState {
         opted_in_at: session.opted_in_at(),
         notified,
         recent_messages,
+        marketing_limited_at: session.marketing_limited_at(),
     }
 }
 
@@ -188,8 +194,8 @@ pub fn from_snapshot(state: &SessionState) -> Option<(Uuid, Session)> {
     let session = Session::from_parts(
         state.last_customer_message_at,
         referral_at,
-        state.opted_out_at,
-        state.opted_in_at,
+        (state.opted_out_at, state.opted_in_at),
+        state.marketing_limited_at,
         &recent,
         Notified::parse(&state.notified)?,
     );

@@ -11,7 +11,7 @@ static ALLOCATOR: wa_platform::Allocator = wa_platform::Allocator;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use template_approval::authorize::{decide, Decision, Fallbacks};
+use template_approval::authorize::{decide, Decision, Fallbacks, Policy};
 use template_approval::template::{apply, handle, Actor, Command, Definition, MetaStatus, Templates};
 use wa_schemas::{Event, OutboundWindowChecked, TemplateRequest};
 
@@ -30,8 +30,13 @@ fn registered() -> Templates {
             language: language.clone(),
             category: if i % 3 == 0 { "marketing" } else { "utility" }.to_owned(),
             content_sid: content_sid.clone(),
-            body: "Hello {{1}}, your order {{2}} ships on {{3}}. Reply STOP to opt out.".to_owned(),
-            examples: (1..=3).map(|n| (n.to_string(), format!("example {n}"))).collect(),
+            types: serde_json::json!({
+                "twilio/text": {"body": "Hello {{1}}, your order {{2}} ships on {{3}}. Reply STOP to opt out."}
+            })
+            .as_object()
+            .expect("an object")
+            .clone(),
+            variables: (1..=3).map(|n| (n.to_string(), format!("example {n}"))).collect(),
         };
         let commands = [
             Command::Register(definition),
@@ -80,6 +85,8 @@ fn requests() -> Vec<OutboundWindowChecked> {
                 refusal_reason: None,
                 window_expires_at: None,
                 opted_out: false,
+                marketing_limited_at: None,
+                window_open: false,
                 metadata: Default::default(),
             }
         })
@@ -90,7 +97,7 @@ fn main() {
     let started = Instant::now();
     let templates = registered();
     println!("registered {TEMPLATES} approved templates in {:.2?}", started.elapsed());
-    let fallbacks = Fallbacks::parse("pt_BR:pt:en").expect("fallbacks");
+    let fallbacks = Policy { fallbacks: Fallbacks::parse("pt_BR:pt:en").expect("fallbacks"), ..Policy::default() };
     let requests = requests();
     let encoded: Vec<Vec<u8>> = requests.iter().map(|r| r.encode().expect("encodes")).collect();
 

@@ -1,4 +1,5 @@
-//! The admin API: register, submit, list, get, replace, pause, unpause, disable, delete.
+//! The admin API: register (creating the content at Twilio, or adopting content Twilio holds),
+//! submit, list, get, replace, pause, unpause, disable, delete.
 //!
 //! Bearer-token auth (`TEMPLATE_ADMIN_TOKENS`); JSON problem responses naming the field at
 //! fault.
@@ -15,6 +16,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 use wa_platform::http::{bearer_authorized, json_body, Problem};
+use wa_twilio::content::Types;
 use wa_twilio::content_api::ContentClient;
 
 use crate::store::{ExecuteError, Store};
@@ -45,26 +47,46 @@ pub(crate) fn routes(state: Arc<AdminState>) -> Router {
 type Answer = Result<Response, Problem>;
 type TemplatePath = Path<(String, String)>;
 
+/// A template's content: either the SID of content Twilio holds (adopted: read from Twilio), or
+/// a new content (`types`, `variables`, `friendly_name`) created at Twilio.
+#[derive(Debug)]
+struct ContentRequest {
+    content_sid: Option<String>,
+    types: Option<Types>,
+    variables: BTreeMap<String, String>,
+    friendly_name: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegisterRequest {
     name: String,
-    language: String,
-    category: String,
-    content_sid: String,
-    body: String,
+    /// Required to create content; with `content_sid`, the content's own (checked if given).
     #[serde(default)]
-    examples: BTreeMap<String, String>,
+    language: Option<String>,
+    category: String,
+    #[serde(default)]
+    content_sid: Option<String>,
+    #[serde(default)]
+    types: Option<Types>,
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+    #[serde(default)]
+    friendly_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReplaceRequest {
     category: String,
-    content_sid: String,
-    body: String,
     #[serde(default)]
-    examples: BTreeMap<String, String>,
+    content_sid: Option<String>,
+    #[serde(default)]
+    types: Option<Types>,
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+    #[serde(default)]
+    friendly_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,19 +151,101 @@ async fn fetch(
     Ok(Json(current(&store, &name, &language)?).into_response())
 }
 
+/// The definition of `name` with the content the request names: adopted (read from Twilio by its
+/// SID) or created at Twilio, once the definition has been checked (nothing invalid is created
+/// there). `replacing`: the template a new version is for.
+async fn definition(
+    state: &AdminState,
+    store: &Store,
+    (name, language, category): (String, Option<String>, String),
+    content: ContentRequest,
+    replacing: Option<&Template>,
+) -> Result<Definition, Problem> {
+    match (content.content_sid, content.types) {
+        (Some(sid), None) => {
+            if !content.variables.is_empty() || content.friendly_name.is_some() {
+                return Err(Problem::invalid_field(
+                    "variables",
+                    "adopted content's variables and name are Twilio's: give content_sid alone",
+                ));
+            }
+            if let Err(error) = wa_schemas::ContentSid::parse(&sid) {
+                return Err(Problem::invalid_field("content_sid", error.to_string()));
+            }
+            let found = state.content.fetch(&sid).await.map_err(twilio_failed)?;
+            let Some(found) = found else {
+                return Err(Problem::invalid_field("content_sid", format!("Twilio holds no content {sid}")));
+            };
+            if let Some(language) = language.filter(|language| *language != found.language) {
+                return Err(Problem::invalid_field(
+                    "language",
+                    format!("content {sid} is in {:?}, not {language:?}", found.language),
+                ));
+            }
+            Ok(Definition {
+                name,
+                language: found.language,
+                category,
+                content_sid: found.sid,
+                types: found.types,
+                variables: found.variables,
+            })
+        }
+        (None, Some(types)) => {
+            let Some(language) = language else {
+                return Err(Problem::invalid_field("language", "new content needs its language (e.g. en, pt_BR)"));
+            };
+            let mut definition = Definition {
+                name,
+                language,
+                category,
+                // Checked before Twilio is asked; Twilio's SID replaces it.
+                content_sid: format!("HX{}", "0".repeat(32)),
+                types,
+                variables: content.variables,
+            };
+            crate::template::check(&definition, replacing).map_err(|err| Problem::from(ExecuteError::Refused(err)))?;
+            if replacing.is_none()
+                && store.read(|templates| templates.get(&definition.name, &definition.language).is_some())
+            {
+                return Err(Problem::conflict(format!(
+                    "{}:{} is already registered; replace it with a new version instead",
+                    definition.name, definition.language
+                )));
+            }
+            let friendly_name = content.friendly_name.unwrap_or_else(|| definition.name.clone());
+            let created = state
+                .content
+                .create(&friendly_name, &definition.language, &definition.variables, &definition.types)
+                .await
+                .map_err(twilio_failed)?;
+            definition.content_sid = created.sid;
+            Ok(definition)
+        }
+        _ => Err(Problem::invalid_field(
+            "content_sid",
+            "give content_sid (content Twilio holds) or types (content to create at Twilio), not both",
+        )),
+    }
+}
+
+fn twilio_failed(reason: String) -> Problem {
+    Problem::new(StatusCode::BAD_GATEWAY, "twilio-failed", "twilio's content api failed", reason)
+}
+
 async fn register(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Answer {
     let store = guard(&state, &headers)?;
     let request: RegisterRequest = json_body(&headers, &body)?;
-    let (name, language) = (request.name.clone(), request.language.clone());
-    let command = Command::Register(Definition {
-        name: request.name,
-        language: request.language,
-        category: request.category,
+    let content = ContentRequest {
         content_sid: request.content_sid,
-        body: request.body,
-        examples: request.examples,
-    });
-    execute(&store, command, StatusCode::CREATED, &name, &language).await
+        types: request.types,
+        variables: request.variables,
+        friendly_name: request.friendly_name,
+    };
+    let id = (request.name, request.language, request.category);
+    let definition = definition(&state, &store, id, content, None).await?;
+    let (name, language) = (definition.name.clone(), definition.language.clone());
+    execute(&store, Command::Register(definition), StatusCode::CREATED, &name, &language).await
 }
 
 async fn replace(
@@ -152,15 +256,16 @@ async fn replace(
 ) -> Answer {
     let store = guard(&state, &headers)?;
     let request: ReplaceRequest = json_body(&headers, &body)?;
-    let command = Command::Replace(Definition {
-        name: name.clone(),
-        language: language.clone(),
-        category: request.category,
+    let replacing = current(&store, &name, &language)?;
+    let content = ContentRequest {
         content_sid: request.content_sid,
-        body: request.body,
-        examples: request.examples,
-    });
-    execute(&store, command, StatusCode::OK, &name, &language).await
+        types: request.types,
+        variables: request.variables,
+        friendly_name: request.friendly_name,
+    };
+    let id = (name.clone(), Some(language.clone()), request.category);
+    let definition = definition(&state, &store, id, content, Some(&replacing)).await?;
+    execute(&store, Command::Replace(definition), StatusCode::OK, &name, &language).await
 }
 
 /// Decides the submission first (a template that may not be submitted, or is already

@@ -3,7 +3,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
-use wa_schemas::{OutboundAuthorized, OutboundRejected, OutboundWindowChecked, RejectionReason, TemplateRequest};
+use wa_schemas::{
+    Actor, AuthorizationRule, OutboundAuthorized, OutboundRejected, OutboundWindowChecked, RejectionReason,
+    TemplateRequest,
+};
+use wa_twilio::content as rules;
 
 use crate::template::{Category, Status, Template, Templates};
 
@@ -35,6 +39,49 @@ impl Fallbacks {
     }
 }
 
+/// Meta's marketing rules the channel applies before Twilio is asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarketingRules {
+    /// Number prefixes (`+1`) Meta delivers no marketing templates to.
+    pub blocked_prefixes: Vec<String>,
+    /// How long after Meta declined a marketing message to a customer (63049) marketing
+    /// templates to that customer are held back, in milliseconds (0: not at all).
+    pub cooldown_millis: i64,
+}
+
+impl Default for MarketingRules {
+    /// No blocked prefixes; a 24-hour cool-down.
+    fn default() -> Self {
+        Self { blocked_prefixes: Vec::new(), cooldown_millis: 24 * 3_600_000 }
+    }
+}
+
+impl MarketingRules {
+    /// Parses `+1,+7`: `+` and digits each.
+    pub fn parse_prefixes(text: &str) -> Result<Vec<String>, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|prefix| match prefix.strip_prefix('+') {
+                Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                    Ok(prefix.to_owned())
+                }
+                _ => Err(format!("{prefix:?} is not a number prefix like +1")),
+            })
+            .collect()
+    }
+}
+
+/// Everything a decision follows beyond the templates: language fallbacks and Meta's marketing
+/// rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Language fallback chains.
+    pub fallbacks: Fallbacks,
+    /// Marketing rules.
+    pub marketing: MarketingRules,
+}
+
 /// What happens to a checked request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -48,7 +95,7 @@ pub enum Decision {
 type Refusal = (RejectionReason, String);
 
 /// Decides on a window verdict.
-pub fn decide(checked: OutboundWindowChecked, templates: &Templates, fallbacks: &Fallbacks, now: i64) -> Decision {
+pub fn decide(checked: OutboundWindowChecked, templates: &Templates, policy: &Policy, now: i64) -> Decision {
     let event_id =
         Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("wachannel:decided:{}", checked.event_id).as_bytes()).to_string();
     let outcome = match &checked.template {
@@ -67,13 +114,14 @@ pub fn decide(checked: OutboundWindowChecked, templates: &Templates, fallbacks: 
                     .to_owned(),
             ))
         }
-        Some(request) => choose_template(request, checked.opted_out, templates, fallbacks).map(Some),
+        Some(request) => choose_template(request, &checked, templates, policy, now).map(Some),
         None => free_form(&checked).map(|()| None),
     };
     match outcome {
         Ok(content) => {
+            let rule = content.as_ref().map_or(AuthorizationRule::SessionReply, |(_, _, rule)| *rule);
             let (content_sid, content_variables, template_name, template_language, preview) = match content {
-                Some((template, request)) => (
+                Some((template, request, _)) => (
                     Some(template.content_sid.to_string()),
                     Some(content_variables(&request.variables)),
                     Some(template.name.clone()),
@@ -83,6 +131,7 @@ pub fn decide(checked: OutboundWindowChecked, templates: &Templates, fallbacks: 
                 None => (None, None, None, None, None),
             };
             let is_template = content_sid.is_some();
+            let by_window = rule != AuthorizationRule::ApprovedTemplate;
             Decision::Authorize(OutboundAuthorized {
                 event_id,
                 occurred_at: now,
@@ -92,12 +141,13 @@ pub fn decide(checked: OutboundWindowChecked, templates: &Templates, fallbacks: 
                 to: checked.to,
                 body: if is_template { None } else { checked.body },
                 media_urls: if is_template { vec![] } else { checked.media_urls },
-                window_expires_at: if is_template { None } else { checked.window_expires_at },
+                window_expires_at: if by_window { checked.window_expires_at } else { None },
                 content_sid,
                 content_variables,
                 template_name,
                 template_language,
                 preview,
+                rule: Some(rule.as_str().to_owned()),
                 metadata: checked.metadata,
             })
         }
@@ -140,14 +190,26 @@ fn free_form(checked: &OutboundWindowChecked) -> Result<(), Refusal> {
     Err((reason, message))
 }
 
-/// The first approved template along the language chain, checked against the request.
+/// Whether an admin holds the template back (disabled, or paused by an admin): no rule sends it.
+fn held(template: &Template) -> bool {
+    template.status == Status::Disabled
+        || (template.status == Status::Paused
+            && template.paused_by.as_deref().and_then(Actor::parse) == Some(Actor::Admin))
+}
+
+/// The template to send and the rule that lets it go: along the language chain, the first that
+/// is approved, or, while the customer's window is open, the first whose content WhatsApp allows
+/// in session without approval (whatever Meta's status, unless an admin holds it). Then checked
+/// against the request: consent, every variable the content uses given and no other, values
+/// WhatsApp takes, the length filled in.
 fn choose_template<'a, 'r>(
     request: &'r TemplateRequest,
-    opted_out: bool,
+    checked: &OutboundWindowChecked,
     templates: &'a Templates,
-    fallbacks: &Fallbacks,
-) -> Result<(&'a Template, &'r TemplateRequest), Refusal> {
-    let chain: Vec<&str> = fallbacks.chain(&request.language).collect();
+    policy: &Policy,
+    now: i64,
+) -> Result<(&'a Template, &'r TemplateRequest, AuthorizationRule), Refusal> {
+    let chain: Vec<&str> = policy.fallbacks.chain(&request.language).collect();
     let candidates: Vec<&Template> =
         chain.iter().filter_map(|language| templates.get(&request.name, language)).collect();
     let Some(first) = candidates.first() else {
@@ -156,7 +218,13 @@ fn choose_template<'a, 'r>(
             format!("no template {:?} is registered in {}", request.name, chain.join(", ")),
         ));
     };
-    let Some(template) = candidates.iter().find(|t| t.status == Status::Approved) else {
+    let in_session = |t: &&Template| checked.window_open && !held(t) && rules::session_refusal(&t.types).is_none();
+    let chosen = candidates.iter().find_map(|t| match t.status {
+        Status::Approved => Some((*t, AuthorizationRule::ApprovedTemplate)),
+        _ if in_session(t) => Some((*t, AuthorizationRule::SessionContent)),
+        _ => None,
+    });
+    let Some((template, rule)) = chosen else {
         let why = first.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
         let (reason, state) = match first.status {
             Status::Paused => (RejectionReason::TemplatePaused, "paused by WhatsApp"),
@@ -166,26 +234,24 @@ fn choose_template<'a, 'r>(
                 (RejectionReason::TemplateNotApproved, "not approved yet")
             }
         };
-        return Err((reason, format!("template {} is {state}{why}", first.id())));
+        // Say why the window did not let it go either, when it could have.
+        let session = match rules::session_refusal(&first.types) {
+            Some(refusal) if checked.window_open => format!("; {refusal}"),
+            None if !checked.window_open => {
+                "; its content could go without approval inside the customer's window, which is closed".to_owned()
+            }
+            _ => String::new(),
+        };
+        return Err((reason, format!("template {} is {state}{why}{session}", first.id())));
     };
-    if template.category == Category::Marketing && opted_out {
+    if template.category == Category::Marketing && checked.opted_out {
         return Err((RejectionReason::OptedOut, "the customer opted out of marketing messages".to_owned()));
     }
-    let expected = template.variables();
-    if let Some(unknown) = request.variables.keys().find(|k| k.parse::<u32>().map_or(true, |n| !expected.contains(&n)))
-    {
-        return Err((
-            RejectionReason::TemplateVariablesInvalid,
-            format!("template {} has no variable {{{{{unknown}}}}}", template.id()),
-        ));
+    if template.category == Category::Marketing && rule == AuthorizationRule::ApprovedTemplate {
+        marketing_allowed(checked, &policy.marketing, now)?;
     }
-    if let Some(missing) =
-        expected.iter().find(|n| request.variables.get(&n.to_string()).is_none_or(|v| v.trim().is_empty()))
-    {
-        return Err((
-            RejectionReason::TemplateVariablesInvalid,
-            format!("template {} needs a value for {{{{{missing}}}}}", template.id()),
-        ));
+    if let Some(problem) = rules::values_problem(&template.types, &request.variables) {
+        return Err((RejectionReason::TemplateVariablesInvalid, format!("template {}: {problem}", template.id())));
     }
     for (key, value) in &request.variables {
         if let Some(problem) = wa_twilio::limits::template_value_problem(value) {
@@ -203,7 +269,33 @@ fn choose_template<'a, 'r>(
             ),
         ));
     }
-    Ok((*template, request))
+    Ok((template, request, rule))
+}
+
+/// Meta's marketing rules for a marketing template: not to a number where Meta delivers none,
+/// not during the cool-down after Meta declined one to this customer (63049).
+fn marketing_allowed(checked: &OutboundWindowChecked, rules: &MarketingRules, now: i64) -> Result<(), Refusal> {
+    let number = checked.to.strip_prefix("whatsapp:").unwrap_or(&checked.to);
+    if let Some(prefix) = rules.blocked_prefixes.iter().find(|prefix| number.starts_with(prefix.as_str())) {
+        return Err((
+            RejectionReason::MarketingRegionBlocked,
+            format!("Meta delivers no marketing templates to {prefix} numbers; send a utility template or reply inside the window"),
+        ));
+    }
+    if let Some(limited_at) = checked.marketing_limited_at {
+        let until = limited_at.saturating_add(rules.cooldown_millis);
+        if now < until {
+            let until = chrono::DateTime::from_timestamp_millis(until).unwrap_or_default();
+            return Err((
+                RejectionReason::MarketingLimited,
+                format!(
+                    "Meta declined a marketing message to this customer (63049, its per-user marketing limit); marketing templates wait until {}",
+                    until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The variables as Twilio's `ContentVariables` JSON.
@@ -218,6 +310,7 @@ mod tests {
     use crate::template::{apply, handle, Actor, Command, MetaStatus};
 
     fn checked(allowed: bool, reason: Option<&str>, template: Option<TemplateRequest>) -> OutboundWindowChecked {
+        let free_form = template.is_none();
         OutboundWindowChecked {
             event_id: "e1".into(),
             occurred_at: 1,
@@ -232,6 +325,9 @@ mod tests {
             refusal_reason: reason.map(str::to_owned),
             window_expires_at: Some(0),
             opted_out: false,
+            marketing_limited_at: None,
+            // Template requests are checked with the window closed unless a test opens it.
+            window_open: allowed && free_form,
             metadata: Default::default(),
         }
     }
@@ -281,19 +377,27 @@ mod tests {
 
     const FULL: &[(&str, &str)] = &[("1", "Ana"), ("2", "1234")];
 
+    /// The refusal's reason, or `None` when authorized.
+    fn refusal_of(decision: Decision) -> Option<String> {
+        match decision {
+            Decision::Reject(rejected) => Some(rejected.reason),
+            Decision::Authorize(_) => None,
+        }
+    }
+
     #[test]
     fn free_form_follows_the_window() {
         let templates = Templates::default();
-        let Decision::Authorize(a) = decide(checked(true, None, None), &templates, &Fallbacks::default(), 5) else {
+        let Decision::Authorize(a) = decide(checked(true, None, None), &templates, &Policy::default(), 5) else {
             panic!("allowed free-form is authorized");
         };
         assert_eq!((a.body.as_deref(), a.content_sid), (Some("hi"), None));
         assert_eq!(
-            reject_reason(decide(checked(false, Some("no_window"), None), &templates, &Fallbacks::default(), 5)),
+            reject_reason(decide(checked(false, Some("no_window"), None), &templates, &Policy::default(), 5)),
             "no_window"
         );
         let Decision::Reject(closed) =
-            decide(checked(false, Some("window_closed"), None), &templates, &Fallbacks::default(), 5)
+            decide(checked(false, Some("window_closed"), None), &templates, &Policy::default(), 5)
         else {
             panic!()
         };
@@ -304,12 +408,8 @@ mod tests {
     #[test]
     fn an_approved_template_is_sent_by_content_sid_whatever_the_window() {
         let templates = given(approved("en", SID, "utility"));
-        let decision = decide(
-            checked(false, Some("window_closed"), Some(request("en", FULL))),
-            &templates,
-            &Fallbacks::default(),
-            5,
-        );
+        let decision =
+            decide(checked(false, Some("window_closed"), Some(request("en", FULL))), &templates, &Policy::default(), 5);
         let Decision::Authorize(a) = decision else { panic!("{decision:?}") };
         assert_eq!(a.content_sid.as_deref(), Some(SID));
         assert_eq!(a.content_variables.as_deref(), Some(r#"{"1":"Ana","2":"1234"}"#));
@@ -320,7 +420,7 @@ mod tests {
 
     #[test]
     fn refusals_by_template_state() {
-        let fallbacks = Fallbacks::default();
+        let fallbacks = Policy::default();
         let ask = |templates: &Templates| {
             reject_reason(decide(checked(true, None, Some(request("en", FULL))), templates, &fallbacks, 5))
         };
@@ -350,12 +450,7 @@ mod tests {
     fn variables_must_all_be_given_non_empty_and_known() {
         let templates = given(approved("en", SID, "utility"));
         let ask = |values: &[(&str, &str)]| {
-            reject_reason(decide(
-                checked(true, None, Some(request("en", values))),
-                &templates,
-                &Fallbacks::default(),
-                5,
-            ))
+            reject_reason(decide(checked(true, None, Some(request("en", values))), &templates, &Policy::default(), 5))
         };
         assert_eq!(ask(&[("1", "Ana")]), "template_variables_invalid");
         assert_eq!(ask(&[("1", "Ana"), ("2", " ")]), "template_variables_invalid");
@@ -372,7 +467,7 @@ mod tests {
             decide(
                 checked(true, None, Some(request("en", &[("1", "Ana"), ("2", fits.as_str())]))),
                 &templates,
-                &Fallbacks::default(),
+                &Policy::default(),
                 5
             ),
             Decision::Authorize(_)
@@ -384,7 +479,7 @@ mod tests {
         let utility = given(approved("en", SID, "utility"));
         let mut refused = checked(false, Some("opted_out"), Some(request("en", FULL)));
         refused.opted_out = true;
-        assert_eq!(reject_reason(decide(refused, &utility, &Fallbacks::default(), 5)), "opted_out");
+        assert_eq!(reject_reason(decide(refused, &utility, &Policy::default(), 5)), "opted_out");
     }
 
     #[test]
@@ -392,14 +487,14 @@ mod tests {
         let marketing = given(approved("en", SID, "marketing"));
         let mut opted_out = checked(true, None, Some(request("en", FULL)));
         opted_out.opted_out = true;
-        assert_eq!(reject_reason(decide(opted_out.clone(), &marketing, &Fallbacks::default(), 5)), "opted_out");
+        assert_eq!(reject_reason(decide(opted_out.clone(), &marketing, &Policy::default(), 5)), "opted_out");
         let utility = given(approved("en", SID, "utility"));
-        assert!(matches!(decide(opted_out, &utility, &Fallbacks::default(), 5), Decision::Authorize(_)));
+        assert!(matches!(decide(opted_out, &utility, &Policy::default(), 5), Decision::Authorize(_)));
     }
 
     #[test]
     fn the_first_approved_language_of_the_fallback_chain_is_sent() {
-        let fallbacks = Fallbacks::parse("pt_BR:pt:en, es_MX:es").unwrap();
+        let fallbacks = Policy { fallbacks: Fallbacks::parse("pt_BR:pt:en, es_MX:es").unwrap(), ..Policy::default() };
         let both = given([approved("pt", SID, "utility"), approved("en", SID2, "utility")].concat());
         let sent = |templates: &Templates| match decide(
             checked(true, None, Some(request("pt_BR", FULL))),
@@ -425,5 +520,125 @@ mod tests {
         assert!(Fallbacks::parse("").unwrap().chain("en").eq(["en"]));
         assert!(Fallbacks::parse("pt_BR").is_err());
         assert!(Fallbacks::parse("pt_BR:xx").is_err());
+    }
+
+    fn registered(types: serde_json::Value, variables: &[(&str, &str)]) -> Templates {
+        let mut d = definition("order_update", "en");
+        d.types = types.as_object().unwrap().clone();
+        d.variables = variables.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        given(vec![Command::Register(d)])
+    }
+
+    fn in_window(request: TemplateRequest, open: bool) -> OutboundWindowChecked {
+        let mut checked = checked(true, None, Some(request));
+        checked.window_open = open;
+        checked
+    }
+
+    #[test]
+    fn session_content_goes_unapproved_inside_the_window_only() {
+        let quick_reply = registered(
+            serde_json::json!({"twilio/quick-reply": {"body": "Hi {{1}}, is order {{2}} right?",
+                "actions": [{"title": "Yes", "id": "yes"}, {"title": "No", "id": "no"}]}}),
+            &[("1", "Ana"), ("2", "1234")],
+        );
+        let values = [("1", "Bo"), ("2", "77")];
+        match decide(in_window(request("en", &values), true), &quick_reply, &Policy::default(), 5) {
+            Decision::Authorize(a) => {
+                assert_eq!(a.rule.as_deref(), Some("session_content"));
+                assert_eq!(a.window_expires_at, Some(0), "dispatch re-checks the window");
+                assert_eq!(a.preview.as_deref(), Some("Hi Bo, is order 77 right?"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match decide(in_window(request("en", &values), false), &quick_reply, &Policy::default(), 5) {
+            Decision::Reject(r) => {
+                assert_eq!(r.reason, "template_not_approved");
+                assert!(r.message.contains("window, which is closed"), "{}", r.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A card needs approval even inside the window.
+        let card = registered(
+            serde_json::json!({"twilio/card": {"title": "Order {{1}} shipped",
+                "actions": [{"type": "URL", "title": "Track", "url": "https://example.com/t/{{2}}"}]}}),
+            &[("1", "1234"), ("2", "abc")],
+        );
+        match decide(in_window(request("en", &values), true), &card, &Policy::default(), 5) {
+            Decision::Reject(r) => assert!(r.message.contains("needs WhatsApp's approval"), "{}", r.message),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_variable_the_content_uses_and_no_other_and_media_stays_http() {
+        let media = registered(
+            serde_json::json!({"twilio/media": {"body": "Invoice {{1}} attached", "media": ["{{2}}"]}}),
+            &[("1", "A-1"), ("2", "https://cdn.example.com/a.pdf")],
+        );
+        let mut states = vec![];
+        for values in [
+            vec![("1", "A-2"), ("2", "https://cdn.example.com/b.pdf")],
+            vec![("1", "A-2"), ("2", "file:///etc/passwd")],
+            vec![("1", "A-2")],
+        ] {
+            let approved = {
+                let mut state = media.clone();
+                let (name, language) = ("order_update".to_owned(), "en".to_owned());
+                for command in [
+                    Command::Submit { name: name.clone(), language: language.clone() },
+                    Command::RecordMetaStatus {
+                        name,
+                        language,
+                        content_sid: SID.to_owned(),
+                        status: MetaStatus::Approved,
+                    },
+                ] {
+                    for event in handle(&state, command, Actor::Twilio, 1).unwrap() {
+                        apply(&mut state, &event);
+                    }
+                }
+                state
+            };
+            states.push(decide(checked(true, None, Some(request("en", &values))), &approved, &Policy::default(), 5));
+        }
+        assert!(matches!(&states[0], Decision::Authorize(a) if a.rule.as_deref() == Some("approved_template")));
+        assert!(matches!(&states[1], Decision::Reject(r) if r.message.contains("http(s)")));
+        assert!(matches!(&states[2], Decision::Reject(r) if r.message.contains("{{2}}")));
+    }
+
+    #[test]
+    fn marketing_templates_follow_metas_region_and_per_user_limits() {
+        let approved_as = |category: &str| {
+            let mut d = definition("order_update", "en");
+            d.category = category.to_owned();
+            let (name, language) = ("order_update".to_owned(), "en".to_owned());
+            given(vec![
+                Command::Register(d),
+                Command::Submit { name: name.clone(), language: language.clone() },
+                Command::RecordMetaStatus { name, language, content_sid: SID.to_owned(), status: MetaStatus::Approved },
+            ])
+        };
+        let policy = Policy {
+            marketing: MarketingRules { blocked_prefixes: vec!["+1".to_owned()], cooldown_millis: 10 },
+            ..Policy::default()
+        };
+        let to = |address: &str, limited_at: Option<i64>| {
+            let mut c = checked(true, None, Some(request("en", FULL)));
+            c.to = address.to_owned();
+            c.marketing_limited_at = limited_at;
+            c
+        };
+        let (us, brazil) = ("whatsapp:+14152370142", "whatsapp:+5511987654321");
+        let marketing = approved_as("marketing");
+        assert_eq!(refusal_of(decide(to(us, None), &marketing, &policy, 5)), Some("marketing_region_blocked".into()));
+        assert_eq!(refusal_of(decide(to(brazil, None), &marketing, &policy, 5)), None);
+        assert_eq!(refusal_of(decide(to(brazil, Some(0)), &marketing, &policy, 5)), Some("marketing_limited".into()));
+        assert_eq!(refusal_of(decide(to(brazil, Some(0)), &marketing, &policy, 10)), None, "the cool-down is over");
+        let utility = approved_as("utility");
+        assert_eq!(refusal_of(decide(to(us, Some(0)), &utility, &policy, 5)), None);
+        assert_eq!(MarketingRules::parse_prefixes(" +1, +7 ").unwrap(), ["+1", "+7"]);
+        assert!(MarketingRules::parse_prefixes("1").is_err());
+        assert!(MarketingRules::parse_prefixes("").unwrap().is_empty());
     }
 }

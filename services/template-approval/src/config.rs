@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use wa_platform::config::{self, EnvVar, KafkaConfig};
 
-use crate::authorize::Fallbacks;
+use crate::authorize::{Fallbacks, MarketingRules, Policy};
 
 const ADMIN_TOKENS: EnvVar = EnvVar {
     name: "TEMPLATE_ADMIN_TOKENS",
@@ -33,6 +33,17 @@ const LANGUAGE_FALLBACKS: EnvVar = EnvVar {
     doc: "fallback chains, e.g. pt_BR:pt:en,es_MX:es:en: the first approved language of the chain is sent",
 };
 
+const MARKETING_BLOCKED_PREFIXES: EnvVar = EnvVar {
+    name: "TEMPLATE_MARKETING_BLOCKED_PREFIXES",
+    default: Some("+1"),
+    doc: "comma-separated number prefixes Meta delivers no marketing templates to (US numbers since 2025-04-01); marketing templates to them are refused with marketing_region_blocked; empty: none",
+};
+const MARKETING_COOLDOWN_HOURS: EnvVar = EnvVar {
+    name: "TEMPLATE_MARKETING_COOLDOWN_HOURS",
+    default: Some("24"),
+    doc: "after Meta declined a marketing message to a customer (63049, its per-user marketing limit), marketing templates to that customer are refused with marketing_limited this long; 0: never",
+};
+
 /// Template-approval configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -50,8 +61,8 @@ pub struct Config {
     pub auth_password: String,
     /// Status sync period.
     pub sync_interval: Duration,
-    /// Language fallback chains.
-    pub fallbacks: Fallbacks,
+    /// Language fallback chains and Meta's marketing rules.
+    pub policy: Policy,
 }
 
 impl Config {
@@ -68,6 +79,8 @@ impl Config {
         config::TWILIO_API_KEY_SECRET,
         SYNC_INTERVAL_MS,
         LANGUAGE_FALLBACKS,
+        MARKETING_BLOCKED_PREFIXES,
+        MARKETING_COOLDOWN_HOURS,
     ];
     /// The default HTTP address.
     pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8082";
@@ -82,6 +95,11 @@ impl Config {
             value: fallbacks_text.clone(),
             reason,
         })?;
+        let prefixes_text = config::var_or(&MARKETING_BLOCKED_PREFIXES);
+        let blocked_prefixes = MarketingRules::parse_prefixes(&prefixes_text).map_err(|reason| {
+            config::ConfigError { name: MARKETING_BLOCKED_PREFIXES.name, value: prefixes_text.clone(), reason }
+        })?;
+        let cooldown_hours: i64 = config::parse(&MARKETING_COOLDOWN_HOURS)?;
         let admin_tokens = config::list(&ADMIN_TOKENS);
         config::require_tokens_off_loopback(http_addr, &admin_tokens, &ADMIN_TOKENS, &ALLOW_UNAUTHENTICATED)?;
         Ok(Self {
@@ -92,7 +110,10 @@ impl Config {
             auth_username,
             auth_password,
             sync_interval: Duration::from_millis(config::parse(&SYNC_INTERVAL_MS)?),
-            fallbacks,
+            policy: Policy {
+                fallbacks,
+                marketing: MarketingRules { blocked_prefixes, cooldown_millis: cooldown_hours.max(0) * 3_600_000 },
+            },
         })
     }
 }

@@ -27,7 +27,7 @@ use wa_platform::topics::{OUTBOUND_AUTHORIZED, OUTBOUND_CHECKED, OUTBOUND_REJECT
 use wa_platform::CancellationToken;
 use wa_schemas::{Event, OutboundWindowChecked};
 
-use crate::authorize::{Decision, Fallbacks};
+use crate::authorize::{Decision, Policy};
 use crate::store::Store;
 
 pub use crate::config::Config;
@@ -39,7 +39,7 @@ pub const SERVICE: &str = "template-approval";
 struct Authorize {
     producer: EventProducer,
     store: Arc<Store>,
-    fallbacks: Fallbacks,
+    policy: Policy,
 }
 
 impl Handler for Authorize {
@@ -51,7 +51,7 @@ impl Handler for Authorize {
         }
         let request_id = checked.request_id.clone();
         let now = wa_platform::now_millis();
-        let decision = self.store.read(|templates| authorize::decide(checked, templates, &self.fallbacks, now));
+        let decision = self.store.read(|templates| authorize::decide(checked, templates, &self.policy, now));
         match decision {
             Decision::Authorize(authorized) => {
                 self.producer.publish(&OUTBOUND_AUTHORIZED, &authorized).await?;
@@ -119,7 +119,7 @@ impl Service for TemplateApproval {
                     Ok(())
                 })
             };
-            let handler = Authorize { producer, store, fallbacks: config.fallbacks };
+            let handler = Authorize { producer, store, policy: config.policy };
             Ok(Prepared { handler, background: vec![following, syncing] })
         };
         wa_platform::service::run_consumer_service(listener, routes, kafka, settings, shutdown, setup).await

@@ -1,5 +1,6 @@
-//! Status sync with Twilio's Content API: WhatsApp approval decisions, pauses and disables
-//! become template events.
+//! Sync with Twilio's Content API, the truth about templates: WhatsApp approval decisions,
+//! pauses and disables, Meta's re-categorizations, and edits of the content in Twilio become
+//! template events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use wa_platform::backoff::Backoff;
 use wa_platform::CancellationToken;
 use wa_twilio::content::ApprovalStatus;
-use wa_twilio::content_api::{ContentClient, WhatsAppApproval};
+use wa_twilio::content_api::{ContentAndApproval, ContentClient, WhatsAppApproval};
 
 use crate::store::Store;
 use crate::template::{Actor, Command, MetaStatus, Status, Template};
@@ -69,23 +70,54 @@ pub(crate) async fn run(store: Arc<Store>, client: ContentClient, interval: Dura
     }
 }
 
+/// The commands that bring `template` up to what Twilio holds: its content (types and
+/// variables, when edited in Twilio), the category Meta holds, and Meta's verdict on its
+/// approval (when the template's status may still change).
+pub(crate) fn commands_for(template: &Template, twilio: &ContentAndApproval) -> Vec<Command> {
+    let (name, language) = (template.name.clone(), template.language.clone());
+    let content_sid = template.content_sid.to_string();
+    let mut commands = vec![Command::RecordContent {
+        name: name.clone(),
+        language: language.clone(),
+        content_sid: content_sid.clone(),
+        types: twilio.content.types.clone(),
+        variables: twilio.content.variables.clone(),
+    }];
+    let Some(approval) = &twilio.approval else { return commands };
+    if let Some(category) = approval.category.as_deref().filter(|c| !c.is_empty()) {
+        commands.push(Command::RecordCategory { name, language, content_sid, category: category.to_owned() });
+    }
+    if may_change(template) {
+        commands.extend(command_for(template, approval));
+    }
+    commands
+}
+
 /// One sync: returns how many templates changed.
 async fn sync_once(store: &Store, client: &ContentClient) -> Result<usize, String> {
-    let candidates: Vec<Template> =
-        store.read(|templates| templates.all().filter(|t| may_change(t)).cloned().collect());
-    if candidates.is_empty() {
+    let templates: Vec<Template> = store.read(|templates| templates.all().cloned().collect());
+    if templates.is_empty() {
         return Ok(0);
     }
-    let approvals = client.approvals().await?;
+    let contents = client.contents().await?;
     let mut changed = 0;
-    for template in candidates {
-        let Some(command) =
-            approvals.get(template.content_sid.as_str()).and_then(|approval| command_for(&template, approval))
-        else {
+    for template in templates {
+        let Some(twilio) = contents.get(template.content_sid.as_str()) else {
             continue;
         };
-        let events = store.execute(command, Actor::Twilio).await.map_err(|err| format!("{}: {err}", template.id()))?;
-        changed += usize::from(!events.is_empty());
+        let mut events = 0;
+        for command in commands_for(&template, twilio) {
+            match store.execute(command, Actor::Twilio).await {
+                Ok(recorded) => events += recorded.len(),
+                // An edit in Twilio this channel cannot use (a category Meta does not have) is
+                // reported, and the rest still synced.
+                Err(crate::store::ExecuteError::Refused(refusal)) => {
+                    tracing::warn!(template = %template.id(), error = %refusal, "twilio's content not recorded");
+                }
+                Err(err) => return Err(format!("{}: {err}", template.id())),
+            }
+        }
+        changed += usize::from(events > 0);
     }
     Ok(changed)
 }
@@ -108,7 +140,7 @@ mod tests {
     }
 
     fn approval(status: &str, reason: Option<&str>) -> WhatsAppApproval {
-        WhatsAppApproval { status: status.to_owned(), rejection_reason: reason.map(str::to_owned) }
+        WhatsAppApproval { status: status.to_owned(), rejection_reason: reason.map(str::to_owned), category: None }
     }
 
     #[test]

@@ -10,11 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use uuid::Uuid;
 use wa_schemas::{ContentSid, TemplateChange, TemplateEvent};
+use wa_twilio::content::{self as rules, Types};
 
 use crate::languages;
-
-/// Longest template body WhatsApp accepts.
-pub const MAX_BODY_CHARS: usize = 1024;
 
 /// A template's category, which decides pricing and opt-out rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -29,7 +27,8 @@ pub enum Category {
 }
 
 impl Category {
-    /// Parses `marketing`, `utility` or `authentication` (any case).
+    /// Parses `marketing`, `utility` or `authentication` (any case: Twilio writes them in
+    /// capitals).
     pub fn parse(text: &str) -> Option<Self> {
         match text.to_ascii_lowercase().as_str() {
             "marketing" => Some(Self::Marketing),
@@ -80,10 +79,13 @@ pub struct Template {
     pub category: Category,
     /// Twilio Content SID of the current version.
     pub content_sid: ContentSid,
-    /// Body with `{{n}}` variables.
+    /// The content's types as Twilio holds them (a cache of Twilio's content, kept current by
+    /// the sync).
+    pub types: Types,
+    /// The content's sample value per variable.
+    pub variables: BTreeMap<String, String>,
+    /// The text a customer reads, with `{{n}}` variables (from the types).
     pub body: String,
-    /// An example per variable number.
-    pub examples: BTreeMap<String, String>,
     /// Status.
     pub status: Status,
     /// Why it was rejected, paused or disabled.
@@ -101,18 +103,14 @@ impl Template {
         template_id(&self.name, &self.language)
     }
 
-    /// The variable numbers its body uses.
-    pub fn variables(&self) -> BTreeSet<u32> {
-        parse_variables(&self.body).unwrap_or_default()
+    /// The variables its content uses.
+    pub fn placeholders(&self) -> BTreeSet<String> {
+        rules::placeholders(&self.types)
     }
 
     /// The body with `values` filled in (missing ones left as `{{n}}`).
     pub fn render(&self, values: &BTreeMap<String, String>) -> String {
-        let mut rendered = self.body.clone();
-        for (number, value) in values {
-            rendered = rendered.replace(&format!("{{{{{number}}}}}"), value);
-        }
-        rendered
+        rules::fill(&self.body, values)
     }
 }
 
@@ -149,21 +147,21 @@ impl Templates {
     }
 }
 
-/// A template as registered or replaced.
+/// A template as registered or replaced: a name and category for content Twilio holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Definition {
     /// Name.
     pub name: String,
-    /// Language code.
+    /// Language code (the content's).
     pub language: String,
     /// `marketing`, `utility` or `authentication`.
     pub category: String,
     /// Twilio Content SID (`HX` + 32 hex digits).
     pub content_sid: String,
-    /// Body with `{{1}}`.. variables.
-    pub body: String,
-    /// An example value per variable number.
-    pub examples: BTreeMap<String, String>,
+    /// The content's types, as Twilio holds them.
+    pub types: Types,
+    /// The content's sample value per variable.
+    pub variables: BTreeMap<String, String>,
 }
 
 /// Who issues a command (the admin API or the status sync).
@@ -184,6 +182,18 @@ pub enum Command {
     /// Meta's status of one content version, as the status sync found it. Ignored when
     /// `content_sid` is no longer the template's current version.
     RecordMetaStatus { name: String, language: String, content_sid: String, status: MetaStatus },
+    /// The content as Twilio now holds it (an edit in Twilio keeps the SID). Ignored for a
+    /// version that was replaced.
+    RecordContent {
+        name: String,
+        language: String,
+        content_sid: String,
+        types: Types,
+        variables: BTreeMap<String, String>,
+    },
+    /// The category Meta holds for the current version (Meta may move a template, e.g. from
+    /// utility to marketing). Ignored for a version that was replaced.
+    RecordCategory { name: String, language: String, content_sid: String, category: String },
     /// Pause it.
     Pause { name: String, language: String, reason: Option<String> },
     /// Lift a pause.
@@ -230,29 +240,21 @@ fn invalid(field: &'static str, message: impl Into<String>) -> CommandError {
     CommandError::Invalid { field, message: message.into() }
 }
 
-/// The variable numbers in `body`: every `{{n}}`. Fails on a placeholder that is not a
-/// positive whole number.
-pub fn parse_variables(body: &str) -> Result<BTreeSet<u32>, String> {
-    let mut numbers = BTreeSet::new();
-    let mut rest = body;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            return Err("a {{ is never closed".to_owned());
-        };
-        let inner = after[..end].trim();
-        match inner.parse::<u32>() {
-            Ok(n) if n > 0 && inner.chars().all(|c| c.is_ascii_digit()) => {
-                numbers.insert(n);
-            }
-            _ => return Err(format!("{{{{{inner}}}}} is not a numbered variable; use {{{{1}}}}, {{{{2}}}}, ...")),
-        }
-        rest = &after[end + 2..];
+/// Checks a definition: its name, language, category and Content SID, and its content as
+/// WhatsApp would (known types with their fields, numbered variables with samples, bodies within
+/// limits that neither start nor end with a variable, but for authentication templates, whose
+/// body is Meta's). An authentication template is `whatsapp/authentication` content, and only
+/// that.
+/// Whether `definition` would be accepted, as a registration or (with the template it
+/// replaces) a new version, before its content exists at Twilio.
+pub fn check(definition: &Definition, replacing: Option<&Template>) -> Result<(), CommandError> {
+    validate(definition)?;
+    if replacing.is_some_and(|template| template.language != definition.language) {
+        return Err(invalid("language", "a new version keeps the template's language"));
     }
-    Ok(numbers)
+    Ok(())
 }
 
-/// Checks a definition: its category and its Content SID, parsed.
 fn validate(definition: &Definition) -> Result<(Category, ContentSid), CommandError> {
     let name_ok = !definition.name.is_empty()
         && definition.name.len() <= 512
@@ -269,36 +271,19 @@ fn validate(definition: &Definition) -> Result<(Category, ContentSid), CommandEr
     let category = Category::parse(&definition.category)
         .ok_or_else(|| invalid("category", "use marketing, utility or authentication"))?;
     let sid = ContentSid::parse(&definition.content_sid).map_err(|error| invalid("content_sid", error.to_string()))?;
-    let body = definition.body.trim();
-    if body.is_empty() {
-        return Err(invalid("body", "the body is empty"));
+    if let Some((field, message)) = rules::definition_problem(&definition.types, &definition.variables) {
+        return Err(invalid(field, message));
     }
-    let chars = definition.body.chars().count();
-    if chars > MAX_BODY_CHARS {
-        return Err(invalid("body", format!("the body has {chars} characters; WhatsApp allows {MAX_BODY_CHARS}")));
-    }
-    let variables = parse_variables(body).map_err(|message| invalid("body", message))?;
-    if let Some(missing) = (1..=variables.len() as u32).find(|n| !variables.contains(n)) {
-        return Err(invalid(
-            "body",
-            format!("variables must be numbered from {{{{1}}}} without gaps; {{{{{missing}}}}} is missing"),
-        ));
-    }
-    if body.starts_with("{{") || body.ends_with("}}") {
-        return Err(invalid("body", "WhatsApp refuses a variable at the very start or end of the body"));
-    }
-    for number in &variables {
-        let example = definition.examples.get(&number.to_string());
-        if example.is_none_or(|value| value.trim().is_empty()) {
-            return Err(invalid("examples", format!("{{{{{number}}}}} needs an example value")));
+    match (category, rules::is_authentication(&definition.types)) {
+        (Category::Authentication, false) => Err(invalid(
+            "category",
+            "an authentication template is whatsapp/authentication content (a code and a copy-code or one-tap button)",
+        )),
+        (Category::Marketing | Category::Utility, true) => {
+            Err(invalid("category", "whatsapp/authentication content is an authentication template"))
         }
+        _ => Ok((category, sid)),
     }
-    if let Some(unknown) =
-        definition.examples.keys().find(|key| key.parse::<u32>().map_or(true, |n| !variables.contains(&n)))
-    {
-        return Err(invalid("examples", format!("the body has no variable {{{{{unknown}}}}}")));
-    }
-    Ok((category, sid))
 }
 
 struct EventBuilder<'a> {
@@ -326,6 +311,8 @@ impl EventBuilder<'_> {
             body: None,
             examples: BTreeMap::new(),
             reason,
+            content_types: None,
+            previous_category: None,
             actor: self.actor.as_str().to_owned(),
         }
     }
@@ -342,12 +329,25 @@ impl EventBuilder<'_> {
         definition: &Definition,
         (category, sid): (Category, ContentSid),
     ) -> Vec<TemplateEvent> {
-        let mut event = self.event(kind, version, None);
+        let mut event = self.content(kind, version, &definition.types, &definition.variables);
         event.category = Some(category.as_str().to_owned());
         event.content_sid = Some(sid.into());
-        event.body = Some(definition.body.trim().to_owned());
-        event.examples = definition.examples.clone();
         vec![event]
+    }
+
+    /// An event carrying a content: its types, samples and the body they give.
+    fn content(
+        &self,
+        kind: TemplateChange,
+        version: i32,
+        types: &Types,
+        variables: &BTreeMap<String, String>,
+    ) -> TemplateEvent {
+        let mut event = self.event(kind, version, None);
+        event.body = Some(rules::body(types));
+        event.examples = variables.clone();
+        event.content_types = Some(serde_json::Value::Object(types.clone()).to_string());
+        event
     }
 }
 
@@ -357,6 +357,8 @@ pub fn handle(state: &Templates, command: Command, actor: Actor, now: i64) -> Re
         Command::Register(d) | Command::Replace(d) => (d.name.clone(), d.language.clone()),
         Command::Submit { name, language }
         | Command::RecordMetaStatus { name, language, .. }
+        | Command::RecordContent { name, language, .. }
+        | Command::RecordCategory { name, language, .. }
         | Command::Pause { name, language, .. }
         | Command::Unpause { name, language }
         | Command::Disable { name, language, .. }
@@ -380,6 +382,7 @@ pub fn handle(state: &Templates, command: Command, actor: Actor, now: i64) -> Re
         }
         Command::Replace(definition) => {
             let template = existing()?;
+            check(&definition, Some(template))?;
             let checked = validate(&definition)?;
             if checked.1 == template.content_sid {
                 return Err(invalid(
@@ -389,8 +392,33 @@ pub fn handle(state: &Templates, command: Command, actor: Actor, now: i64) -> Re
             }
             Ok(build.definition(TemplateChange::Replaced, template.version + 1, &definition, checked))
         }
+        Command::RecordContent { content_sid, types, variables, .. } => {
+            let template = existing()?;
+            if template.content_sid.as_str() != content_sid
+                || (template.types == types && template.variables == variables)
+            {
+                return Ok(vec![]);
+            }
+            Ok(vec![build.content(TemplateChange::ContentUpdated, template.version, &types, &variables)])
+        }
+        Command::RecordCategory { content_sid, category, .. } => {
+            let template = existing()?;
+            let Some(category) = Category::parse(&category) else {
+                return Err(invalid("category", format!("{category:?} is not a WhatsApp category")));
+            };
+            if template.content_sid.as_str() != content_sid || template.category == category {
+                return Ok(vec![]);
+            }
+            let mut event = build.event(TemplateChange::Recategorized, template.version, None);
+            event.category = Some(category.as_str().to_owned());
+            event.previous_category = Some(template.category.as_str().to_owned());
+            Ok(vec![event])
+        }
         Command::Submit { .. } => match existing()?.status {
-            Status::Draft | Status::Rejected => Ok(build.status_change(TemplateChange::Submitted, None)),
+            Status::Draft | Status::Rejected => match rules::submit_refusal(&existing()?.types) {
+                Some(refusal) => Err(CommandError::Conflict(refusal)),
+                None => Ok(build.status_change(TemplateChange::Submitted, None)),
+            },
             Status::Pending => Ok(vec![]),
             other => Err(CommandError::Conflict(format!("cannot submit a template that is {other:?}").to_lowercase())),
         },
@@ -447,6 +475,18 @@ pub fn handle(state: &Templates, command: Command, actor: Actor, now: i64) -> Re
     }
 }
 
+/// The content types an event carries; records written before content types (a body only)
+/// held plain text.
+fn event_types(event: &TemplateEvent) -> Types {
+    let parsed = event.content_types.as_deref().and_then(|json| serde_json::from_str::<Types>(json).ok());
+    parsed.unwrap_or_else(|| {
+        let body = event.body.clone().unwrap_or_default();
+        let mut types = Types::new();
+        types.insert("twilio/text".to_owned(), serde_json::json!({ "body": body }));
+        types
+    })
+}
+
 /// Folds one event into the state. A change this build does not know (from a newer producer)
 /// leaves the state as it was; the store that follows the topic reports it.
 pub fn apply(state: &mut Templates, event: &TemplateEvent) {
@@ -459,14 +499,16 @@ pub fn apply(state: &mut Templates, event: &TemplateEvent) {
             let Some(content_sid) = event.content_sid.as_deref().and_then(|sid| ContentSid::parse(sid).ok()) else {
                 return;
             };
+            let types = event_types(event);
             let template = Template {
                 name: event.name.clone(),
                 language: event.language.clone(),
                 version: event.version,
                 category: event.category.as_deref().and_then(Category::parse).unwrap_or(Category::Utility),
                 content_sid,
-                body: event.body.clone().unwrap_or_default(),
-                examples: event.examples.clone(),
+                body: rules::body(&types),
+                types,
+                variables: event.examples.clone(),
                 status: Status::Draft,
                 reason: None,
                 paused_by: None,
@@ -477,6 +519,24 @@ pub fn apply(state: &mut Templates, event: &TemplateEvent) {
         }
         TemplateChange::Deleted => {
             state.by_id.remove(&id);
+            return;
+        }
+        TemplateChange::ContentUpdated => {
+            if let Some(template) = state.by_id.get_mut(&id) {
+                template.types = event_types(event);
+                template.body = rules::body(&template.types);
+                template.variables = event.examples.clone();
+                template.updated_at = event.occurred_at;
+            }
+            return;
+        }
+        TemplateChange::Recategorized => {
+            if let (Some(template), Some(category)) =
+                (state.by_id.get_mut(&id), event.category.as_deref().and_then(Category::parse))
+            {
+                template.category = category;
+                template.updated_at = event.occurred_at;
+            }
             return;
         }
         TemplateChange::Submitted => Status::Pending,
@@ -507,9 +567,16 @@ pub(crate) mod tests {
             language: language.to_owned(),
             category: "utility".to_owned(),
             content_sid: SID.to_owned(),
-            body: "Hi {{1}}, your order {{2}} ships today.".to_owned(),
-            examples: [("1".to_owned(), "Ana".to_owned()), ("2".to_owned(), "1234".to_owned())].into(),
+            types: text("Hi {{1}}, your order {{2}} ships today."),
+            variables: [("1".to_owned(), "Ana".to_owned()), ("2".to_owned(), "1234".to_owned())].into(),
         }
+    }
+
+    /// `twilio/text` content with `body`.
+    pub(crate) fn text(body: &str) -> Types {
+        let mut types = Types::new();
+        types.insert("twilio/text".to_owned(), serde_json::json!({ "body": body }));
+        types
     }
 
     fn id(name: &str) -> (String, String) {
@@ -721,23 +788,89 @@ pub(crate) mod tests {
         assert_eq!(refusal(|d| d.language = "klingon".into()).0, "language");
         assert_eq!(refusal(|d| d.category = "promo".into()).0, "category");
         assert_eq!(refusal(|d| d.content_sid = "HX123".into()).0, "content_sid");
-        assert_eq!(refusal(|d| d.body = "x".repeat(1025)).0, "body");
-        assert!(refusal(|d| d.body = "{{1}} is your code".into()).1.contains("start or end"));
-        assert!(refusal(|d| d.body = "Your code is {{1}}".into()).1.contains("start or end"));
-        assert!(refusal(|d| d.body = "Hi {{1}}, order {{3}}.".into()).1.contains("{{2}} is missing"));
-        assert!(refusal(|d| d.body = "Hi {{name}}, ok.".into()).1.contains("not a numbered variable"));
+        assert_eq!(refusal(|d| d.types = text(&"x".repeat(1025))).0, "types");
+        assert!(refusal(|d| d.types = text("{{1}} is your code")).1.contains("start or end"));
+        assert!(refusal(|d| d.types = text("Your code is {{1}}")).1.contains("start or end"));
+        assert!(refusal(|d| d.types = text("Hi {{1}}, order {{3}}.")).1.contains("{{2}} is missing"));
+        assert!(refusal(|d| d.types = text("Hi {{name}}, ok.")).1.contains("not a numbered variable"));
         assert_eq!(
             refusal(|d| {
-                d.examples.remove("2");
+                d.variables.remove("2");
             })
             .0,
-            "examples"
+            "variables"
         );
         assert!(refusal(|d| {
-            d.examples.insert("3".into(), "x".into());
+            d.variables.insert("3".into(), "x".into());
         })
         .1
         .contains("no variable {{3}}"));
+        // The category follows the content: authentication is whatsapp/authentication content.
+        assert_eq!(refusal(|d| d.category = "authentication".into()).0, "category");
+    }
+
+    #[test]
+    fn an_authentication_template_is_metas_code_message() {
+        let mut otp = definition("login_code", "en");
+        otp.category = "authentication".to_owned();
+        otp.types = text("{{1}} is your verification code");
+        otp.types.insert(
+            "whatsapp/authentication".to_owned(),
+            serde_json::json!({"actions": [{"type": "COPY_CODE", "copy_code_text": "Copy code"}]}),
+        );
+        otp.variables = [("1".to_owned(), "482913".to_owned())].into();
+        let mut state = Templates::default();
+        for event in handle(&state, Command::Register(otp), Actor::Admin, 0).unwrap() {
+            apply(&mut state, &event);
+        }
+        let template = state.get("login_code", "en").unwrap();
+        assert_eq!(template.category, Category::Authentication);
+        assert_eq!(template.render(&template.variables), "482913 is your verification code.");
+    }
+
+    #[test]
+    fn twilio_edits_and_metas_recategorization_are_recorded_once() {
+        let (name, language) = id("order_update");
+        let edit = |types: Types| Command::RecordContent {
+            name: name.clone(),
+            language: language.clone(),
+            content_sid: SID.to_owned(),
+            types,
+            variables: [("1".to_owned(), "Ana".to_owned())].into(),
+        };
+        let edited = edit(text("Hello {{1}}, it is on its way."));
+        assert_eq!(given_when(vec![register()], edited.clone(), Actor::Twilio), Ok(vec!["content_updated".to_owned()]));
+        assert_eq!(given_when(vec![register(), edited.clone()], edited, Actor::Twilio), Ok(vec![]));
+        let recategorize = |category: &str| Command::RecordCategory {
+            name: name.clone(),
+            language: language.clone(),
+            content_sid: SID.to_owned(),
+            category: category.to_owned(),
+        };
+        let mut state = Templates::default();
+        for command in [register(), recategorize("MARKETING")] {
+            for event in handle(&state, command, Actor::Twilio, 1).unwrap() {
+                if event.kind == "recategorized" {
+                    assert_eq!(
+                        (event.category.as_deref(), event.previous_category.as_deref()),
+                        (Some("marketing"), Some("utility"))
+                    );
+                }
+                apply(&mut state, &event);
+            }
+        }
+        assert_eq!(state.get("order_update", "en").unwrap().category, Category::Marketing);
+        assert_eq!(handle(&state, recategorize("marketing"), Actor::Twilio, 2), Ok(vec![]));
+    }
+
+    #[test]
+    fn records_older_than_content_types_read_as_text() {
+        let mut state = Templates::default();
+        let mut event = handle(&state, register(), Actor::Admin, 0).unwrap().remove(0);
+        event.content_types = None;
+        apply(&mut state, &event);
+        let template = state.get("order_update", "en").unwrap();
+        assert_eq!(template.types, text("Hi {{1}}, your order {{2}} ships today."));
     }
 
     #[test]
@@ -747,7 +880,7 @@ pub(crate) mod tests {
             apply(&mut state, &event);
         }
         let template = state.get("order_update", "en").unwrap();
-        assert_eq!(template.variables(), [1, 2].into());
+        assert_eq!(template.placeholders(), ["1".to_owned(), "2".to_owned()].into());
         let values = [("1".to_owned(), "Bo".to_owned()), ("2".to_owned(), "9".to_owned())].into();
         assert_eq!(template.render(&values), "Hi Bo, your order 9 ships today.");
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use template_approval::authorize::{decide, Decision, Fallbacks};
+use template_approval::authorize::{decide, Decision, Policy};
 use template_approval::template::{apply, handle, Actor, Command, Definition, MetaStatus, Status, Templates};
 use wa_schemas::{OutboundWindowChecked, TemplateEvent, TemplateRequest};
 
@@ -21,8 +21,20 @@ fn definition(name: &str, sid: &str, category: &str) -> Definition {
         language: LANGUAGE.to_owned(),
         category: category.to_owned(),
         content_sid: sid.to_owned(),
-        body: "Hi {{1}}, your order {{2}} ships today.".to_owned(),
-        examples: [("1".to_owned(), "Ana".to_owned()), ("2".to_owned(), "1234".to_owned())].into(),
+        // An authentication template is Meta's code message; the others are text.
+        types: if category == "authentication" {
+            serde_json::json!({"whatsapp/authentication": {"actions": [{"type": "COPY_CODE", "copy_code_text": "Copy"}]}})
+        } else {
+            serde_json::json!({"twilio/text": {"body": "Hi {{1}}, your order {{2}} ships today."}})
+        }
+        .as_object()
+        .expect("an object")
+        .clone(),
+        variables: if category == "authentication" {
+            [("1".to_owned(), "482913".to_owned())].into()
+        } else {
+            [("1".to_owned(), "Ana".to_owned()), ("2".to_owned(), "1234".to_owned())].into()
+        },
     }
 }
 
@@ -46,7 +58,7 @@ fn command() -> impl Strategy<Value = (Command, Actor)> {
             .prop_map(|(name, sid)| (Command::Replace(definition(&name, sid, "utility")), Actor::Admin)),
         2 => (name.clone(), language())
             .prop_map(|(name, language)| (Command::Submit { name, language }, Actor::Admin)),
-        4 => (name.clone(), language(), sid, meta).prop_map(|(name, language, sid, status)| {
+        4 => (name.clone(), language(), sid.clone(), meta).prop_map(|(name, language, sid, status)| {
             (Command::RecordMetaStatus { name, language, content_sid: sid.to_owned(), status }, Actor::Twilio)
         }),
         1 => (name.clone(), language(), reason.clone())
@@ -55,7 +67,24 @@ fn command() -> impl Strategy<Value = (Command, Actor)> {
             .prop_map(|(name, language)| (Command::Unpause { name, language }, Actor::Admin)),
         1 => (name.clone(), language(), reason)
             .prop_map(|(name, language, reason)| (Command::Disable { name, language, reason }, Actor::Admin)),
-        1 => (name, language()).prop_map(|(name, language)| (Command::Delete { name, language }, Actor::Admin)),
+        1 => (name.clone(), language()).prop_map(|(name, language)| (Command::Delete { name, language }, Actor::Admin)),
+        1 => (name.clone(), language(), sid.clone(), prop::sample::select(vec!["MARKETING", "UTILITY", "marketing"]))
+            .prop_map(|(name, language, sid, category)| {
+                let content_sid = sid.to_owned();
+                (Command::RecordCategory { name, language, content_sid, category: category.to_owned() }, Actor::Twilio)
+            }),
+        1 => (name, language(), sid, prop::bool::ANY).prop_map(|(name, language, sid, quick_reply)| {
+            // An edit in Twilio: the text reworded, or made a quick reply WhatsApp allows in session.
+            let types = if quick_reply {
+                serde_json::json!({"twilio/quick-reply": {"body": "Hi {{1}}, order {{2}}: track it?",
+                    "actions": [{"title": "Yes", "id": "yes"}, {"title": "No", "id": "no"}]}})
+            } else {
+                serde_json::json!({"twilio/text": {"body": "Hello {{1}}, order {{2}} is on its way."}})
+            };
+            let types = types.as_object().expect("an object").clone();
+            let variables = [("1".to_owned(), "Ana".to_owned()), ("2".to_owned(), "1234".to_owned())].into();
+            (Command::RecordContent { name, language, content_sid: sid.to_owned(), types, variables }, Actor::Twilio)
+        }),
     ]
 }
 
@@ -64,6 +93,8 @@ fn name_of(command: &Command) -> &str {
         Command::Register(d) | Command::Replace(d) => &d.name,
         Command::Submit { name, .. }
         | Command::RecordMetaStatus { name, .. }
+        | Command::RecordContent { name, .. }
+        | Command::RecordCategory { name, .. }
         | Command::Pause { name, .. }
         | Command::Unpause { name, .. }
         | Command::Disable { name, .. }
@@ -71,8 +102,10 @@ fn name_of(command: &Command) -> &str {
     }
 }
 
-/// A template send for `name` with every variable given, as session-window passes it on.
-fn template_send(name: &str) -> OutboundWindowChecked {
+/// A template send for `name` with every variable its content uses given (its samples), as
+/// session-window passes it on, with the customer's window open or not.
+fn template_send(name: &str, state: &Templates, window_open: bool) -> OutboundWindowChecked {
+    let variables = state.get(name, LANGUAGE).map(|t| t.variables.clone()).unwrap_or_default();
     OutboundWindowChecked {
         event_id: "4d8a5c8e-4f7e-4a55-9d43-0c3f2f1f7d10".to_owned(),
         occurred_at: 0,
@@ -82,15 +115,13 @@ fn template_send(name: &str) -> OutboundWindowChecked {
         to: "whatsapp:+14152370142".to_owned(),
         body: None,
         media_urls: vec![],
-        template: Some(TemplateRequest {
-            name: name.to_owned(),
-            language: LANGUAGE.to_owned(),
-            variables: [("1".to_owned(), "Ana".to_owned()), ("2".to_owned(), "1234".to_owned())].into(),
-        }),
+        template: Some(TemplateRequest { name: name.to_owned(), language: LANGUAGE.to_owned(), variables }),
         allowed: true,
         refusal_reason: None,
         window_expires_at: None,
         opted_out: false,
+        marketing_limited_at: None,
+        window_open,
         metadata: BTreeMap::new(),
     }
 }
@@ -137,10 +168,11 @@ proptest! {
                 prop_assert!(again.is_empty(), "repeating a command produced {:?}", again);
             }
 
-            // Only an approved template is ever authorized, with its current Content SID.
+            // Outside the window only an approved template is ever authorized, with its current
+            // Content SID.
             for name in NAMES {
                 let template = state.get(name, LANGUAGE);
-                match decide(template_send(name), &state, &Fallbacks::default(), now) {
+                match decide(template_send(name, &state, false), &state, &Policy::default(), now) {
                     Decision::Authorize(authorized) => {
                         let template = template.expect("authorized a template that does not exist");
                         prop_assert_eq!(template.status, Status::Approved);
@@ -152,6 +184,17 @@ proptest! {
                             "an approved template was refused: {}", rejected.message
                         );
                     }
+                }
+                // Inside it, content WhatsApp allows in session goes too, whatever Meta says,
+                // unless an admin holds it; anything else still needs approval.
+                if let Decision::Authorize(authorized) = decide(template_send(name, &state, true), &state, &Policy::default(), now) {
+                    let template = template.expect("authorized a template that does not exist");
+                    let held = template.status == Status::Disabled
+                        || (template.status == Status::Paused && template.paused_by.as_deref() == Some(Actor::Admin.as_str()));
+                    let session = wa_twilio::content::session_refusal(&template.types).is_none();
+                    prop_assert!(template.status == Status::Approved || (session && !held),
+                        "{:?} {:?} content went in the window", template.status, template.types.keys().collect::<Vec<_>>());
+                    prop_assert_eq!(authorized.rule.as_deref() == Some("approved_template"), template.status == Status::Approved);
                 }
             }
         }

@@ -8,10 +8,13 @@
 //!   (`PageSize`, `Page`, `PageToken`, `next_page_uri`).
 //! - `GET /sim/messages`: every accepted message, for assertions, with all its form
 //!   parameters.
-//! - The Content API's WhatsApp approvals: `POST /v1/Content/{sid}/ApprovalRequests/whatsapp`
-//!   (submit; status `received`), `GET /v1/Content/{sid}/ApprovalRequests` and the paged
-//!   `GET /v1/ContentAndApprovals`, in Twilio's shapes; tests move a template through Meta's decisions with
-//!   `POST /sim/content/{sid}/approval` (`{"status": "approved"}`, `"paused"`, ...).
+//! - The Content API: content created, fetched, updated, deleted and listed (`/v1/Content`,
+//!   every content type), WhatsApp approval requests with their category
+//!   (`POST /v1/Content/{sid}/ApprovalRequests/whatsapp`, status `received`;
+//!   `GET /v1/Content/{sid}/ApprovalRequests`) and the paged `GET /v1/ContentAndApprovals`, in
+//!   Twilio's shapes; tests play Meta's decisions and re-categorizations with
+//!   `POST /sim/content/{sid}/approval` (`{"status": "approved"}`, `{"category": "MARKETING"}`).
+//!   A message whose `ContentSid` the account does not hold is refused with 21655.
 //!
 //! - Status callbacks to each message's `StatusCallback`, signed with `X-Twilio-Signature`:
 //!   `queued`, `sent`, `delivered`, `read`; or `undelivered`/`failed` with an error code.
@@ -88,6 +91,8 @@ pub struct SimMessage {
 pub(crate) struct Sim {
     config: Config,
     messages: Mutex<Vec<SimMessage>>,
+    /// The account's content, by Content SID.
+    contents: Mutex<std::collections::BTreeMap<String, content::StoredContent>>,
     /// WhatsApp approval of each Content SID.
     approvals: Mutex<HashMap<String, Approval>>,
     behaviour: Mutex<Behaviour>,
@@ -215,6 +220,7 @@ impl Service for TwilioSim {
         let sim = Arc::new(Sim {
             config,
             messages: Mutex::default(),
+            contents: Mutex::default(),
             approvals: Mutex::default(),
             behaviour: Mutex::default(),
             stats: Mutex::default(),
@@ -228,6 +234,11 @@ impl Service for TwilioSim {
             .route(
                 "/2010-04-01/Accounts/{account_sid}/Messages.json",
                 post(messages::create_message).get(messages::list_messages_api),
+            )
+            .route("/v1/Content", post(content::create_content).get(content::list_content))
+            .route(
+                "/v1/Content/{sid}",
+                get(content::fetch_content).put(content::update_content).delete(content::delete_content),
             )
             .route("/v1/Content/{sid}/ApprovalRequests/whatsapp", post(content::submit_approval))
             .route("/v1/Content/{sid}/ApprovalRequests", get(content::fetch_approval))

@@ -43,6 +43,14 @@ pub(crate) async fn create_message(
     if get("Body").is_none() && media.is_empty() && get("ContentSid").is_none() {
         return twilio_error(StatusCode::BAD_REQUEST, 21619, "A text message body or media urls must be specified.");
     }
+    let content = get("ContentSid").map(|sid| (sid, crate::content::known_content(&sim, sid)));
+    if let Some((sid, None)) = content {
+        return twilio_error(
+            StatusCode::BAD_REQUEST,
+            21655,
+            &format!("The ContentSid {sid} is invalid: this account has no such content"),
+        );
+    }
     let behaviour = sim.behaviour();
     if let Some(code) = behaviour.refuse.get(to) {
         let message = match code {
@@ -60,7 +68,8 @@ pub(crate) async fn create_message(
         sim.stats.lock().expect("stats lock").rate_limited += 1;
         return twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests");
     }
-    let free_form = get("ContentSid").is_none();
+    // WhatsApp lets unapproved content (session types) go only inside the window.
+    let free_form = !matches!(content, Some((_, Some(true))));
     let fate = if behaviour.enforce_window
         && free_form
         && !sim.windows.lock().expect("windows lock").open(from.unwrap_or_default(), to, now)

@@ -1,4 +1,7 @@
-//! The Content API's values the channel reads.
+//! The Content API's values the channel reads: approval statuses, and what a content's `types`
+//! say (its variables, which types WhatsApp allows in session, what may be submitted), pure.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 wa_schemas::wire_strings! {
     /// The status of a content's WhatsApp approval request (`approval_requests.whatsapp.status`
@@ -26,5 +29,356 @@ impl ApprovalStatus {
     /// on the way.
     pub const fn is_verdict(self) -> bool {
         matches!(self, Self::Approved | Self::Rejected | Self::Paused | Self::Disabled)
+    }
+}
+
+/// A content's `types` object as Twilio's Content API holds it: each content type's name
+/// (`twilio/text`, `twilio/quick-reply`, `whatsapp/authentication`, ...) and its fields.
+pub type Types = serde_json::Map<String, serde_json::Value>;
+
+/// Every content type Twilio's Content API defines (its OpenAPI `types` schema).
+pub const KNOWN_TYPES: &[&str] = &[
+    "twilio/text",
+    "twilio/media",
+    "twilio/location",
+    "twilio/list-picker",
+    "twilio/call-to-action",
+    "twilio/quick-reply",
+    "twilio/card",
+    "twilio/catalog",
+    "twilio/carousel",
+    "twilio/flows",
+    "twilio/schedule",
+    "twilio/pay",
+    "whatsapp/card",
+    "whatsapp/authentication",
+    "whatsapp/flows",
+];
+
+/// The content types WhatsApp lets a business send inside the customer-service window without
+/// Meta's approval (Twilio's content type pages): text, media, location, quick replies and
+/// call-to-action buttons (at most [`MAX_SESSION_BUTTONS`] each) and list pickers (at most
+/// [`MAX_LIST_ITEMS`] items). Cards, carousels, catalogs, flows and authentication need approval.
+pub const SESSION_TYPES: &[&str] = &[
+    "twilio/text",
+    "twilio/media",
+    "twilio/location",
+    "twilio/quick-reply",
+    "twilio/call-to-action",
+    "twilio/list-picker",
+];
+
+/// Buttons a quick reply or call to action may have when sent in session without approval.
+pub const MAX_SESSION_BUTTONS: usize = 3;
+/// Items a list picker may have.
+pub const MAX_LIST_ITEMS: usize = 10;
+/// Quick-reply buttons an approved template may have.
+pub const MAX_QUICK_REPLIES: usize = 10;
+/// Longest body of a content type WhatsApp accepts.
+pub const MAX_BODY_CHARS: usize = 1024;
+/// The body Meta gives every authentication template (its code is variable 1).
+pub const AUTHENTICATION_BODY: &str = "{{1}} is your verification code.";
+
+/// The content types that can never be submitted for WhatsApp approval: they exist only
+/// inside the window.
+const SESSION_ONLY_TYPES: &[&str] = &["twilio/list-picker", "twilio/location"];
+
+/// Whether the content is an authentication template (`whatsapp/authentication`).
+pub fn is_authentication(types: &Types) -> bool {
+    types.contains_key("whatsapp/authentication")
+}
+
+/// The `{{...}}` placeholders every string field of the content uses (their inner text,
+/// trimmed), plus the code (`1`) of an authentication template, whose body Meta writes.
+pub fn placeholders(types: &Types) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for value in types.values() {
+        collect_placeholders(value, &mut found);
+    }
+    if is_authentication(types) {
+        found.insert("1".to_owned());
+    }
+    found
+}
+
+fn collect_placeholders(value: &serde_json::Value, found: &mut BTreeSet<String>) {
+    match value {
+        serde_json::Value::String(text) => found.extend(placeholders_in(text)),
+        serde_json::Value::Array(items) => items.iter().for_each(|item| collect_placeholders(item, found)),
+        serde_json::Value::Object(fields) => fields.values().for_each(|field| collect_placeholders(field, found)),
+        _ => {}
+    }
+}
+
+/// The placeholders of one string: `Hi {{1}}` → `1`.
+pub fn placeholders_in(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        found.push(after[..end].trim().to_owned());
+        rest = &after[end + 2..];
+    }
+    found
+}
+
+/// `text` with each `{{name}}` replaced by its value (unknown ones left as they are).
+pub fn fill(text: &str, values: &BTreeMap<String, String>) -> String {
+    let mut filled = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        filled.push_str(&rest[..start]);
+        match values.get(after[..end].trim()) {
+            Some(value) => filled.push_str(value),
+            None => filled.push_str(&rest[start..start + 2 + end + 2]),
+        }
+        rest = &after[end + 2..];
+    }
+    filled.push_str(rest);
+    filled
+}
+
+/// The text a customer reads first: the body of the richest type that has one (an
+/// authentication template's is Meta's), or a card's title.
+pub fn body(types: &Types) -> String {
+    if is_authentication(types) {
+        return AUTHENTICATION_BODY.to_owned();
+    }
+    let text_of = |name: &str, field: &str| types.get(name).and_then(|t| t.get(field)).and_then(|b| b.as_str());
+    [
+        ("whatsapp/card", "body"),
+        ("twilio/card", "title"),
+        ("twilio/list-picker", "body"),
+        ("twilio/call-to-action", "body"),
+        ("twilio/quick-reply", "body"),
+        ("twilio/media", "body"),
+        ("twilio/text", "body"),
+    ]
+    .into_iter()
+    .find_map(|(name, field)| text_of(name, field))
+    .unwrap_or_default()
+    .to_owned()
+}
+
+fn actions(value: &serde_json::Value, field: &str) -> usize {
+    value.get(field).and_then(|a| a.as_array()).map_or(0, Vec::len)
+}
+
+/// Why the content may not be sent inside the window without approval, or `None` when it may:
+/// every type is one WhatsApp allows in session, within its limits.
+pub fn session_refusal(types: &Types) -> Option<String> {
+    if types.is_empty() {
+        return Some("the content has no types".to_owned());
+    }
+    for (name, value) in types {
+        if !SESSION_TYPES.contains(&name.as_str()) {
+            return Some(format!("{name} needs WhatsApp's approval even inside the window"));
+        }
+        let (limit, count, what) = match name.as_str() {
+            "twilio/quick-reply" | "twilio/call-to-action" => {
+                (MAX_SESSION_BUTTONS, actions(value, "actions"), "buttons")
+            }
+            "twilio/list-picker" => (MAX_LIST_ITEMS, actions(value, "items"), "items"),
+            _ => continue,
+        };
+        if count > limit {
+            return Some(format!("{name} has {count} {what}; without approval WhatsApp allows {limit}"));
+        }
+    }
+    None
+}
+
+/// Why the content cannot be submitted for WhatsApp approval, or `None` when it can.
+pub fn submit_refusal(types: &Types) -> Option<String> {
+    types
+        .keys()
+        .find(|name| SESSION_ONLY_TYPES.contains(&name.as_str()))
+        .map(|name| format!("{name} is sent only inside the window; WhatsApp does not approve it"))
+}
+
+/// What is wrong with a content definition (its `types` and the sample `variables`), as the
+/// field at fault and a message; `None` when WhatsApp may approve it: known types, each with its
+/// required fields; numbered variables without gaps, each with a sample; bodies within
+/// [`MAX_BODY_CHARS`] that (but for authentication, whose body is Meta's) neither start nor end
+/// with a variable.
+pub fn definition_problem(types: &Types, variables: &BTreeMap<String, String>) -> Option<(&'static str, String)> {
+    if types.is_empty() {
+        return Some(("types", "give at least one content type, e.g. {\"twilio/text\": {\"body\": ...}}".to_owned()));
+    }
+    for (name, value) in types {
+        if !KNOWN_TYPES.contains(&name.as_str()) {
+            return Some(("types", format!("{name} is not a Twilio content type ({})", KNOWN_TYPES.join(", "))));
+        }
+        let required: &[&str] = match name.as_str() {
+            "twilio/text" | "whatsapp/card" => &["body"],
+            "twilio/media" => &["media"],
+            "twilio/quick-reply" | "twilio/call-to-action" => &["body", "actions"],
+            "twilio/list-picker" => &["body", "button", "items"],
+            "whatsapp/authentication" => &["actions"],
+            _ => &[],
+        };
+        if let Some(missing) = required.iter().find(|field| value.get(**field).is_none_or(|v| v.is_null())) {
+            return Some(("types", format!("{name} needs {missing}")));
+        }
+        if name == "twilio/quick-reply" && actions(value, "actions") > MAX_QUICK_REPLIES {
+            return Some(("types", format!("twilio/quick-reply allows at most {MAX_QUICK_REPLIES} buttons")));
+        }
+        if name == "twilio/list-picker" && actions(value, "items") > MAX_LIST_ITEMS {
+            return Some(("types", format!("twilio/list-picker allows at most {MAX_LIST_ITEMS} items")));
+        }
+        if let Some(body) = value.get("body").and_then(|b| b.as_str()) {
+            let chars = body.chars().count();
+            if chars > MAX_BODY_CHARS {
+                return Some((
+                    "types",
+                    format!("{name}'s body has {chars} characters; WhatsApp allows {MAX_BODY_CHARS}"),
+                ));
+            }
+            let trimmed = body.trim();
+            if !is_authentication(types) && (trimmed.starts_with("{{") || trimmed.ends_with("}}")) {
+                return Some((
+                    "types",
+                    format!("{name}: WhatsApp refuses a variable at the very start or end of the body"),
+                ));
+            }
+        }
+    }
+    let used = placeholders(types);
+    let mut numbers = BTreeSet::new();
+    for name in &used {
+        match name.parse::<u32>() {
+            Ok(n) if n > 0 && name.chars().all(|c| c.is_ascii_digit()) => {
+                numbers.insert(n);
+            }
+            _ => {
+                return Some((
+                    "types",
+                    format!("{{{{{name}}}}} is not a numbered variable; use {{{{1}}}}, {{{{2}}}}, ..."),
+                ))
+            }
+        }
+    }
+    if let Some(missing) = (1..=numbers.len() as u32).find(|n| !numbers.contains(n)) {
+        return Some((
+            "types",
+            format!("variables are numbered from {{{{1}}}} without gaps; {{{{{missing}}}}} is missing"),
+        ));
+    }
+    if let Some(name) = used.iter().find(|name| variables.get(*name).is_none_or(|v| v.trim().is_empty())) {
+        return Some(("variables", format!("{{{{{name}}}}} needs a sample value")));
+    }
+    if let Some(name) = variables.keys().find(|name| !used.contains(*name)) {
+        return Some(("variables", format!("the content uses no variable {{{{{name}}}}}")));
+    }
+    None
+}
+
+/// Why `values` cannot fill the content, or `None`: every variable it uses is given and no
+/// other; media URLs, once filled, are http(s) URLs; button URLs too.
+pub fn values_problem(types: &Types, values: &BTreeMap<String, String>) -> Option<String> {
+    let used = placeholders(types);
+    if let Some(unknown) = values.keys().find(|name| !used.contains(*name)) {
+        return Some(format!("the content has no variable {{{{{unknown}}}}}"));
+    }
+    if let Some(missing) = used.iter().find(|name| values.get(*name).is_none_or(|v| v.trim().is_empty())) {
+        return Some(format!("the content needs a value for {{{{{missing}}}}}"));
+    }
+    for (name, value) in types {
+        let media = value.get("media").and_then(|m| m.as_array()).into_iter().flatten();
+        let urls = value
+            .get("actions")
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|action| action.get("url"));
+        for url in media.chain(urls).filter_map(|u| u.as_str()).filter(|u| u.contains("{{")) {
+            let filled = fill(url, values);
+            let scheme_ok = filled.starts_with("https://") || filled.starts_with("http://");
+            if !scheme_ok || filled.chars().any(char::is_whitespace) {
+                return Some(format!("{name}: {url} filled in is {filled:?}, not an http(s) URL"));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn types(value: serde_json::Value) -> Types {
+        value.as_object().unwrap().clone()
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn variables_come_from_every_field_and_authentication_has_its_code() {
+        let card = types(json!({"twilio/card": {"title": "Hi {{1}}", "media": ["https://cdn.example.com/{{2}}.jpg"],
+            "actions": [{"type": "URL", "title": "Track", "url": "https://example.com/t/{{3}}"}]}}));
+        assert_eq!(placeholders(&card), ["1", "2", "3"].map(String::from).into());
+        let otp =
+            types(json!({"whatsapp/authentication": {"actions": [{"type": "COPY_CODE", "copy_code_text": "Copy"}]}}));
+        assert_eq!(placeholders(&otp), ["1".to_owned()].into());
+        assert_eq!(body(&otp), AUTHENTICATION_BODY);
+        assert_eq!(fill(&body(&otp), &map(&[("1", "482913")])), "482913 is your verification code.");
+    }
+
+    #[test]
+    fn definitions_are_checked_as_whatsapp_would() {
+        let text = |body: &str| types(json!({"twilio/text": {"body": body}}));
+        assert_eq!(definition_problem(&text("Hi {{1}}, it ships."), &map(&[("1", "Ana")])), None);
+        assert!(definition_problem(&text("{{1}} ships today"), &map(&[("1", "Ana")])).unwrap().1.contains("start"));
+        assert!(definition_problem(&text("Hi {{2}}, ok"), &map(&[("2", "Ana")]))
+            .unwrap()
+            .1
+            .contains("{{1}} is missing"));
+        assert_eq!(definition_problem(&text("Hi {{1}}, ok"), &map(&[])).unwrap().0, "variables");
+        assert_eq!(definition_problem(&text("Hi {{1}}, ok"), &map(&[("1", "A"), ("2", "B")])).unwrap().0, "variables");
+        assert!(definition_problem(&types(json!({"twilio/fax": {}})), &map(&[])).unwrap().1.contains("not a Twilio"));
+        assert!(definition_problem(&types(json!({"twilio/quick-reply": {"body": "Pick"}})), &map(&[])).is_some());
+        // Meta's authentication body starts with the code: accepted.
+        let otp = types(json!({"twilio/text": {"body": "{{1}} is your verification code"},
+            "whatsapp/authentication": {"actions": [{"type": "COPY_CODE", "copy_code_text": "Copy code"}]}}));
+        assert_eq!(definition_problem(&otp, &map(&[("1", "123456")])), None);
+    }
+
+    #[test]
+    fn session_content_is_what_whatsapp_allows_without_approval() {
+        let buttons =
+            |n: usize| (0..n).map(|i| json!({"title": format!("b{i}"), "id": format!("{i}")})).collect::<Vec<_>>();
+        assert_eq!(
+            session_refusal(&types(json!({"twilio/quick-reply": {"body": "Pick", "actions": buttons(3)}}))),
+            None
+        );
+        assert!(
+            session_refusal(&types(json!({"twilio/quick-reply": {"body": "Pick", "actions": buttons(4)}}))).is_some()
+        );
+        assert_eq!(
+            session_refusal(&types(json!({"twilio/list-picker": {"body": "b", "button": "x", "items": buttons(10)}}))),
+            None
+        );
+        assert!(session_refusal(&types(json!({"twilio/card": {"title": "t"}}))).unwrap().contains("approval"));
+        assert!(session_refusal(&types(json!({"whatsapp/authentication": {"actions": []}}))).is_some());
+        assert!(submit_refusal(&types(json!({"twilio/list-picker": {}}))).is_some());
+        assert_eq!(submit_refusal(&types(json!({"twilio/quick-reply": {}}))), None);
+    }
+
+    #[test]
+    fn values_fill_every_variable_and_media_stays_http() {
+        let media = types(json!({"twilio/media": {"body": "Your invoice {{1}}", "media": ["{{2}}"]}}));
+        assert_eq!(values_problem(&media, &map(&[("1", "A-1"), ("2", "https://cdn.example.com/a.pdf")])), None);
+        assert!(values_problem(&media, &map(&[("1", "A-1"), ("2", "ftp://x/a.pdf")])).unwrap().contains("http(s)"));
+        assert!(values_problem(&media, &map(&[("1", "A-1")])).unwrap().contains("{{2}}"));
+        assert!(values_problem(&media, &map(&[("1", "A"), ("2", "https://x"), ("3", "z")]))
+            .unwrap()
+            .contains("no variable"));
     }
 }

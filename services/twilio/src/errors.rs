@@ -62,6 +62,12 @@ pub const ERROR_CODES: &[ErrorCode] = &[
     row(63040, "template_rejected", ErrorClass::Permanent, "The template was rejected"),
     row(63042, "template_rejected", ErrorClass::Permanent, "The template was disabled"),
     row(63027, "template_rejected", ErrorClass::Permanent, "The template does not exist for this language and locale"),
+    row(
+        21655,
+        "template_rejected",
+        ErrorClass::Permanent,
+        "The ContentSid is invalid: no such content in this account",
+    ),
     row(21211, "invalid_number", ErrorClass::Permanent, "Invalid 'To' phone number"),
     row(21614, "invalid_number", ErrorClass::Permanent, "'To' number is not a valid mobile number"),
     row(21217, "invalid_number", ErrorClass::Permanent, "Phone number does not appear to be valid"),
@@ -112,6 +118,13 @@ pub fn is_consent(code: i32) -> bool {
 /// The code WhatsApp gives when a free-form message is sent outside the window.
 pub const OUTSIDE_WINDOW: i32 = 63016;
 
+/// WhatsApp's rate limit (Meta's 1015 for one user, 429, 471): retried for that send only.
+pub const WHATSAPP_RATE_LIMITED: i32 = 63018;
+
+/// Meta declined to deliver a marketing message: the user's marketing limit (a cool-down
+/// follows, `TEMPLATE_MARKETING_COOLDOWN_HOURS`).
+pub const MARKETING_LIMITED: i32 = 63049;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +154,7 @@ mod tests {
             (63040, "template_rejected"),
             (63042, "template_rejected"),
             (63027, "template_rejected"),
+            (21655, "template_rejected"),
             (21211, "invalid_number"),
             (21614, "invalid_number"),
             (21217, "invalid_number"),

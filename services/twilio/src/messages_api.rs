@@ -137,9 +137,13 @@ impl TwilioError {
         }
     }
 
-    /// Whether Twilio asked us to slow down.
+    /// Whether Twilio asked us to slow the sender down: its API's rate limit (429, 20429). A
+    /// 63018 is WhatsApp's limit, often about one recipient (Meta's 1015, too many messages to
+    /// this user) or business-initiated conversations (471): that send is retried later, and the
+    /// sender's pace for everyone else is left alone.
     pub fn is_throttling(&self) -> bool {
         match self {
+            Self::Api { code: Some(errors::WHATSAPP_RATE_LIMITED), .. } => false,
             Self::Api { status: 429, .. } => true,
             Self::Api { code: Some(code), .. } => errors::class(*code) == ErrorClass::Retryable,
             _ => false,
@@ -311,7 +315,10 @@ mod tests {
         assert_eq!(api(401, Some(20003)).failure(), SendFailure::Permanent("configuration_error"));
         assert_eq!(api(400, Some(12345)).failure(), SendFailure::Permanent("twilio_rejected"));
         assert_eq!(api(400, None).failure(), SendFailure::Permanent("twilio_rejected"));
-        assert!(api(429, None).is_throttling() && api(400, Some(63018)).is_throttling());
+        assert!(api(429, None).is_throttling() && api(429, Some(20429)).is_throttling());
+        // WhatsApp's limit about one recipient is retried, without slowing the sender down.
+        assert!(!api(400, Some(63018)).is_throttling());
+        assert_eq!(api(400, Some(63018)).failure(), SendFailure::Retry);
         assert!(!api(503, None).is_throttling());
     }
 
