@@ -103,6 +103,34 @@ wire_strings! {
 }
 
 wire_strings! {
+    /// How Meta prices a message (`pricing_category` on `OutboundAuthorized` and
+    /// `OutboundDispatched`).
+    pub enum PricingCategory {
+        /// A reply or session content inside the customer's window.
+        Service = "service",
+        /// A utility template.
+        Utility = "utility",
+        /// A marketing template.
+        Marketing = "marketing",
+        /// An authentication template.
+        Authentication = "authentication",
+    }
+}
+
+wire_strings! {
+    /// Whether Meta charges a message (`pricing_type`), per-message pricing since 2025-07-01.
+    pub enum PricingType {
+        /// Free: a reply, session content or a utility template inside the customer's window.
+        FreeCustomerService = "free_customer_service",
+        /// Free: inside the 72 hours a reply to a customer from a click-to-WhatsApp ad or Page
+        /// button opened.
+        FreeEntryPoint = "free_entry_point",
+        /// Charged.
+        Regular = "regular",
+    }
+}
+
+wire_strings! {
     /// Which rule let a message go (`OutboundAuthorized.rule`).
     pub enum AuthorizationRule {
         /// Free-form text or media inside the customer's 24-hour window.
@@ -246,6 +274,13 @@ mod tests {
         let session = include_str!("../session_event.avsc");
         round_trips_and_is_documented(SessionChange::ALL, SessionChange::as_str, SessionChange::parse, session);
         let authorized = include_str!("../outbound_authorized.avsc");
+        round_trips_and_is_documented(
+            PricingCategory::ALL,
+            PricingCategory::as_str,
+            PricingCategory::parse,
+            authorized,
+        );
+        round_trips_and_is_documented(PricingType::ALL, PricingType::as_str, PricingType::parse, authorized);
         round_trips_and_is_documented(
             AuthorizationRule::ALL,
             AuthorizationRule::as_str,

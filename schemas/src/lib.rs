@@ -23,7 +23,8 @@ pub use address::{AddressError, WhatsAppAddress};
 pub use content_sid::{ContentSid, ContentSidError};
 pub use ids::conversation_id;
 pub use kinds::{
-    Actor, AuthorizationRule, ConsentChange, DispatchOutcome, RejectionReason, SessionChange, TemplateChange,
+    Actor, AuthorizationRule, ConsentChange, DispatchOutcome, PricingCategory, PricingType, RejectionReason,
+    SessionChange, TemplateChange,
 };
 
 /// The two marker bytes that open every single-object encoded value.
@@ -176,6 +177,7 @@ pub const HISTORY: &[(&str, &str)] = &[
     ("history/outbound_window_checked.2.avsc", include_str!("../history/outbound_window_checked.2.avsc")),
     ("history/outbound_authorized.2.avsc", include_str!("../history/outbound_authorized.2.avsc")),
     ("history/session_state.2.avsc", include_str!("../history/session_state.2.avsc")),
+    ("history/outbound_dispatched.3.avsc", include_str!("../history/outbound_dispatched.3.avsc")),
 ];
 
 /// The parsed earlier versions, in the order of [`HISTORY`].
@@ -524,6 +526,8 @@ pub struct OutboundWindowChecked {
     pub marketing_limited_at: Option<i64>,
     /// Whether the customer's window is open now (less the safety margin), whatever is asked.
     pub window_open: bool,
+    /// Whether a free entry point is open now, or this reply opens one.
+    pub entry_point_open: bool,
     /// The CRM's metadata of the request (agent, case, tags), carried unchanged.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
@@ -563,6 +567,10 @@ pub struct OutboundAuthorized {
     pub preview: Option<String>,
     /// Which rule allowed it: an [`AuthorizationRule`]'s wire string.
     pub rule: Option<String>,
+    /// How Meta prices it: a [`PricingCategory`]'s wire string.
+    pub pricing_category: Option<String>,
+    /// Free or charged: a [`PricingType`]'s wire string.
+    pub pricing_type: Option<String>,
     /// The CRM's metadata of the request (agent, case, tags), carried unchanged.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
@@ -631,6 +639,10 @@ pub struct OutboundDispatched {
     pub claim_id: Option<String>,
     /// On `sending`: the dispatch instance that claims the send.
     pub claimed_by: Option<String>,
+    /// How Meta prices it: a [`PricingCategory`]'s wire string.
+    pub pricing_category: Option<String>,
+    /// Free or charged: a [`PricingType`]'s wire string.
+    pub pricing_type: Option<String>,
     /// The CRM's metadata of the request (agent, case, tags), carried unchanged.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
@@ -671,6 +683,10 @@ pub struct SessionState {
     pub notified: String,
     /// The customer's latest messages, latest first: a replay is recognised by its id.
     pub recent_messages: Vec<RecentMessage>,
+    /// The customer's latest message from a click-to-WhatsApp ad or Page button.
+    pub last_referral_at: Option<i64>,
+    /// When the business's latest messages were sent (at most 4, latest first).
+    pub business_replies: Vec<i64>,
     /// The latest time Meta declined a marketing message to this customer (63049).
     pub marketing_limited_at: Option<i64>,
 }

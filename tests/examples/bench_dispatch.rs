@@ -115,6 +115,8 @@ async fn main() -> anyhow::Result<()> {
             template_language: Some("en".to_owned()),
             preview: None,
             rule: Some("approved_template".to_owned()),
+            pricing_category: None,
+            pricing_type: None,
             metadata: Default::default(),
         };
         published_at.insert(request_id, Utc::now());

@@ -82,6 +82,7 @@ fn verdict(i: usize, templates: usize) -> OutboundWindowChecked {
         window_expires_at: None,
         opted_out: false,
         marketing_limited_at: None,
+        entry_point_open: false,
         window_open: false,
         metadata: Default::default(),
     }

@@ -80,6 +80,16 @@ pub fn outbound_request(
     }
 }
 
+/// A message of the business to `customer` that Twilio took at `at`, as dispatch would publish
+/// its `sent` outcome.
+pub fn sent_message(customer: &str, at: i64) -> wa_schemas::OutboundDispatched {
+    let mut sent = refused_send(customer, at, 0);
+    sent.outcome = "sent".to_owned();
+    sent.message_sid = Some(format!("SM{}", uuid::Uuid::new_v4().simple()));
+    (sent.error_code, sent.error_message, sent.failure_reason) = (None, None, None);
+    sent
+}
+
 /// A send to `customer` that Twilio refused with `error_code`, as dispatch would publish it.
 pub fn refused_send(customer: &str, at: i64, error_code: i32) -> wa_schemas::OutboundDispatched {
     wa_schemas::OutboundDispatched {
@@ -98,6 +108,8 @@ pub fn refused_send(customer: &str, at: i64, error_code: i32) -> wa_schemas::Out
         attempts: 1,
         claim_id: None,
         claimed_by: None,
+        pricing_category: None,
+        pricing_type: None,
         metadata: Default::default(),
     }
 }
@@ -126,6 +138,8 @@ pub fn template_authorization(
         template_language: Some("en".to_owned()),
         preview: None,
         rule: Some(wa_schemas::AuthorizationRule::ApprovedTemplate.as_str().to_owned()),
+        pricing_category: None,
+        pricing_type: None,
         metadata: Default::default(),
     }
 }

@@ -128,6 +128,8 @@ async fn a_redelivered_authorization_is_not_sent_twice() {
         template_language: Some("en".to_owned()),
         preview: Some("Your order ships today.".to_owned()),
         rule: Some("approved_template".to_owned()),
+        pricing_category: None,
+        pricing_type: None,
         metadata: Default::default(),
     };
     // The same authorization three times (a redelivery after a crash, a replay), then another

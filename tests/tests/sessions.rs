@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e_tests::{customer_message, outbound_request, refused_send, unique_customer, Channel, RawRecord, BUSINESS};
+use e2e_tests::{
+    customer_message, outbound_request, refused_send, sent_message, unique_customer, Channel, RawRecord, BUSINESS,
+};
 use serde_json::{json, Value};
 use wa_platform::clock::Clock;
 use wa_platform::topics::{
@@ -200,6 +202,9 @@ async fn a_rebuild_from_scratch_gives_the_state_of_the_live_projection() {
             from_ad.referral =
                 Some(wa_schemas::Referral { ctwa_clid: Some(format!("clid-{i}")), ..Default::default() });
             messages.push(from_ad);
+            // Answered within 24 hours (an entry point), or only 40 hours later (none).
+            let answered = if i % 6 == 0 { now - 49 * HOUR } else { now - 10 * HOUR };
+            refusals.push(sent_message(customer, answered));
         }
         messages.push(messages[0].clone());
         inbound.extend(messages);
@@ -233,9 +238,10 @@ async fn a_rebuild_from_scratch_gives_the_state_of_the_live_projection() {
     assert!(expected.values().any(|s| s.opted_out) && expected.values().any(|s| !s.opted_out));
     assert!(expected.values().any(|s| s.entry_point_expires_at.is_some()));
     // Both folds go through the crate's rules; this checks them against WhatsApp's, written
-    // here apart: the window closes 24 hours after the customer's latest message, a
-    // click-to-WhatsApp referral opens 72 free hours from that message, and the latest consent
-    // signal (a keyword, or a send refused with 63014) decides opt-out.
+    // here apart: the window closes 24 hours after the customer's latest message, the
+    // business's answer within 24 hours of a click-to-WhatsApp referral opens 72 free hours from
+    // that answer, and the latest consent signal (a keyword, or a send refused with 63014)
+    // decides opt-out.
     for (i, customer) in customers.iter().enumerate() {
         let i = i as i64;
         let hi = now - (i % 5) * 20 * HOUR;
@@ -259,7 +265,8 @@ async fn a_rebuild_from_scratch_gives_the_state_of_the_live_projection() {
         let state = &expected[&conversation_id(BUSINESS, customer)];
         assert_eq!(state.last_customer_message_at, Some(last), "customer {i}");
         assert_eq!(state.window_expires_at, Some(last + 24 * HOUR), "customer {i}");
-        assert_eq!(state.entry_point_expires_at, referral.map(|at| at + 72 * HOUR), "customer {i}");
+        let entry_point = referral.filter(|_| i % 6 == 0).map(|_| now - 49 * HOUR + 72 * HOUR);
+        assert_eq!(state.entry_point_expires_at, entry_point, "customer {i}");
         assert_eq!(state.opted_out, opted_out, "customer {i}");
     }
     // The dry runs wrote nothing: no snapshot and no consent record comes from the rebuild.
@@ -500,10 +507,12 @@ async fn business_replies_never_extend_the_window_and_the_customers_next_message
     channel.stop().await;
 }
 
-/// A customer who came from a click-to-WhatsApp ad opens a free entry point beside the window
-/// (`entry_point_opened`, 72 hours); free-form replies still follow the 24-hour window.
+/// A customer who came from a click-to-WhatsApp ad: the business's first answer within 24 hours
+/// opens a free entry point for 72 hours from that answer (`entry_point_opened`), and every
+/// message inside it is priced `free_entry_point`; free-form replies still follow the 24-hour
+/// window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_customer_from_an_ad_opens_an_entry_point_announced_with_its_end() {
+async fn an_answer_to_a_customer_from_an_ad_opens_an_entry_point_for_72_hours() {
     let channel = Channel::start().await;
     let customer = unique_customer();
     let at = wa_platform::now_millis();
@@ -520,10 +529,27 @@ async fn a_customer_from_an_ad_opens_an_entry_point_announced_with_its_end() {
         ..Default::default()
     });
     channel.publish(&INBOUND, &message).await;
+    session_event(&channel, &customer, "window_opened").await;
+    let (_, state) = query(&channel, &customer).await;
+    assert_eq!(state["entry_point_expires_at"], Value::Null, "the customer's message alone opens nothing: {state}");
+
+    // The agent answers: free, inside the entry point this answer opens.
+    let response = channel
+        .post_outbound(
+            &json!({"request_id": "fep-1", "from": BUSINESS, "to": customer, "body": "Hi! The sale runs all week."}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let sent = channel.dispatch_outcome("fep-1").await;
+    assert_eq!(
+        (sent.pricing_category.as_deref(), sent.pricing_type.as_deref()),
+        (Some("service"), Some("free_entry_point"))
+    );
     let (opened, _) = session_event(&channel, &customer, "entry_point_opened").await;
-    assert_eq!(opened.entry_point_expires_at, Some(at + 72 * HOUR));
+    let expires = opened.entry_point_expires_at.expect("the entry point's end");
+    assert_eq!(expires, sent.occurred_at + 72 * HOUR, "72 hours from the answer");
     assert_eq!(opened.window_expires_at, Some(at + 24 * HOUR));
     let (_, state) = query(&channel, &customer).await;
-    assert_eq!(state["entry_point_expires_at"].as_i64(), Some(at + 72 * HOUR), "{state}");
+    assert_eq!(state["entry_point_expires_at"].as_i64(), Some(expires), "{state}");
     channel.stop().await;
 }

@@ -590,3 +590,68 @@ async fn a_63049_holds_marketing_back_for_the_cool_down_and_nothing_else() {
     assert_eq!(outcome(&channel, "ready-1").await.expect("utility goes").outcome, "sent");
     channel.stop().await;
 }
+
+/// Every send says how Meta prices it, on its authorization and its dispatch outcomes: a reply
+/// is a free service message, a utility template is free inside the window and charged outside
+/// it, marketing and authentication templates are charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_send_carries_how_meta_prices_it() {
+    let channel = Channel::start().await;
+    approved(&channel, "order_ready", "en", "utility").await;
+    approved(&channel, "weekend_sale", "en", "marketing").await;
+    approved(&channel, "login_code", "en", "authentication").await;
+    let wrote = unique_customer_in_brazil();
+    assert_eq!(channel.sim_inbound(&wrote, "hello").await.1, 200);
+    let silent = unique_customer_in_brazil();
+    let two = json!({"1": "Ana", "2": "1234"});
+    let cases = [
+        ("price-reply", &wrote, json!({"body": "Hi Ana!"}), ("service", "free_customer_service")),
+        (
+            "price-utility-in",
+            &wrote,
+            json!({"template": {"name": "order_ready", "language": "en", "variables": two}}),
+            ("utility", "free_customer_service"),
+        ),
+        (
+            "price-utility-out",
+            &silent,
+            json!({"template": {"name": "order_ready", "language": "en", "variables": two}}),
+            ("utility", "regular"),
+        ),
+        (
+            "price-marketing",
+            &wrote,
+            json!({"template": {"name": "weekend_sale", "language": "en", "variables": two}}),
+            ("marketing", "regular"),
+        ),
+        (
+            "price-otp",
+            &silent,
+            json!({"template": {"name": "login_code", "language": "en", "variables": {"1": "730114"}}}),
+            ("authentication", "regular"),
+        ),
+    ];
+    for (request_id, to, content, _) in &cases {
+        let mut request = json!({"request_id": request_id, "from": BUSINESS, "to": to});
+        request.as_object_mut().unwrap().extend(content.as_object().unwrap().clone());
+        assert_eq!(channel.post_outbound(&request).await.status(), 202, "{request}");
+    }
+    for (request_id, _, _, (category, kind)) in cases {
+        let authorized: OutboundAuthorized = channel
+            .await_record(&OUTBOUND_AUTHORIZED, |r| r.decode::<OutboundAuthorized>().request_id == request_id)
+            .await
+            .decode();
+        assert_eq!(
+            (authorized.pricing_category.as_deref(), authorized.pricing_type.as_deref()),
+            (Some(category), Some(kind)),
+            "{request_id}"
+        );
+        let sent = outcome(&channel, request_id).await.expect("sent");
+        assert_eq!(
+            (sent.pricing_category.as_deref(), sent.pricing_type.as_deref()),
+            (Some(category), Some(kind)),
+            "{request_id}: on the outcome too"
+        );
+    }
+    channel.stop().await;
+}

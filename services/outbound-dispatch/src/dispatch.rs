@@ -73,6 +73,8 @@ pub(crate) struct Identity<'a> {
     pub(crate) from: &'a str,
     pub(crate) to: &'a str,
     pub(crate) metadata: &'a BTreeMap<String, String>,
+    /// How Meta prices the message (`pricing_category`, `pricing_type` of its authorization).
+    pub(crate) pricing: (Option<&'a str>, Option<&'a str>),
 }
 
 /// No metadata: for a status callback of a request this instance never knew.
@@ -114,6 +116,8 @@ impl Identity<'_> {
             attempts: 0,
             claim_id: claim_id.map(str::to_owned),
             claimed_by: None,
+            pricing_category: self.pricing.0.map(str::to_owned),
+            pricing_type: self.pricing.1.map(str::to_owned),
             metadata: self.metadata.clone(),
         }
     }
@@ -235,6 +239,7 @@ impl Dispatch {
             from: &authorized.from,
             to: &authorized.to,
             metadata: &authorized.metadata,
+            pricing: (authorized.pricing_category.as_deref(), authorized.pricing_type.as_deref()),
         };
         // What the window allowed (a reply, or content WhatsApp allows in session) must still go
         // before it closes; an approved template goes at any time.
@@ -399,6 +404,9 @@ impl Dispatch {
             from: entry.as_ref().map_or(&delivery.from, |e| &e.from),
             to: entry.as_ref().map_or(&delivery.to, |e| &e.to),
             metadata: entry.as_ref().map_or(&NO_METADATA, |e| &e.metadata),
+            pricing: entry
+                .as_ref()
+                .map_or((None, None), |e| (e.pricing_category.as_deref(), e.pricing_type.as_deref())),
         };
         let unconfirmed = entry.as_ref().is_some_and(|e| matches!(e.stage, Stage::Sending | Stage::InDoubt));
         // A send still under way here will publish its own outcome from Twilio's answer.
@@ -494,6 +502,8 @@ mod tests {
             template_language: None,
             preview: preview.map(str::to_owned),
             rule: None,
+            pricing_category: None,
+            pricing_type: None,
             metadata: Default::default(),
         }
     }

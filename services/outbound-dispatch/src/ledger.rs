@@ -55,6 +55,9 @@ pub(crate) struct Entry {
     pub(crate) to: String,
     /// The CRM's metadata of the request, repeated on every event about it.
     pub(crate) metadata: BTreeMap<String, String>,
+    /// How Meta prices the message, repeated on every event about it.
+    pub(crate) pricing_category: Option<String>,
+    pub(crate) pricing_type: Option<String>,
     /// The W3C `traceparent` of the send, so that its status callbacks (each in a trace of its
     /// own, started by Twilio) link to it.
     pub(crate) trace: Option<String>,
@@ -73,6 +76,8 @@ impl Entry {
             from: event.from.clone(),
             to: event.to.clone(),
             metadata: event.metadata.clone(),
+            pricing_category: event.pricing_category.clone(),
+            pricing_type: event.pricing_type.clone(),
             trace: None,
         }
     }
@@ -256,6 +261,8 @@ mod tests {
             attempts: 1,
             claim_id: None,
             claimed_by: None,
+            pricing_category: None,
+            pricing_type: None,
             metadata: BTreeMap::new(),
         }
     }

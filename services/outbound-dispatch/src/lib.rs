@@ -83,6 +83,7 @@ async fn watch_unconfirmed(
                 from: &entry.from,
                 to: &entry.to,
                 metadata: &entry.metadata,
+                pricing: (entry.pricing_category.as_deref(), entry.pricing_type.as_deref()),
             };
             let mut in_doubt = identity.event(DispatchOutcome::InDoubt, None);
             in_doubt.claim_id = entry.claim.as_ref().map(|claim| claim.id.clone());

@@ -407,6 +407,8 @@ mod tests {
             attempts: 0,
             claim_id: Some(claim_id.to_owned()),
             claimed_by: Some(by.to_string()),
+            pricing_category: None,
+            pricing_type: None,
             metadata: Default::default(),
         }
     }

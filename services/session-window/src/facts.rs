@@ -28,7 +28,8 @@ pub(crate) struct ReadFact {
 pub(crate) enum Source {
     /// `wa.inbound.v1`: customer messages.
     Inbound,
-    /// `wa.outbound.dispatched.v1`: sends the customer refused.
+    /// `wa.outbound.dispatched.v1`: the business's sends, and sends the customer refused or
+    /// Meta held back.
     Dispatched,
     /// `wa.consent.v1`: consent facts kept forever (read by the rebuild).
     Consent,
@@ -77,6 +78,7 @@ pub(crate) fn read(source: Source, payload: &[u8], keywords: &Keywords) -> Resul
                     Fact::SendRefusedByCustomer { at: event.occurred_at }
                 }
                 Some(wa_twilio::errors::MARKETING_LIMITED) => Fact::MarketingLimited { at: event.occurred_at },
+                _ if event.kind() == Some(DispatchOutcome::Sent) => Fact::BusinessReplied { at: event.occurred_at },
                 _ => return Ok(None),
             };
             Ok(Some(ReadFact {

@@ -674,6 +674,7 @@ impl Projector {
             window_expires_at: session.as_ref().and_then(Session::window_expires_at),
             opted_out: session.as_ref().is_some_and(Session::opted_out),
             marketing_limited_at: session.as_ref().and_then(Session::marketing_limited_at),
+            entry_point_open: session.as_ref().is_some_and(|s| s.entry_point_open(now)),
             window_open,
             metadata: request.metadata,
         };

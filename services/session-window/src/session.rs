@@ -1,8 +1,8 @@
 //! A conversation's session: pure rules, no IO, no clock (time is passed in).
 //!
 //! The state folds message facts with `max` only (the latest customer message, the latest
-//! click-to-WhatsApp referral, the latest opt-out and opt-in), so applying a fact twice changes
-//! nothing and facts applied in any order give the same state. A customer message is also
+//! click-to-WhatsApp referral, the latest opt-out and opt-in, the business's latest sends), so
+//! applying a fact twice changes nothing and facts applied in any order give the same state. A customer message is also
 //! recognised by its event id among the customer's latest messages, so the same message
 //! replayed later with a new receive time (past ingress's dedupe horizon) changes nothing
 //! either. The one field that depends on the clock is which notice of the current window was
@@ -12,8 +12,13 @@ use uuid::Uuid;
 
 /// How long a customer message keeps the customer-service window open.
 pub const WINDOW_MILLIS: i64 = 24 * 60 * 60 * 1000;
-/// How long a click-to-WhatsApp referral keeps the free entry point open.
+/// How long a free entry point stays open after the business's answer opened it.
 pub const ENTRY_POINT_MILLIS: i64 = 72 * 60 * 60 * 1000;
+/// How long after a customer's message from a click-to-WhatsApp ad or Page button the business's
+/// answer opens a free entry point.
+pub const ENTRY_POINT_ANSWER_MILLIS: i64 = 24 * 60 * 60 * 1000;
+/// How many of the business's latest sends a session remembers.
+pub const RECENT_REPLIES: usize = 4;
 
 /// "Never" in the compact state (every real time is later).
 const NEVER: i64 = i64::MIN;
@@ -65,7 +70,7 @@ pub struct RecentMessage {
 
 const NO_MESSAGE: RecentMessage = RecentMessage { at: NEVER, id: Uuid::nil() };
 
-/// A conversation's session. 136 bytes: a million conversations fit in well under 300 MB with
+/// A conversation's session. 176 bytes: a million conversations fit in well under 300 MB with
 /// their keys and the map's overhead (docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {
@@ -75,6 +80,8 @@ pub struct Session {
     opted_in_at: i64,
     /// The latest time Meta declined to deliver a marketing message to this customer (63049).
     marketing_limited_at: i64,
+    /// The business's latest sends, latest first; empty slots are `NEVER`.
+    replies: [i64; RECENT_REPLIES],
     /// The latest messages by (time, id), latest first; empty slots are `NO_MESSAGE`.
     recent: [RecentMessage; RECENT_MESSAGES],
     notified: Notified,
@@ -88,6 +95,7 @@ impl Default for Session {
             opted_out_at: NEVER,
             opted_in_at: NEVER,
             marketing_limited_at: NEVER,
+            replies: [NEVER; RECENT_REPLIES],
             recent: [NO_MESSAGE; RECENT_MESSAGES],
             notified: Notified::None,
         }
@@ -126,6 +134,12 @@ pub enum Fact {
     /// A send failed because the customer blocked or unsubscribed (Twilio 21610 or 63014).
     SendRefusedByCustomer {
         /// When the failure was reported.
+        at: i64,
+    },
+    /// A message of the business reached Twilio (sent): an answer, which opens a free entry
+    /// point within 24 hours of a customer's message from an ad.
+    BusinessReplied {
+        /// When it was sent.
         at: i64,
     },
     /// Meta declined to deliver a marketing message to the customer: its per-user marketing
@@ -178,7 +192,7 @@ impl Session {
     /// Rebuilds a session from its published state.
     pub fn from_parts(
         last_customer_message_at: Option<i64>,
-        last_referral_at: Option<i64>,
+        (last_referral_at, replies): (Option<i64>, &[i64]),
         (opted_out_at, opted_in_at): (Option<i64>, Option<i64>),
         marketing_limited_at: Option<i64>,
         recent: &[RecentMessage],
@@ -190,13 +204,52 @@ impl Session {
             opted_out_at: opted_out_at.unwrap_or(NEVER),
             opted_in_at: opted_in_at.unwrap_or(NEVER),
             marketing_limited_at: marketing_limited_at.unwrap_or(NEVER),
+            replies: [NEVER; RECENT_REPLIES],
             recent: [NO_MESSAGE; RECENT_MESSAGES],
             notified,
         };
         for message in recent {
             session.remember(*message);
         }
+        for reply in replies {
+            session.remember_reply(*reply);
+        }
         session
+    }
+
+    /// Keeps the business's send at `at` if it is among the latest.
+    fn remember_reply(&mut self, at: i64) {
+        let last = RECENT_REPLIES - 1;
+        if !self.replies.contains(&at) && at > self.replies[last] {
+            self.replies[last] = at;
+            self.replies.sort_unstable_by(|a, b| b.cmp(a));
+        }
+    }
+
+    /// The business's latest sends the session remembers, latest first.
+    pub fn business_replies(&self) -> impl Iterator<Item = i64> + '_ {
+        self.replies.iter().copied().filter(|at| *at != NEVER)
+    }
+
+    /// The latest click-to-WhatsApp (or Page button) referral.
+    pub fn last_referral_at(&self) -> Option<i64> {
+        known(self.last_referral_at)
+    }
+
+    /// When the business's answer opened the free entry point: its first send within 24 hours
+    /// of the customer's latest message from an ad.
+    pub fn entry_point_opened_at(&self) -> Option<i64> {
+        let referral = self.last_referral_at()?;
+        let answer_until = referral.saturating_add(ENTRY_POINT_ANSWER_MILLIS);
+        self.business_replies().filter(|at| *at >= referral && *at < answer_until).min()
+    }
+
+    /// Whether a message sent at `now` goes inside a free entry point: one is open, or this
+    /// answer opens it (the customer's message from an ad is less than 24 hours old).
+    pub fn entry_point_open(&self, now: i64) -> bool {
+        let open = self.entry_point_expires_at().is_some_and(|expires| now < expires);
+        let answerable = self.last_referral_at().is_some_and(|at| at <= now && now < at + ENTRY_POINT_ANSWER_MILLIS);
+        open || answerable
     }
 
     /// The customer's latest messages the session remembers, latest first.
@@ -226,9 +279,9 @@ impl Session {
         self.last_customer_message_at().map(|at| at.saturating_add(WINDOW_MILLIS))
     }
 
-    /// When the 72-hour free entry point closes, if a click-to-WhatsApp ad ever opened one.
+    /// When the free entry point closes: 72 hours after the business's answer opened it.
     pub fn entry_point_expires_at(&self) -> Option<i64> {
-        known(self.last_referral_at).map(|at| at.saturating_add(ENTRY_POINT_MILLIS))
+        self.entry_point_opened_at().map(|at| at.saturating_add(ENTRY_POINT_MILLIS))
     }
 
     /// The latest opt-out.
@@ -270,6 +323,7 @@ impl Session {
             self.opted_out_at,
             self.opted_in_at,
             self.marketing_limited_at,
+            self.replies[0],
             notice,
         ]
         .into_iter()
@@ -282,6 +336,7 @@ impl Session {
     pub fn apply(&mut self, fact: Fact) -> Change {
         let mut change = Change::default();
         let opted_out_before = self.opted_out();
+        let entry_point_before = self.entry_point_expires_at();
         let (out_before, in_before) = (self.opted_out_at, self.opted_in_at);
         match fact {
             Fact::CustomerMessage { id: Some(id), .. } if self.recent_messages().any(|m| m.id == id) => {
@@ -300,7 +355,6 @@ impl Session {
                 }
                 if referral && at > self.last_referral_at {
                     self.last_referral_at = at;
-                    change.entry_point = true;
                 }
                 match consent {
                     Some(Consent::OptOut) => self.opted_out_at = self.opted_out_at.max(at),
@@ -313,7 +367,10 @@ impl Session {
             }
             Fact::ConsentRecorded { at, consent: Consent::OptIn } => self.opted_in_at = self.opted_in_at.max(at),
             Fact::MarketingLimited { at } => self.marketing_limited_at = self.marketing_limited_at.max(at),
+            Fact::BusinessReplied { at } => self.remember_reply(at),
         }
+        let entry_point = self.entry_point_expires_at();
+        change.entry_point = entry_point.is_some() && entry_point != entry_point_before;
         if self.opted_out_at != out_before {
             change.consent_fact = Some(Consent::OptOut);
         } else if self.opted_in_at != in_before {
@@ -556,6 +613,7 @@ mod tests {
                 .prop_map(|(at, referral, consent, id)| Fact::CustomerMessage { id: id.map(Uuid::from_u128), at, referral, consent }),
             1 => at.clone().prop_map(|at| Fact::SendRefusedByCustomer { at }),
             1 => at.clone().prop_map(|at| Fact::MarketingLimited { at }),
+            2 => at.clone().prop_map(|at| Fact::BusinessReplied { at }),
             1 => (at, any::<bool>()).prop_map(|(at, out)| Fact::ConsentRecorded { at, consent: if out { Consent::OptOut } else { Consent::OptIn } }),
         ]
     }
@@ -606,14 +664,30 @@ mod tests {
     }
 
     #[test]
-    fn a_referral_opens_a_72_hour_entry_point_but_free_form_keeps_the_24_hour_rule() {
+    fn an_answer_within_24_hours_of_a_referral_opens_a_72_hour_entry_point() {
+        let from_ad = |at| Fact::CustomerMessage { id: None, at, referral: true, consent: None };
         let mut session = Session::default();
-        let change = session.apply(Fact::CustomerMessage { id: None, at: HOUR, referral: true, consent: None });
+        // A send before the customer came from the ad answers nothing.
+        session.apply(Fact::BusinessReplied { at: HOUR / 2 });
+        let change = session.apply(from_ad(HOUR));
+        assert!(!change.entry_point, "the customer's message alone opens nothing");
+        assert_eq!(session.entry_point_expires_at(), None);
+        assert!(session.entry_point_open(2 * HOUR), "an answer now would open it");
+        assert!(!session.entry_point_open(25 * HOUR), "too late to open it");
+        let change = session.apply(Fact::BusinessReplied { at: 5 * HOUR });
         assert!(change.entry_point);
-        assert_eq!(session.entry_point_expires_at(), Some(73 * HOUR));
+        assert_eq!(session.entry_point_expires_at(), Some(77 * HOUR), "72 hours from the answer");
+        assert!(!session.apply(Fact::BusinessReplied { at: 6 * HOUR }).entry_point, "later answers do not move it");
+        assert!(session.entry_point_open(76 * HOUR) && !session.entry_point_open(77 * HOUR));
         assert_eq!(check(Some(&session), Content::FreeForm, 30 * HOUR, 0, MARKETING), Err(Refusal::WindowClosed));
-        session.apply(message(2 * HOUR));
-        assert_eq!(session.entry_point_expires_at(), Some(73 * HOUR), "only referrals move the entry point");
+        // An earlier answer read late opens it from that answer.
+        session.apply(Fact::BusinessReplied { at: 3 * HOUR });
+        assert_eq!(session.entry_point_expires_at(), Some(75 * HOUR));
+        // Without an answer within 24 hours, there is none.
+        let mut unanswered = Session::default();
+        unanswered.apply(from_ad(HOUR));
+        unanswered.apply(Fact::BusinessReplied { at: 26 * HOUR });
+        assert_eq!(unanswered.entry_point_expires_at(), None);
     }
 
     #[test]
@@ -752,8 +826,15 @@ mod tests {
             let session = fold(&facts);
             let latest = facts.iter().filter_map(|f| match f { Fact::CustomerMessage { at, .. } => Some(*at), _ => None }).max();
             prop_assert_eq!(session.window_expires_at(), latest.map(|at| at + WINDOW_MILLIS));
+            // The entry point: 72 hours from the first answer within 24 hours of the latest
+            // referral, among the business's latest sends the session keeps.
             let latest_referral = facts.iter().filter_map(|f| match f { Fact::CustomerMessage { at, referral: true, .. } => Some(*at), _ => None }).max();
-            prop_assert_eq!(session.entry_point_expires_at(), latest_referral.map(|at| at + ENTRY_POINT_MILLIS));
+            let mut replies: Vec<i64> = facts.iter().filter_map(|f| match f { Fact::BusinessReplied { at } => Some(*at), _ => None }).collect();
+            replies.sort_unstable_by(|a, b| b.cmp(a));
+            replies.dedup();
+            replies.truncate(RECENT_REPLIES);
+            let opened = latest_referral.and_then(|referral| replies.iter().copied().filter(|at| *at >= referral && *at < referral + 24 * HOUR).min());
+            prop_assert_eq!(session.entry_point_expires_at(), opened.map(|at| at + ENTRY_POINT_MILLIS));
         }
 
         #[test]

@@ -161,11 +161,15 @@ pub fn snapshot(conversation: &Uuid, session: &Session) -> SessionState {
         session.opted_in_at(),
         recent.join(",")
     );
-    // The cool-down fact only where it exists, so earlier states keep their ids.
-    let content = match session.marketing_limited_at() {
-        Some(at) => format!("{content}:marketing_limited@{at}"),
-        None => content,
-    };
+    // Later facts only where they exist, so earlier states keep their ids.
+    let mut content = content;
+    if let Some(at) = session.marketing_limited_at() {
+        content.push_str(&format!(":marketing_limited@{at}"));
+    }
+    let replies: Vec<i64> = session.business_replies().collect();
+    if let Some(at) = session.last_referral_at() {
+        content.push_str(&format!(":referral@{at}:replies@{replies:?}"));
+    }
     SessionState {
         event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, content.as_bytes()).to_string(),
         occurred_at: session.latest_at(),
@@ -179,13 +183,18 @@ pub fn snapshot(conversation: &Uuid, session: &Session) -> SessionState {
         notified,
         recent_messages,
         marketing_limited_at: session.marketing_limited_at(),
+        last_referral_at: session.last_referral_at(),
+        business_replies: replies,
     }
 }
 
 /// Reads a snapshot back. `None` when the record is not a valid session state.
 pub fn from_snapshot(state: &SessionState) -> Option<(Uuid, Session)> {
     let conversation = Uuid::parse_str(&state.conversation_id).ok()?;
-    let referral_at = state.entry_point_expires_at.map(|at| at - crate::session::ENTRY_POINT_MILLIS);
+    // States written before the referral was kept had the entry point 72 hours from it.
+    let referral_at = state
+        .last_referral_at
+        .or_else(|| state.entry_point_expires_at.map(|at| at - crate::session::ENTRY_POINT_MILLIS));
     let recent: Vec<RecentMessage> = state
         .recent_messages
         .iter()
@@ -193,7 +202,7 @@ pub fn from_snapshot(state: &SessionState) -> Option<(Uuid, Session)> {
         .collect();
     let session = Session::from_parts(
         state.last_customer_message_at,
-        referral_at,
+        (referral_at, &state.business_replies),
         (state.opted_out_at, state.opted_in_at),
         state.marketing_limited_at,
         &recent,

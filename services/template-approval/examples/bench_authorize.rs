@@ -86,6 +86,7 @@ fn requests() -> Vec<OutboundWindowChecked> {
                 window_expires_at: None,
                 opted_out: false,
                 marketing_limited_at: None,
+                entry_point_open: false,
                 window_open: false,
                 metadata: Default::default(),
             }

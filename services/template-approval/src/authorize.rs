@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 use wa_schemas::{
-    Actor, AuthorizationRule, OutboundAuthorized, OutboundRejected, OutboundWindowChecked, RejectionReason,
-    TemplateRequest,
+    Actor, AuthorizationRule, OutboundAuthorized, OutboundRejected, OutboundWindowChecked, PricingCategory,
+    PricingType, RejectionReason, TemplateRequest,
 };
 use wa_twilio::content as rules;
 
@@ -132,6 +132,8 @@ pub fn decide(checked: OutboundWindowChecked, templates: &Templates, policy: &Po
             };
             let is_template = content_sid.is_some();
             let by_window = rule != AuthorizationRule::ApprovedTemplate;
+            let category = content.as_ref().map(|(template, _, _)| template.category);
+            let (pricing_category, pricing_type) = pricing(rule, category, &checked);
             Decision::Authorize(OutboundAuthorized {
                 event_id,
                 occurred_at: now,
@@ -148,6 +150,8 @@ pub fn decide(checked: OutboundWindowChecked, templates: &Templates, policy: &Po
                 template_language,
                 preview,
                 rule: Some(rule.as_str().to_owned()),
+                pricing_category: Some(pricing_category.as_str().to_owned()),
+                pricing_type: Some(pricing_type.as_str().to_owned()),
                 metadata: checked.metadata,
             })
         }
@@ -188,6 +192,33 @@ fn free_form(checked: &OutboundWindowChecked) -> Result<(), Refusal> {
         _ => "the customer's 24-hour window is closed; only an approved template may be sent".to_owned(),
     };
     Err((reason, message))
+}
+
+/// How Meta prices a message it lets go (per-message pricing since 2025-07-01): everything
+/// inside a free entry point is free; replies and session content are free service messages;
+/// a utility template inside the customer's window is free; every other template is charged at
+/// its category's rate (marketing and authentication even inside the window).
+pub fn pricing(
+    rule: AuthorizationRule,
+    category: Option<Category>,
+    checked: &OutboundWindowChecked,
+) -> (PricingCategory, PricingType) {
+    let category = match (rule, category) {
+        (AuthorizationRule::ApprovedTemplate, Some(Category::Marketing)) => PricingCategory::Marketing,
+        (AuthorizationRule::ApprovedTemplate, Some(Category::Authentication)) => PricingCategory::Authentication,
+        (AuthorizationRule::ApprovedTemplate, _) => PricingCategory::Utility,
+        (AuthorizationRule::SessionReply | AuthorizationRule::SessionContent, _) => PricingCategory::Service,
+    };
+    let kind = if checked.entry_point_open {
+        PricingType::FreeEntryPoint
+    } else {
+        match category {
+            PricingCategory::Service => PricingType::FreeCustomerService,
+            PricingCategory::Utility if checked.window_open => PricingType::FreeCustomerService,
+            _ => PricingType::Regular,
+        }
+    };
+    (category, kind)
 }
 
 /// Whether an admin holds the template back (disabled, or paused by an admin): no rule sends it.
@@ -326,6 +357,7 @@ mod tests {
             window_expires_at: Some(0),
             opted_out: false,
             marketing_limited_at: None,
+            entry_point_open: false,
             // Template requests are checked with the window closed unless a test opens it.
             window_open: allowed && free_form,
             metadata: Default::default(),
@@ -640,5 +672,34 @@ mod tests {
         assert_eq!(MarketingRules::parse_prefixes(" +1, +7 ").unwrap(), ["+1", "+7"]);
         assert!(MarketingRules::parse_prefixes("1").is_err());
         assert!(MarketingRules::parse_prefixes("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn every_message_is_priced_as_meta_prices_it() {
+        let priced = |rule, category, window_open, entry_point_open| {
+            let mut c = checked(true, None, None);
+            c.window_open = window_open;
+            c.entry_point_open = entry_point_open;
+            let (category, kind) = pricing(rule, category, &c);
+            (category.as_str(), kind.as_str())
+        };
+        use AuthorizationRule::{ApprovedTemplate, SessionContent, SessionReply};
+        assert_eq!(priced(SessionReply, None, true, false), ("service", "free_customer_service"));
+        assert_eq!(
+            priced(SessionContent, Some(Category::Marketing), true, false),
+            ("service", "free_customer_service")
+        );
+        assert_eq!(
+            priced(ApprovedTemplate, Some(Category::Utility), true, false),
+            ("utility", "free_customer_service")
+        );
+        assert_eq!(priced(ApprovedTemplate, Some(Category::Utility), false, false), ("utility", "regular"));
+        assert_eq!(priced(ApprovedTemplate, Some(Category::Marketing), true, false), ("marketing", "regular"));
+        assert_eq!(
+            priced(ApprovedTemplate, Some(Category::Authentication), true, false),
+            ("authentication", "regular")
+        );
+        assert_eq!(priced(ApprovedTemplate, Some(Category::Marketing), false, true), ("marketing", "free_entry_point"));
+        assert_eq!(priced(SessionReply, None, true, true), ("service", "free_entry_point"));
     }
 }

@@ -121,6 +121,7 @@ fn template_send(name: &str, state: &Templates, window_open: bool) -> OutboundWi
         window_expires_at: None,
         opted_out: false,
         marketing_limited_at: None,
+        entry_point_open: false,
         window_open,
         metadata: BTreeMap::new(),
     }
