@@ -91,6 +91,33 @@ pub(crate) fn known_content(sim: &Sim, sid: &str) -> Option<bool> {
     })
 }
 
+/// `PageSize` (default 50, at most 1000) and the offset `PageToken` names.
+fn paging(query: &HashMap<String, String>) -> (usize, usize) {
+    let page_size: usize = query.get("PageSize").and_then(|v| v.parse().ok()).unwrap_or(50).clamp(1, 1000);
+    let offset: usize =
+        query.get("PageToken").and_then(|v| v.strip_prefix("PA")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (page_size, offset)
+}
+
+/// One page of a Content API list at `base`: its `contents` and Twilio's `meta`.
+fn page(base: &str, contents: Vec<serde_json::Value>, (page_size, offset): (usize, usize), total: usize) -> Response {
+    let next =
+        (offset + page_size < total).then(|| format!("{base}?PageSize={page_size}&PageToken=PA{}", offset + page_size));
+    Json(json!({
+        "contents": contents,
+        "meta": {
+            "page": offset / page_size,
+            "page_size": page_size,
+            "first_page_url": format!("{base}?PageSize={page_size}&Page=0"),
+            "previous_page_url": null,
+            "next_page_url": next,
+            "url": format!("{base}?PageSize={page_size}&PageToken=PA{offset}"),
+            "key": "contents",
+        },
+    }))
+    .into_response()
+}
+
 /// The account's content, oldest first.
 fn oldest_first(contents: &BTreeMap<String, StoredContent>) -> Vec<(String, StoredContent)> {
     let mut all: Vec<(String, StoredContent)> = contents.iter().map(|(sid, c)| (sid.clone(), c.clone())).collect();
@@ -193,9 +220,7 @@ pub(crate) async fn list_approvals(
     if let Some(refused) = content_prelude(&sim, &headers).await {
         return refused;
     }
-    let page_size: usize = query.get("PageSize").and_then(|v| v.parse().ok()).unwrap_or(50).clamp(1, 1000);
-    let offset: usize =
-        query.get("PageToken").and_then(|v| v.strip_prefix("PA")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let (page_size, offset) = paging(&query);
     let stored = oldest_first(&sim.contents.lock().expect("contents lock"));
     let approvals = sim.approvals.lock().expect("approvals lock").clone();
     let base = "https://content.twilio.com/v1/ContentAndApprovals";
@@ -219,21 +244,7 @@ pub(crate) async fn list_approvals(
             item
         })
         .collect();
-    let next = (offset + page_size < stored.len())
-        .then(|| format!("{base}?PageSize={page_size}&PageToken=PA{}", offset + page_size));
-    Json(json!({
-        "contents": contents,
-        "meta": {
-            "page": offset / page_size,
-            "page_size": page_size,
-            "first_page_url": format!("{base}?PageSize={page_size}&Page=0"),
-            "previous_page_url": null,
-            "next_page_url": next,
-            "url": format!("{base}?PageSize={page_size}&PageToken=PA{offset}"),
-            "key": "contents",
-        },
-    }))
-    .into_response()
+    page(base, contents, (page_size, offset), stored.len())
 }
 
 /// Test control: Meta's decision on a submitted content (`approved`, `rejected`, `paused`,
@@ -395,9 +406,7 @@ pub(crate) async fn list_content(
     if let Some(refused) = content_prelude(&sim, &headers).await {
         return refused;
     }
-    let page_size: usize = query.get("PageSize").and_then(|v| v.parse().ok()).unwrap_or(50).clamp(1, 1000);
-    let offset: usize =
-        query.get("PageToken").and_then(|v| v.strip_prefix("PA")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let (page_size, offset) = paging(&query);
     let contents = oldest_first(&sim.contents.lock().expect("contents lock"));
     let items: Vec<serde_json::Value> = contents
         .iter()
@@ -406,19 +415,5 @@ pub(crate) async fn list_content(
         .map(|(sid, content)| content.json(sid, &sim.config.account_sid))
         .collect();
     let base = "https://content.twilio.com/v1/Content";
-    let next = (offset + page_size < contents.len())
-        .then(|| format!("{base}?PageSize={page_size}&PageToken=PA{}", offset + page_size));
-    Json(json!({
-        "contents": items,
-        "meta": {
-            "page": offset / page_size,
-            "page_size": page_size,
-            "first_page_url": format!("{base}?PageSize={page_size}&Page=0"),
-            "previous_page_url": null,
-            "next_page_url": next,
-            "url": format!("{base}?PageSize={page_size}&PageToken=PA{offset}"),
-            "key": "contents",
-        },
-    }))
-    .into_response()
+    page(base, items, (page_size, offset), contents.len())
 }
