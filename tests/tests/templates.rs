@@ -246,6 +246,11 @@ async fn the_admin_api_refuses_bad_input_with_problems() {
         (with("types", text("Your order ships, {{1}}".into())), 422, Some("types")),
         (with("types", text("x".repeat(1025))), 422, Some("types")),
         (with("types", json!({"twilio/fax": {"body": "x"}})), 422, Some("types")),
+        (
+            with("types", json!({"twilio/text": {"body": "Hi {{1}}, it ships.", "footer": "Thanks"}})),
+            422,
+            Some("types"),
+        ),
         (with("language", json!("xx_YY")), 422, Some("language")),
         (with("variables", json!({"1": "Ana", "2": "extra"})), 422, Some("variables")),
         (with("category", json!("promo")), 422, Some("category")),

@@ -292,8 +292,9 @@ fn checked_types(request: &ContentRequest) -> Result<Types, String> {
     let Some(types) = request.types.clone().filter(|types| !types.is_empty()) else {
         return Err("Missing required parameter types in the post body".to_owned());
     };
-    if let Some(unknown) = types.keys().find(|name| !rules::KNOWN_TYPES.contains(&name.as_str())) {
-        return Err(format!("Invalid content type {unknown}"));
+    // Twilio's schema: its types, and no field it does not define.
+    if let Some(problem) = rules::shape_problem(&types) {
+        return Err(format!("Invalid types: {problem}"));
     }
     Ok(types)
 }

@@ -36,24 +36,220 @@ impl ApprovalStatus {
 /// (`twilio/text`, `twilio/quick-reply`, `whatsapp/authentication`, ...) and its fields.
 pub type Types = serde_json::Map<String, serde_json::Value>;
 
-/// Every content type Twilio's Content API defines (its OpenAPI `types` schema).
-pub const KNOWN_TYPES: &[&str] = &[
-    "twilio/text",
-    "twilio/media",
-    "twilio/location",
-    "twilio/list-picker",
-    "twilio/call-to-action",
-    "twilio/quick-reply",
-    "twilio/card",
-    "twilio/catalog",
-    "twilio/carousel",
-    "twilio/flows",
-    "twilio/schedule",
-    "twilio/pay",
-    "whatsapp/card",
-    "whatsapp/authentication",
-    "whatsapp/flows",
+/// What Twilio's Content API accepts for one content type (its OpenAPI `types` schema, whose
+/// objects take no other fields): the fields, those required, and for the arrays of objects
+/// (buttons, list items, cards) their fields, required fields and the `type` values allowed.
+pub struct TypeSpec {
+    /// `twilio/text`, `whatsapp/authentication`, ...
+    pub name: &'static str,
+    /// Every field it may have.
+    pub fields: &'static [&'static str],
+    /// The fields it must have.
+    pub required: &'static [&'static str],
+    /// Its arrays of objects.
+    pub items: &'static [ItemSpec],
+}
+
+/// An array of objects in a content type (buttons, list items, cards, pages).
+pub struct ItemSpec {
+    /// The array's field.
+    pub field: &'static str,
+    /// Every field an item may have.
+    pub fields: &'static [&'static str],
+    /// The fields an item must have.
+    pub required: &'static [&'static str],
+    /// The `type` values an item may have (empty: any).
+    pub kinds: &'static [&'static str],
+}
+
+const CARD_ACTION: &[&str] = &["type", "title", "url", "phone", "id", "code", "webview_size"];
+const CARD_ACTION_TYPES: &[&str] = &["URL", "PHONE_NUMBER", "QUICK_REPLY", "COPY_CODE", "VOICE_CALL"];
+
+/// Every content type Twilio's Content API defines, as its OpenAPI describes it.
+pub const TYPES: &[TypeSpec] = &[
+    TypeSpec { name: "twilio/text", fields: &["body"], required: &["body"], items: &[] },
+    TypeSpec { name: "twilio/media", fields: &["body", "media"], required: &["media"], items: &[] },
+    TypeSpec {
+        name: "twilio/location",
+        fields: &["latitude", "longitude", "label", "id", "address"],
+        required: &["latitude", "longitude"],
+        items: &[],
+    },
+    TypeSpec {
+        name: "twilio/list-picker",
+        fields: &["body", "button", "items"],
+        required: &["body", "button", "items"],
+        items: &[ItemSpec {
+            field: "items",
+            fields: &["id", "item", "description"],
+            required: &["id", "item"],
+            kinds: &[],
+        }],
+    },
+    TypeSpec {
+        name: "twilio/call-to-action",
+        fields: &["body", "actions"],
+        required: &["body", "actions"],
+        items: &[ItemSpec {
+            field: "actions",
+            fields: &["type", "title", "url", "phone", "code", "id"],
+            required: &["type", "title"],
+            kinds: &["URL", "PHONE_NUMBER", "COPY_CODE", "VOICE_CALL", "VOICE_CALL_REQUEST"],
+        }],
+    },
+    TypeSpec {
+        name: "twilio/quick-reply",
+        fields: &["body", "actions"],
+        required: &["body", "actions"],
+        items: &[ItemSpec {
+            field: "actions",
+            fields: &["type", "title", "id"],
+            required: &["title"],
+            kinds: &["QUICK_REPLY"],
+        }],
+    },
+    TypeSpec {
+        name: "twilio/card",
+        fields: &["title", "subtitle", "media", "actions"],
+        required: &[],
+        items: &[ItemSpec {
+            field: "actions",
+            fields: CARD_ACTION,
+            required: &["type", "title"],
+            kinds: CARD_ACTION_TYPES,
+        }],
+    },
+    TypeSpec {
+        name: "twilio/catalog",
+        fields: &["title", "body", "subtitle", "id", "items", "dynamic_items"],
+        required: &["body"],
+        items: &[ItemSpec {
+            field: "items",
+            fields: &["id", "section_title", "name", "media_url", "price", "description"],
+            required: &[],
+            kinds: &[],
+        }],
+    },
+    TypeSpec {
+        name: "twilio/carousel",
+        fields: &["body", "cards"],
+        required: &["body", "cards"],
+        items: &[ItemSpec {
+            field: "cards",
+            fields: &["title", "body", "media", "actions"],
+            required: &[],
+            kinds: &[],
+        }],
+    },
+    TypeSpec {
+        name: "twilio/flows",
+        fields: &["body", "button_text", "subtitle", "media_url", "pages", "type"],
+        required: &["body", "button_text", "pages", "type"],
+        items: &[ItemSpec {
+            field: "pages",
+            fields: &["id", "next_page_id", "title", "subtitle", "layout"],
+            required: &[],
+            kinds: &[],
+        }],
+    },
+    TypeSpec {
+        name: "twilio/schedule",
+        fields: &["id", "title", "timeSlots"],
+        required: &["id", "title", "timeSlots"],
+        items: &[],
+    },
+    TypeSpec {
+        name: "whatsapp/card",
+        fields: &["body", "footer", "media", "header_text", "actions"],
+        required: &["body"],
+        items: &[ItemSpec {
+            field: "actions",
+            fields: CARD_ACTION,
+            required: &["type", "title"],
+            kinds: CARD_ACTION_TYPES,
+        }],
+    },
+    TypeSpec {
+        name: "whatsapp/authentication",
+        fields: &["add_security_recommendation", "code_expiration_minutes", "actions"],
+        required: &["actions"],
+        items: &[ItemSpec {
+            field: "actions",
+            fields: &["type", "copy_code_text"],
+            required: &["type", "copy_code_text"],
+            kinds: &["COPY_CODE"],
+        }],
+    },
+    TypeSpec {
+        name: "whatsapp/flows",
+        fields: &[
+            "body",
+            "button_text",
+            "subtitle",
+            "media_url",
+            "flow_id",
+            "flow_token",
+            "flow_first_page_id",
+            "is_flow_first_page_endpoint",
+        ],
+        required: &["body", "button_text", "flow_id"],
+        items: &[],
+    },
 ];
+
+/// The spec of content type `name`, if Twilio has it.
+pub fn type_spec(name: &str) -> Option<&'static TypeSpec> {
+    TYPES.iter().find(|spec| spec.name == name)
+}
+
+/// What in `types` Twilio's Content API would refuse, or `None`: a type it does not have, a
+/// field a type does not have or lacks, a button or item with a field it does not have or lacks,
+/// or a button `type` it does not know.
+pub fn shape_problem(types: &Types) -> Option<String> {
+    if types.is_empty() {
+        return Some("give at least one content type, e.g. {\"twilio/text\": {\"body\": ...}}".to_owned());
+    }
+    for (name, value) in types {
+        let Some(spec) = type_spec(name) else {
+            let known: Vec<&str> = TYPES.iter().map(|spec| spec.name).collect();
+            return Some(format!("{name} is not a Twilio content type ({})", known.join(", ")));
+        };
+        let Some(fields) = value.as_object() else {
+            return Some(format!("{name} must be an object of its fields"));
+        };
+        if let Some(unknown) = fields.keys().find(|field| !spec.fields.contains(&field.as_str())) {
+            return Some(format!("{name} has no field {unknown} (it has {})", spec.fields.join(", ")));
+        }
+        if let Some(missing) = spec.required.iter().find(|field| fields.get(**field).is_none_or(|v| v.is_null())) {
+            return Some(format!("{name} needs {missing}"));
+        }
+        for ItemSpec { field: array, fields: item_fields, required: item_required, kinds } in spec.items {
+            let Some(items) = fields.get(*array) else { continue };
+            let Some(items) = items.as_array() else {
+                return Some(format!("{name}.{array} must be a list"));
+            };
+            for (index, item) in items.iter().enumerate() {
+                let at = format!("{name}.{array}[{index}]");
+                let Some(item) = item.as_object() else {
+                    return Some(format!("{at} must be an object"));
+                };
+                if let Some(unknown) = item.keys().find(|field| !item_fields.contains(&field.as_str())) {
+                    return Some(format!("{at} has no field {unknown} (it has {})", item_fields.join(", ")));
+                }
+                if let Some(missing) = item_required.iter().find(|field| item.get(**field).is_none_or(|v| v.is_null()))
+                {
+                    return Some(format!("{at} needs {missing}"));
+                }
+                if let Some(kind) = item.get("type").and_then(|t| t.as_str()) {
+                    if !kinds.is_empty() && !kinds.contains(&kind) {
+                        return Some(format!("{at}: type {kind} is not one of {}", kinds.join(", ")));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
 
 /// The content types WhatsApp lets a business send inside the customer-service window without
 /// Meta's approval (Twilio's content type pages): text, media, location, quick replies and
@@ -200,29 +396,15 @@ pub fn submit_refusal(types: &Types) -> Option<String> {
 }
 
 /// What is wrong with a content definition (its `types` and the sample `variables`), as the
-/// field at fault and a message; `None` when WhatsApp may approve it: known types, each with its
-/// required fields; numbered variables without gaps, each with a sample; bodies within
+/// field at fault and a message; `None` when WhatsApp may approve it: what Twilio accepts
+/// ([`shape_problem`]); numbered variables without gaps, each with a sample; bodies within
 /// [`MAX_BODY_CHARS`] that (but for authentication, whose body is Meta's) neither start nor end
 /// with a variable.
 pub fn definition_problem(types: &Types, variables: &BTreeMap<String, String>) -> Option<(&'static str, String)> {
-    if types.is_empty() {
-        return Some(("types", "give at least one content type, e.g. {\"twilio/text\": {\"body\": ...}}".to_owned()));
+    if let Some(problem) = shape_problem(types) {
+        return Some(("types", problem));
     }
     for (name, value) in types {
-        if !KNOWN_TYPES.contains(&name.as_str()) {
-            return Some(("types", format!("{name} is not a Twilio content type ({})", KNOWN_TYPES.join(", "))));
-        }
-        let required: &[&str] = match name.as_str() {
-            "twilio/text" | "whatsapp/card" => &["body"],
-            "twilio/media" => &["media"],
-            "twilio/quick-reply" | "twilio/call-to-action" => &["body", "actions"],
-            "twilio/list-picker" => &["body", "button", "items"],
-            "whatsapp/authentication" => &["actions"],
-            _ => &[],
-        };
-        if let Some(missing) = required.iter().find(|field| value.get(**field).is_none_or(|v| v.is_null())) {
-            return Some(("types", format!("{name} needs {missing}")));
-        }
         if name == "twilio/quick-reply" && actions(value, "actions") > MAX_QUICK_REPLIES {
             return Some(("types", format!("twilio/quick-reply allows at most {MAX_QUICK_REPLIES} buttons")));
         }
@@ -343,6 +525,20 @@ mod tests {
         assert_eq!(definition_problem(&text("Hi {{1}}, ok"), &map(&[])).unwrap().0, "variables");
         assert_eq!(definition_problem(&text("Hi {{1}}, ok"), &map(&[("1", "A"), ("2", "B")])).unwrap().0, "variables");
         assert!(definition_problem(&types(json!({"twilio/fax": {}})), &map(&[])).unwrap().1.contains("not a Twilio"));
+        // Twilio's schema takes no other fields, in a type or in its buttons.
+        assert!(definition_problem(
+            &text("Hi {{1}}.").into_iter().chain(types(json!({"twilio/text": {"body": "x", "footer": "y"}}))).collect(),
+            &map(&[])
+        )
+        .unwrap()
+        .1
+        .contains("no field footer"));
+        let bad_button =
+            types(json!({"twilio/quick-reply": {"body": "Pick", "actions": [{"title": "Yes", "url": "https://x"}]}}));
+        assert!(definition_problem(&bad_button, &map(&[])).unwrap().1.contains("actions[0] has no field url"));
+        let bad_kind =
+            types(json!({"twilio/call-to-action": {"body": "Go", "actions": [{"type": "WEBSITE", "title": "Go"}]}}));
+        assert!(definition_problem(&bad_kind, &map(&[])).unwrap().1.contains("type WEBSITE"));
         assert!(definition_problem(&types(json!({"twilio/quick-reply": {"body": "Pick"}})), &map(&[])).is_some());
         // Meta's authentication body starts with the code: accepted.
         let otp = types(json!({"twilio/text": {"body": "{{1}} is your verification code"},
