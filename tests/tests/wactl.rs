@@ -57,7 +57,13 @@ async fn wactl_tells_a_requests_story_lists_sends_in_doubt_and_shows_lag() {
     let human = wactl(&channel, &["request", &request_id]);
     assert!(human.status.success(), "{}", String::from_utf8_lossy(&human.stderr));
     let printed = String::from_utf8_lossy(&human.stdout);
-    for expected in ["requested", "window: allowed", "authorized: free-form", "sending", "sent status="] {
+    for expected in [
+        "requested",
+        "window: allowed",
+        "authorized: free-form rule=session_reply pricing=service pricing_type=free_customer_service",
+        "sending",
+        "sent status=",
+    ] {
         assert!(printed.contains(expected), "{expected:?} missing from:\n{printed}");
     }
     assert!(!printed.contains(text) && !printed.contains(customer.trim_start_matches("whatsapp:")), "{printed}");

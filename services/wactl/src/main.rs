@@ -169,10 +169,20 @@ fn request(kafka: &KafkaConfig, request_id: &str, json: bool) -> anyhow::Result<
                 }
             } else if topic == names[2] {
                 if let Some(event) = decode::<OutboundAuthorized>(record).filter(|e| e.request_id == request_id) {
-                    let what = match (&event.content_sid, &event.template_name) {
+                    let mut what = match (&event.content_sid, &event.template_name) {
                         (Some(sid), Some(name)) => format!("authorized: template {name} as {sid}"),
                         _ => "authorized: free-form".to_owned(),
                     };
+                    // Which rule let it go and how Meta prices it, when the record says.
+                    for (name, value) in [
+                        ("rule", &event.rule),
+                        ("pricing", &event.pricing_category),
+                        ("pricing_type", &event.pricing_type),
+                    ] {
+                        if let Some(value) = value {
+                            what.push_str(&format!(" {name}={value}"));
+                        }
+                    }
                     push(event.occurred_at, "authorized", what, record);
                 }
             } else if topic == names[3] {
