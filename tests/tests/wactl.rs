@@ -251,7 +251,7 @@ async fn wactl_replays_a_webhook_quarantined_after_a_wrong_public_url_once() {
     assert_eq!(published.conversation_id, wa_schemas::conversation_id(BUSINESS, &customer));
 
     let again = replay(public);
-    assert!(again.status.success());
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     assert!(String::from_utf8_lossy(&again.stdout).contains("already"), "{}", String::from_utf8_lossy(&again.stdout));
     let copies = channel
         .read_to_end(&wa_platform::topics::INBOUND)

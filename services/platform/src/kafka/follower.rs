@@ -15,12 +15,29 @@ use crate::topics::TopicSpec;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A metadata or watermark query, asked up to three times: a broker slow to answer one (under
+/// load, or electing a leader) is not a reason to fail a whole read.
+fn patiently<T>(query: impl Fn() -> rdkafka::error::KafkaResult<T>) -> rdkafka::error::KafkaResult<T> {
+    let mut attempt = 1;
+    loop {
+        match query() {
+            Ok(answer) => return Ok(answer),
+            Err(err) if attempt < 3 => {
+                tracing::warn!(error = %err, attempt, "broker query failed; asking again");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// Where each partition of `topic` starts for a reader of the records at or after `since` (Unix
 /// millis; `None`: the beginning), and where it ends now: `(start, high watermark)` by
 /// partition. Should the broker fail to look the time up, the start is the beginning: never
 /// less than asked. Blocking.
 pub fn partition_ranges(client: &BaseConsumer, topic: &str, since: Option<i64>) -> anyhow::Result<Vec<(i64, i64)>> {
-    let meta = client.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    let meta = patiently(|| client.fetch_metadata(Some(topic), METADATA_TIMEOUT))?;
     let partitions = meta
         .topics()
         .first()
@@ -28,7 +45,7 @@ pub fn partition_ranges(client: &BaseConsumer, topic: &str, since: Option<i64>) 
         .filter(|n| *n > 0)
         .ok_or_else(|| anyhow::anyhow!("topic {topic} does not exist"))?;
     let watermarks = (0..partitions)
-        .map(|p| client.fetch_watermarks(topic, p as i32, METADATA_TIMEOUT))
+        .map(|p| patiently(|| client.fetch_watermarks(topic, p as i32, METADATA_TIMEOUT)))
         .collect::<Result<Vec<(i64, i64)>, _>>()?;
     let Some(since) = since else {
         return Ok(watermarks);
