@@ -70,13 +70,38 @@ async fn approved(channel: &Channel, name: &str, language: &str, category: &str)
 }
 
 async fn send_template(channel: &Channel, request_id: &str, to: &str, name: &str, language: &str) {
+    send_template_with(channel, request_id, to, (name, language), json!({"1": "Ana", "2": "1234"})).await;
+}
+
+/// The CRM asks for template `name` in `language` to `to` with `variables`; ingress accepts it.
+async fn send_template_with(
+    channel: &Channel,
+    request_id: &str,
+    to: &str,
+    (name, language): (&str, &str),
+    variables: Value,
+) {
     let response = channel
         .post_outbound(&json!({
             "request_id": request_id, "from": BUSINESS, "to": to,
-            "template": {"name": name, "language": language, "variables": {"1": "Ana", "2": "1234"}}
+            "template": {"name": name, "language": language, "variables": variables}
         }))
         .await;
     assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+}
+
+/// The authorization template-approval published for `request_id`.
+async fn authorized(channel: &Channel, request_id: &str) -> OutboundAuthorized {
+    channel
+        .await_record(&OUTBOUND_AUTHORIZED, |r| r.decode::<OutboundAuthorized>().request_id == request_id)
+        .await
+        .decode()
+}
+
+/// The message the simulator took for a send.
+async fn sim_message(channel: &Channel, sent: &OutboundDispatched) -> Value {
+    let messages = channel.sim_messages().await;
+    messages.into_iter().find(|m| m["sid"].as_str() == sent.message_sid.as_deref()).expect("the simulator took it")
 }
 
 async fn outcome(channel: &Channel, request_id: &str) -> Result<OutboundDispatched, OutboundRejected> {
@@ -476,11 +501,7 @@ async fn adopted_content_follows_twilio_and_metas_category() {
     let other = unique_customer_in_brazil();
     let american = unique_customer();
     for (request_id, to) in [("recat-1", &opted_out), ("recat-2", &other), ("recat-3", &american)] {
-        let response = channel
-            .post_outbound(&json!({"request_id": request_id, "from": BUSINESS, "to": to,
-                "template": {"name": "restock", "language": "es_MX", "variables": {"1": "Bo", "2": "botas"}}}))
-            .await;
-        assert_eq!(response.status(), 202);
+        send_template_with(&channel, request_id, to, ("restock", "es_MX"), json!({"1": "Bo", "2": "botas"})).await;
     }
     assert_eq!(outcome(&channel, "recat-1").await.unwrap_err().reason, "opted_out");
     assert_eq!(outcome(&channel, "recat-2").await.expect("sent").outcome, "sent");
@@ -497,21 +518,13 @@ async fn an_authentication_template_is_sent_with_its_code() {
     let channel = Channel::start().await;
     let sid = approved(&channel, "login_code", "en", "authentication").await;
     let customer = unique_customer();
-    let response = channel
-        .post_outbound(&json!({"request_id": "otp-1", "from": BUSINESS, "to": customer,
-            "template": {"name": "login_code", "language": "en", "variables": {"1": "730114"}}}))
-        .await;
-    assert_eq!(response.status(), 202);
+    send_template_with(&channel, "otp-1", &customer, ("login_code", "en"), json!({"1": "730114"})).await;
     let sent = outcome(&channel, "otp-1").await.expect("sent");
-    let authorized: OutboundAuthorized = channel
-        .await_record(&OUTBOUND_AUTHORIZED, |r| r.decode::<OutboundAuthorized>().request_id == "otp-1")
-        .await
-        .decode();
+    let authorized = authorized(&channel, "otp-1").await;
     assert_eq!(authorized.preview.as_deref(), Some("730114 is your verification code."));
-    let messages = channel.sim_messages().await;
-    let message = messages.iter().find(|m| Some(m["sid"].as_str().unwrap()) == sent.message_sid.as_deref()).unwrap();
-    assert_eq!(param(message, "ContentSid").as_deref(), Some(sid.as_str()));
-    assert_eq!(param(message, "ContentVariables").as_deref(), Some(r#"{"1":"730114"}"#));
+    let message = sim_message(&channel, &sent).await;
+    assert_eq!(param(&message, "ContentSid").as_deref(), Some(sid.as_str()));
+    assert_eq!(param(&message, "ContentVariables").as_deref(), Some(r#"{"1":"730114"}"#));
     channel.stop().await;
 }
 
@@ -523,32 +536,19 @@ async fn a_quick_reply_goes_unapproved_inside_the_window_and_is_refused_outside(
     let quick_reply = json!({"types": {"twilio/quick-reply": {"body": "Hi {{1}}, did order {{2}} arrive?",
         "actions": [{"title": "Yes", "id": "arrived"}, {"title": "No", "id": "missing"}]}}, "variables": {"1": "Ana", "2": "1234"}});
     let sid = register_content(&channel, "arrival_check", "en", "utility", quick_reply).await;
-    let send = |request_id: &'static str, to: String| {
-        let channel = &channel;
-        async move {
-            let response = channel
-                .post_outbound(&json!({"request_id": request_id, "from": BUSINESS, "to": to,
-                    "template": {"name": "arrival_check", "language": "en", "variables": {"1": "Bo", "2": "77"}}}))
-                .await;
-            assert_eq!(response.status(), 202);
-        }
-    };
     let wrote = unique_customer();
     assert_eq!(channel.sim_inbound(&wrote, "my parcel?").await.1, 200);
-    send("qr-in", wrote.clone()).await;
+    let variables = json!({"1": "Bo", "2": "77"});
+    send_template_with(&channel, "qr-in", &wrote, ("arrival_check", "en"), variables.clone()).await;
     let sent = outcome(&channel, "qr-in").await.expect("sent inside the window");
-    let authorized: OutboundAuthorized = channel
-        .await_record(&OUTBOUND_AUTHORIZED, |r| r.decode::<OutboundAuthorized>().request_id == "qr-in")
-        .await
-        .decode();
+    let authorized = authorized(&channel, "qr-in").await;
     assert_eq!(authorized.rule.as_deref(), Some("session_content"));
     assert_eq!(authorized.content_sid.as_deref(), Some(sid.as_str()));
-    let messages = channel.sim_messages().await;
-    let message = messages.iter().find(|m| Some(m["sid"].as_str().unwrap()) == sent.message_sid.as_deref()).unwrap();
+    let message = sim_message(&channel, &sent).await;
     assert_eq!(message["fate"], "read", "WhatsApp delivered it inside the window");
 
     let silent = unique_customer();
-    send("qr-out", silent).await;
+    send_template_with(&channel, "qr-out", &silent, ("arrival_check", "en"), variables).await;
     let refused = outcome(&channel, "qr-out").await.unwrap_err();
     assert_eq!(refused.reason, "template_not_approved");
     assert!(refused.message.contains("window"), "{}", refused.message);
@@ -564,16 +564,8 @@ async fn a_63049_holds_marketing_back_for_the_cool_down_and_nothing_else() {
     approved(&channel, "weekend_sale", "en", "marketing").await;
     approved(&channel, "order_ready", "en", "utility").await;
     let customer = unique_customer_in_brazil();
-    let send = |request_id: &'static str, name: &'static str| {
-        let (channel, customer) = (&channel, customer.clone());
-        async move {
-            let response = channel
-                .post_outbound(&json!({"request_id": request_id, "from": BUSINESS, "to": customer,
-                    "template": {"name": name, "language": "en", "variables": {"1": "Ana", "2": "1234"}}}))
-                .await;
-            assert_eq!(response.status(), 202);
-        }
-    };
+    let send =
+        |request_id: &'static str, name: &'static str| send_template(&channel, request_id, &customer, name, "en");
     // Meta declines the first marketing message: undelivered, 63049.
     channel.sim_behaviour(json!({"undeliverable": {customer.clone(): 63049}})).await;
     send("sale-1", "weekend_sale").await;
@@ -642,10 +634,7 @@ async fn every_send_carries_how_meta_prices_it() {
         assert_eq!(channel.post_outbound(&request).await.status(), 202, "{request}");
     }
     for (request_id, _, _, (category, kind)) in cases {
-        let authorized: OutboundAuthorized = channel
-            .await_record(&OUTBOUND_AUTHORIZED, |r| r.decode::<OutboundAuthorized>().request_id == request_id)
-            .await
-            .decode();
+        let authorized = authorized(&channel, request_id).await;
         assert_eq!(
             (authorized.pricing_category.as_deref(), authorized.pricing_type.as_deref()),
             (Some(category), Some(kind)),

@@ -288,12 +288,9 @@ async fn check_kubernetes_manifests() -> anyhow::Result<bool> {
     let rendered = root().join("target").join("k8s-rendered.yaml");
     let mut passed = true;
     for dir in [k8s.clone(), k8s.join("strimzi")] {
-        let output = match Command::new("kubectl").arg("kustomize").arg(&dir).output().await {
-            Ok(output) => output,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return checker_missing("Kubernetes manifests not checked: kubectl is not installed (Debian/Ubuntu: apt-get install kubernetes-client)");
-            }
-            Err(err) => return Err(err).context("running kubectl kustomize"),
+        let kustomize = Command::new("kubectl").arg("kustomize").arg(&dir).output().await;
+        let Some(output) = installed("kubectl", kustomize)? else {
+            return checker_missing("Kubernetes manifests not checked: kubectl is not installed (Debian/Ubuntu: apt-get install kubernetes-client)");
         };
         if !output.status.success() {
             eprintln!("kubectl kustomize {}: {}", dir.display(), String::from_utf8_lossy(&output.stderr));
@@ -334,8 +331,14 @@ fn checker_missing(what: &str) -> anyhow::Result<bool> {
 
 /// Runs `program` with `args` in `dir`: whether it succeeded, or `None` when it is not installed.
 async fn run_tool(program: &str, args: &[&str], dir: &Path) -> anyhow::Result<Option<bool>> {
-    match Command::new(program).args(args).current_dir(dir).status().await {
-        Ok(status) => Ok(Some(status.success())),
+    let status = Command::new(program).args(args).current_dir(dir).status().await;
+    Ok(installed(program, status)?.map(|status| status.success()))
+}
+
+/// What running `program` gave, or `None` when it is not installed.
+fn installed<T>(program: &str, ran: std::io::Result<T>) -> anyhow::Result<Option<T>> {
+    match ran {
+        Ok(answer) => Ok(Some(answer)),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err).with_context(|| format!("running {program}")),
     }

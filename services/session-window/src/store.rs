@@ -153,7 +153,7 @@ pub fn snapshot(conversation: &Uuid, session: &Session) -> SessionState {
         .map(|m| wa_schemas::RecentMessage { event_id: m.id.to_string(), received_at: m.at })
         .collect();
     let recent: Vec<String> = recent_messages.iter().map(|m| format!("{}@{}", m.event_id, m.received_at)).collect();
-    let content = format!(
+    let mut content = format!(
         "wachannel:session:{conversation}:{:?}:{:?}:{:?}:{:?}:{notified}:{}",
         session.last_customer_message_at(),
         session.entry_point_expires_at(),
@@ -162,7 +162,6 @@ pub fn snapshot(conversation: &Uuid, session: &Session) -> SessionState {
         recent.join(",")
     );
     // Later facts only where they exist, so earlier states keep their ids.
-    let mut content = content;
     if let Some(at) = session.marketing_limited_at() {
         content.push_str(&format!(":marketing_limited@{at}"));
     }

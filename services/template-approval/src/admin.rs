@@ -153,13 +153,13 @@ async fn fetch(
 
 /// The definition of `name` with the content the request names: adopted (read from Twilio by its
 /// SID) or created at Twilio, once the definition has been checked (nothing invalid is created
-/// there). `replacing`: the template a new version is for.
+/// there). `replacing`: a new version of an existing template rather than a registration.
 async fn definition(
     state: &AdminState,
     store: &Store,
     (name, language, category): (String, Option<String>, String),
     content: ContentRequest,
-    replacing: Option<&Template>,
+    replacing: bool,
 ) -> Result<Definition, Problem> {
     match (content.content_sid, content.types) {
         (Some(sid), None) => {
@@ -204,15 +204,11 @@ async fn definition(
                 types,
                 variables: content.variables,
             };
-            crate::template::check(&definition, replacing).map_err(|err| Problem::from(ExecuteError::Refused(err)))?;
-            if replacing.is_none()
-                && store.read(|templates| templates.get(&definition.name, &definition.language).is_some())
-            {
-                return Err(Problem::conflict(format!(
-                    "{}:{} is already registered; replace it with a new version instead",
-                    definition.name, definition.language
-                )));
-            }
+            // The aggregate decides first (on the placeholder SID): nothing it would refuse is
+            // created at Twilio.
+            let command =
+                if replacing { Command::Replace(definition.clone()) } else { Command::Register(definition.clone()) };
+            store.decide(command, Actor::Admin).map_err(|err| Problem::from(ExecuteError::Refused(err)))?;
             let friendly_name = content.friendly_name.unwrap_or_else(|| definition.name.clone());
             let created = state
                 .content
@@ -243,7 +239,7 @@ async fn register(State(state): State<Arc<AdminState>>, headers: HeaderMap, body
         friendly_name: request.friendly_name,
     };
     let id = (request.name, request.language, request.category);
-    let definition = definition(&state, &store, id, content, None).await?;
+    let definition = definition(&state, &store, id, content, false).await?;
     let (name, language) = (definition.name.clone(), definition.language.clone());
     execute(&store, Command::Register(definition), StatusCode::CREATED, &name, &language).await
 }
@@ -256,7 +252,7 @@ async fn replace(
 ) -> Answer {
     let store = guard(&state, &headers)?;
     let request: ReplaceRequest = json_body(&headers, &body)?;
-    let replacing = current(&store, &name, &language)?;
+    current(&store, &name, &language)?;
     let content = ContentRequest {
         content_sid: request.content_sid,
         types: request.types,
@@ -264,7 +260,7 @@ async fn replace(
         friendly_name: request.friendly_name,
     };
     let id = (name.clone(), Some(language.clone()), request.category);
-    let definition = definition(&state, &store, id, content, Some(&replacing)).await?;
+    let definition = definition(&state, &store, id, content, true).await?;
     execute(&store, Command::Replace(definition), StatusCode::OK, &name, &language).await
 }
 

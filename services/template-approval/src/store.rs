@@ -89,6 +89,12 @@ impl Store {
         read(&self.templates.read().expect("templates lock"))
     }
 
+    /// What `command` would do to the current state, without doing it: its events, or why it
+    /// is refused.
+    pub(crate) fn decide(&self, command: Command, actor: Actor) -> Result<Vec<TemplateEvent>, CommandError> {
+        self.read(|templates| template::handle(templates, command, actor, wa_platform::now_millis()))
+    }
+
     /// Decides `command` on the current state, publishes its events and waits until they are
     /// applied. Returns the events (none when nothing changed).
     pub(crate) async fn execute(&self, command: Command, actor: Actor) -> Result<Vec<TemplateEvent>, ExecuteError> {

@@ -107,6 +107,11 @@ async fn sync_once(store: &Store, client: &ContentClient) -> Result<usize, Strin
         };
         let mut events = 0;
         for command in commands_for(&template, twilio) {
+            // Most syncs find nothing new: only a command that changes something goes through
+            // the store, which waits on the broker.
+            if store.decide(command.clone(), Actor::Twilio).is_ok_and(|events| events.is_empty()) {
+                continue;
+            }
             match store.execute(command, Actor::Twilio).await {
                 Ok(recorded) => events += recorded.len(),
                 // An edit in Twilio this channel cannot use (a category Meta does not have) is

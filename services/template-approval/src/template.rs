@@ -245,16 +245,6 @@ fn invalid(field: &'static str, message: impl Into<String>) -> CommandError {
 /// limits that neither start nor end with a variable, but for authentication templates, whose
 /// body is Meta's). An authentication template is `whatsapp/authentication` content, and only
 /// that.
-/// Whether `definition` would be accepted, as a registration or (with the template it
-/// replaces) a new version, before its content exists at Twilio.
-pub fn check(definition: &Definition, replacing: Option<&Template>) -> Result<(), CommandError> {
-    validate(definition)?;
-    if replacing.is_some_and(|template| template.language != definition.language) {
-        return Err(invalid("language", "a new version keeps the template's language"));
-    }
-    Ok(())
-}
-
 fn validate(definition: &Definition) -> Result<(Category, ContentSid), CommandError> {
     let name_ok = !definition.name.is_empty()
         && definition.name.len() <= 512
@@ -382,7 +372,9 @@ pub fn handle(state: &Templates, command: Command, actor: Actor, now: i64) -> Re
         }
         Command::Replace(definition) => {
             let template = existing()?;
-            check(&definition, Some(template))?;
+            if template.language != definition.language {
+                return Err(invalid("language", "a new version keeps the template's language"));
+            }
             let checked = validate(&definition)?;
             if checked.1 == template.content_sid {
                 return Err(invalid(

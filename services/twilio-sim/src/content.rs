@@ -286,9 +286,12 @@ fn invalid_content(message: &str) -> Response {
     twilio_error(StatusCode::BAD_REQUEST, 20001, message)
 }
 
-/// The request's types, checked as Twilio checks them: at least one, each a content type it
-/// knows.
-fn checked_types(request: &ContentRequest) -> Result<Types, String> {
+/// A create or update request, read, and its types checked as Twilio checks them: at least one,
+/// each a content type it has, with its fields only.
+fn content_request(body: &[u8]) -> Result<(ContentRequest, Types), String> {
+    let Ok(request) = serde_json::from_slice::<ContentRequest>(body) else {
+        return Err("Invalid JSON body: friendly_name, language, variables, types".to_owned());
+    };
     let Some(types) = request.types.clone().filter(|types| !types.is_empty()) else {
         return Err("Missing required parameter types in the post body".to_owned());
     };
@@ -296,7 +299,7 @@ fn checked_types(request: &ContentRequest) -> Result<Types, String> {
     if let Some(problem) = rules::shape_problem(&types) {
         return Err(format!("Invalid types: {problem}"));
     }
-    Ok(types)
+    Ok((request, types))
 }
 
 /// `POST /v1/Content`.
@@ -304,11 +307,8 @@ pub(crate) async fn create_content(State(sim): State<Arc<Sim>>, headers: HeaderM
     if let Some(refused) = content_prelude(&sim, &headers).await {
         return refused;
     }
-    let Ok(request) = serde_json::from_slice::<ContentRequest>(&body) else {
-        return invalid_content("Invalid JSON body: friendly_name, language, variables, types");
-    };
-    let types = match checked_types(&request) {
-        Ok(types) => types,
+    let (request, types) = match content_request(&body) {
+        Ok(parsed) => parsed,
         Err(message) => return invalid_content(&message),
     };
     let Some(language) = request.language.clone().filter(|l| !l.trim().is_empty()) else {
@@ -356,11 +356,8 @@ pub(crate) async fn update_content(
     if let Some(refused) = content_prelude(&sim, &headers).await {
         return refused;
     }
-    let Ok(request) = serde_json::from_slice::<ContentRequest>(&body) else {
-        return invalid_content("Invalid JSON body: friendly_name, language, variables, types");
-    };
-    let types = match checked_types(&request) {
-        Ok(types) => types,
+    let (request, types) = match content_request(&body) {
+        Ok(parsed) => parsed,
         Err(message) => return invalid_content(&message),
     };
     let mut contents = sim.contents.lock().expect("contents lock");
