@@ -204,9 +204,14 @@ async fn watermarks(kafka: &KafkaConfig, topic: &str) -> Vec<i64> {
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(10);
-        let metadata = client.fetch_metadata(Some(&topic), timeout).expect("metadata");
+        let metadata =
+            wa_platform::kafka::patiently(|| client.fetch_metadata(Some(&topic), timeout)).expect("metadata");
         let partitions = metadata.topics()[0].partitions().len() as i32;
-        (0..partitions).map(|p| client.fetch_watermarks(&topic, p, timeout).expect("watermarks").1).collect()
+        (0..partitions)
+            .map(|p| {
+                wa_platform::kafka::patiently(|| client.fetch_watermarks(&topic, p, timeout)).expect("watermarks").1
+            })
+            .collect()
     })
     .await
     .expect("watermark lookup")

@@ -18,7 +18,7 @@ pub use consumer::{
     consume_span, dead_letter, run_consumer, ConsumerSettings, HandleError, Handler, Record, MAX_IN_FLIGHT,
     REVOKE_DRAIN_TIMEOUT,
 };
-pub use follower::{partition_ranges, TopicFollower};
+pub use follower::{partition_ranges, patiently, TopicFollower};
 pub use headers::{
     current_traceparent, header_pairs, header_str, link_current_span, HeaderExtractor, AVRO_CONTENT_TYPE, CE_ID,
     CE_SOURCE, CE_SUBJECT, CE_TIME, CE_TYPE, TRACEPARENT,

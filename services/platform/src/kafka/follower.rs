@@ -17,7 +17,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A metadata or watermark query, asked up to three times: a broker slow to answer one (under
 /// load, or electing a leader) is not a reason to fail a whole read.
-fn patiently<T>(query: impl Fn() -> rdkafka::error::KafkaResult<T>) -> rdkafka::error::KafkaResult<T> {
+pub fn patiently<T>(query: impl Fn() -> rdkafka::error::KafkaResult<T>) -> rdkafka::error::KafkaResult<T> {
     let mut attempt = 1;
     loop {
         match query() {
@@ -199,7 +199,9 @@ impl TopicFollower {
         let partitions = self.positions.borrow().len();
         let highs = tokio::task::spawn_blocking(move || {
             (0..partitions)
-                .map(|p| metadata.fetch_watermarks(&topic, p as i32, METADATA_TIMEOUT).map(|(_, high)| high))
+                .map(|p| {
+                    patiently(|| metadata.fetch_watermarks(&topic, p as i32, METADATA_TIMEOUT)).map(|(_, high)| high)
+                })
                 .collect::<Result<Vec<i64>, _>>()
         })
         .await
