@@ -109,6 +109,12 @@ pub trait Event: Serialize + DeserializeOwned {
     /// When the event happened, in Unix milliseconds.
     fn occurred_at(&self) -> i64;
 
+    /// CloudEvents extension attributes (name, value) carried beside the value as `ce_<name>`
+    /// headers, so that a consumer can tell what a record holds without decoding it.
+    fn extensions(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// Encodes the event as an Avro single-object value.
     fn encode(&self) -> Result<Vec<u8>, CodecError> {
         let info = Self::schema_info();
@@ -219,7 +225,7 @@ macro_rules! event {
     ($ty:ident, $file:literal, $ce_type:literal) => {
         event!($ty, $file, $ce_type, conversation_id);
     };
-    ($ty:ident, $file:literal, $ce_type:literal, $key:ident) => {
+    ($ty:ident, $file:literal, $ce_type:literal, $key:ident $(, $extra:item)*) => {
         impl Event for $ty {
             const SCHEMA: &'static str = include_str!(concat!("../", $file));
             const CE_TYPE: &'static str = $ce_type;
@@ -237,6 +243,7 @@ macro_rules! event {
             fn occurred_at(&self) -> i64 {
                 self.occurred_at
             }
+            $($extra)*
         }
     };
 }
@@ -400,7 +407,21 @@ pub struct InboundMessageReceived {
     #[serde(default)]
     pub profile_username: Option<String>,
 }
-event!(InboundMessageReceived, "inbound_message_received.avsc", "wachannel.inbound.message.received.v1");
+event!(
+    InboundMessageReceived,
+    "inbound_message_received.avsc",
+    "wachannel.inbound.message.received.v1",
+    conversation_id,
+    /// `mediacount`: how many media items the message carries (the media keeper passes
+    /// records without media by without decoding them).
+    fn extensions(&self) -> Vec<(&'static str, String)> {
+        vec![(MEDIA_COUNT_EXTENSION, self.media.len().to_string())]
+    }
+);
+
+/// The CloudEvents extension attribute on `wa.inbound.v1` records that counts their media
+/// items (header `ce_mediacount`).
+pub const MEDIA_COUNT_EXTENSION: &str = "mediacount";
 
 /// A Twilio status callback for a message we sent (topic `wa.delivery.v1`). Published as
 /// received: out of order and repeated callbacks included.

@@ -97,6 +97,7 @@ async fn keys_in_order_concurrently_once_and_committed_to_the_end() {
         service: "consumer-test",
         assignment: Default::default(),
         max_in_flight: wa_platform::kafka::MAX_IN_FLIGHT,
+        fetch_wait: None,
     };
     let shutdown = CancellationToken::new();
     let consuming = wa_platform::kafka::run_consumer(&kafka, &settings, &producer, &recorder, &shutdown);

@@ -205,6 +205,9 @@ impl Service for Ingress {
                 service: SERVICE,
                 assignment: Default::default(),
                 max_in_flight: 16,
+                // Off the webhooks' path: media waits up to half a second more to be fetched,
+                // and the broker serves the keeper a tenth of the fetches.
+                fetch_wait: Some(media::FETCH_WAIT),
             };
             let keeping =
                 wa_platform::kafka::run_consumer(&config.kafka, &media_settings, &producer, &keeper, &stopped);

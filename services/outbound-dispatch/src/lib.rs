@@ -125,6 +125,7 @@ impl Service for OutboundDispatch {
             // Most of a send is waiting (for the sender's pace, the claim's read-back, Twilio):
             // many conversations at once keep every sender's pace filled.
             max_in_flight: 512,
+            fetch_wait: None,
         };
         let kafka = config.kafka.clone();
         let setup = move |producer: EventProducer, background: CancellationToken| async move {

@@ -198,6 +198,7 @@ impl Projector {
             service: SERVICE,
             assignment: Default::default(),
             max_in_flight: wa_platform::kafka::MAX_IN_FLIGHT,
+            fetch_wait: None,
         };
         tracing::info!(group = %kafka.group(GROUP), partitions, "session projection started");
         let projector = Self {

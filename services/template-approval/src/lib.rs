@@ -101,6 +101,7 @@ impl Service for TemplateApproval {
             service: SERVICE,
             assignment: Default::default(),
             max_in_flight: wa_platform::kafka::MAX_IN_FLIGHT,
+            fetch_wait: None,
         };
         let kafka = config.kafka.clone();
         let setup = move |producer: EventProducer, background: CancellationToken| async move {

@@ -95,6 +95,13 @@ impl From<super::PublishError> for HandleError {
 pub trait Handler: Send + Sync {
     /// Handles `record`.
     fn handle(&self, record: &Record<'_>) -> impl Future<Output = Result<(), HandleError>> + Send;
+
+    /// Whether a record with these headers is this handler's at all. One it does not want is
+    /// done as soon as it is read (its offset is stored in turn), without a span, a task or a
+    /// decode: for handlers that act on a few records of a busy topic.
+    fn wants(&self, _headers: Option<&OwnedHeaders>) -> bool {
+        true
+    }
 }
 
 /// What a consumer loop reads and as whom.
@@ -111,6 +118,10 @@ pub struct ConsumerSettings {
     /// At most this many records are handled at once ([`MAX_IN_FLIGHT`] suits most handlers;
     /// one whose records mostly wait, as dispatch's wait for their sender's pace, takes more).
     pub max_in_flight: usize,
+    /// How long the broker may hold this consumer's fetch (`fetch.wait.max.ms`); `None` takes
+    /// `KAFKA_FETCH_WAIT_MS`. A consumer off the latency path may wait longer: on a broker that
+    /// answers fetches only when the wait runs out (tansu), fewer, larger fetches cost it less.
+    pub fetch_wait: Option<Duration>,
 }
 
 /// How long a revoke waits for the handlers past their point of no return before it commits
@@ -172,6 +183,9 @@ pub async fn run_consumer<H: Handler>(
     let mut member = GroupMember::join(kafka, &settings.group, settings.service, &settings.topics, |config| {
         // Offsets are stored as records finish, and committed in the background.
         config.set("enable.auto.commit", "true").set("auto.commit.interval.ms", "1000");
+        if let Some(wait) = settings.fetch_wait {
+            config.set("fetch.wait.max.ms", wait.as_millis().max(1).to_string());
+        }
     })?;
     let group = member.group().to_owned();
 
@@ -231,8 +245,15 @@ pub async fn run_consumer<H: Handler>(
                     drain.partitions.extend(partitions);
                 }
                 Membership::Record(message) => {
-                    if !draining.as_ref().is_some_and(|drain| drain.partitions.contains(&partition_of(&message))) {
+                    let partition = partition_of(&message);
+                    if draining.as_ref().is_some_and(|drain| drain.partitions.contains(&partition)) {
+                        // Revoked: the next owner reads it.
+                    } else if handler.wants(message.headers()) {
                         waiting = Some(message);
+                    } else {
+                        // Nothing to do: done in its turn among the records before it.
+                        progress.offsets.entry(partition).or_default().insert(message.offset(), Stage::Running);
+                        finish(member.consumer(), &mut progress, &message, Stage::Done);
                     }
                 }
             },
