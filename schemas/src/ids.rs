@@ -5,8 +5,9 @@ use uuid::Uuid;
 use crate::WhatsAppAddress;
 
 /// The UUIDv5 namespace of conversation ids: UUIDv5(URL namespace, `urn:wachannel:conversation`).
-fn namespace() -> Uuid {
-    Uuid::new_v5(&Uuid::NAMESPACE_URL, b"urn:wachannel:conversation")
+fn namespace() -> &'static Uuid {
+    static NAMESPACE: std::sync::OnceLock<Uuid> = std::sync::OnceLock::new();
+    NAMESPACE.get_or_init(|| Uuid::new_v5(&Uuid::NAMESPACE_URL, b"urn:wachannel:conversation"))
 }
 
 /// The conversation id of a business sender and a customer: UUIDv5 over both canonical
@@ -18,7 +19,7 @@ pub fn conversation_id(business: &str, customer: &str) -> String {
         WhatsAppAddress::parse(text).map(WhatsAppAddress::into_string).unwrap_or_else(|_| text.trim().to_owned())
     };
     let name = format!("{}\n{}", canonical(business), canonical(customer));
-    Uuid::new_v5(&namespace(), name.as_bytes()).to_string()
+    Uuid::new_v5(namespace(), name.as_bytes()).to_string()
 }
 
 #[cfg(test)]

@@ -59,7 +59,6 @@ impl From<apache_avro::Error> for CodecError {
 }
 
 /// A parsed schema with its fingerprint, built once per process.
-#[derive(Debug)]
 pub struct SchemaInfo {
     /// The parsed schema.
     pub schema: Schema,
@@ -69,6 +68,17 @@ pub struct SchemaInfo {
     pub fingerprint: u64,
     /// The `.avsc` text.
     pub source: &'static str,
+    /// Reads values written with this schema, its names resolved once rather than per value.
+    reader: apache_avro::GenericSingleObjectReader,
+}
+
+impl std::fmt::Debug for SchemaInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaInfo")
+            .field("full_name", &self.full_name)
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
 }
 
 impl SchemaInfo {
@@ -81,7 +91,19 @@ impl SchemaInfo {
         let digest = schema.fingerprint::<Rabin>();
         let fingerprint =
             u64::from_le_bytes(digest.bytes.as_slice().try_into().expect("rabin fingerprints are 8 bytes"));
-        Self { schema, full_name, fingerprint, source }
+        let reader = apache_avro::GenericSingleObjectReader::new(schema.clone()).expect("schemas/*.avsc resolve");
+        Self { schema, full_name, fingerprint, source, reader }
+    }
+
+    /// Decodes a single-object value written with this schema (header included) into Avro's
+    /// value tree, refusing trailing bytes.
+    fn read_value(&self, bytes: &[u8]) -> Result<apache_avro::types::Value, CodecError> {
+        let mut rest = bytes;
+        let value = self.reader.read_value(&mut rest)?;
+        if !rest.is_empty() {
+            return Err(CodecError::Avro(format!("{} trailing bytes after the datum", rest.len())));
+        }
+        Ok(value)
     }
 
     /// The 10-byte header that opens each value written with this schema.
@@ -131,15 +153,15 @@ pub trait Event: Serialize + DeserializeOwned {
     /// Decodes an Avro single-object value written with this event's schema (or an older
     /// version of it listed in `schemas/`).
     fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        let (writer, mut datum) = split_single_object(bytes)?;
+        let (writer, _) = split_single_object(bytes)?;
         let reader = Self::schema_info();
         if writer.full_name != reader.full_name {
             return Err(CodecError::WrongType { found: writer.full_name.clone(), expected: reader.full_name.clone() });
         }
-        let reader_schema = (writer.fingerprint != reader.fingerprint).then_some(&reader.schema);
-        let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, reader_schema)?;
-        if !datum.is_empty() {
-            return Err(CodecError::Avro(format!("{} trailing bytes after the datum", datum.len())));
+        let mut value = writer.read_value(bytes)?;
+        if writer.fingerprint != reader.fingerprint {
+            // Written with an earlier version: resolved against the current one.
+            value = value.resolve(&reader.schema)?;
         }
         Ok(apache_avro::from_value(&value)?)
     }
@@ -161,8 +183,8 @@ pub fn split_single_object(bytes: &[u8]) -> Result<(&'static SchemaInfo, &[u8]),
 /// Decodes any channel value into JSON, with the writer schema's full name: what an analytics
 /// consumer that knows only the `.avsc` files can do.
 pub fn decode_to_json(bytes: &[u8]) -> Result<(String, serde_json::Value), CodecError> {
-    let (writer, mut datum) = split_single_object(bytes)?;
-    let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, None)?;
+    let (writer, _) = split_single_object(bytes)?;
+    let value = writer.read_value(bytes)?;
     let json = serde_json::Value::try_from(value)?;
     Ok((writer.full_name.clone(), json))
 }

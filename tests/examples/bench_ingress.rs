@@ -56,7 +56,8 @@ impl Webhooks {
         }
     }
 
-    fn next(&self) -> (String, String, String) {
+    /// The next webhook's MessageSid and parameters.
+    fn next_params(&self) -> (String, Vec<(String, String)>) {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let sid = format!("SM{}{n:024}", self.run);
         let customer = format!("whatsapp:+1415{}", 2_000_000 + n % 8_000_000);
@@ -80,6 +81,11 @@ impl Webhooks {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+        (sid, params)
+    }
+
+    fn next(&self) -> (String, String, String) {
+        let (sid, params) = self.next_params();
         let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
         let signed = signature::compute(TOKEN, &self.url, &params);
         (sid, body, signed)
@@ -160,8 +166,13 @@ impl OpenLoop {
     }
 }
 
-/// Sends `rate` requests/s for `seconds`, each at its scheduled time whatever the others do.
-async fn open_loop(webhooks: Arc<Webhooks>, client: &reqwest::Client, rate: u64, seconds: u64) -> OpenLoop {
+/// Starts `send` `rate` times a second for `seconds`, each at its scheduled time whatever the
+/// others do; `send` answers whether it succeeded.
+async fn open_loop<F, Fut>(rate: u64, seconds: u64, send: F) -> OpenLoop
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
     let total = rate * seconds;
     let started = tokio::time::Instant::now();
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(bool, u64)>();
@@ -170,9 +181,9 @@ async fn open_loop(webhooks: Arc<Webhooks>, client: &reqwest::Client, rate: u64,
         if due > tokio::time::Instant::now() {
             tokio::time::sleep_until(due).await;
         }
-        let (webhooks, client, sender) = (webhooks.clone(), client.clone(), sender.clone());
+        let (sending, sender) = (send(), sender.clone());
         tokio::spawn(async move {
-            let ok = webhooks.send(&client).await;
+            let ok = sending.await;
             let latency = tokio::time::Instant::now().duration_since(due).as_micros() as u64;
             let _ = sender.send((ok, latency));
         });
@@ -282,8 +293,31 @@ async fn main() -> anyhow::Result<()> {
         closed_loop(ingress_hooks.clone(), &client, concurrency, seconds).await;
 
     eprintln!("bench: open loop at {rate}/s, {seconds} s each");
-    let bare_open = open_loop(bare_hooks.clone(), &client, rate, seconds).await;
-    let ingress_open = open_loop(ingress_hooks.clone(), &client, rate, seconds).await;
+    let send_to = |hooks: &Arc<Webhooks>| {
+        let (hooks, client) = (hooks.clone(), client.clone());
+        move || {
+            let (hooks, client) = (hooks.clone(), client.clone());
+            async move { hooks.send(&client).await }
+        }
+    };
+    let bare_open = open_loop(rate, seconds, send_to(&bare_hooks)).await;
+    let ingress_open = open_loop(rate, seconds, send_to(&ingress_hooks)).await;
+    // The broker's own floor: the events ingress would publish for those webhooks, published
+    // straight to a topic of their own with ingress's producer settings, and timed the same way.
+    let floor_kafka = KafkaConfig { topic_prefix: format!("{}floor.", kafka.topic_prefix), ..kafka.clone() };
+    wa_platform::kafka::ensure_topics(&floor_kafka, &[INBOUND]).await?;
+    let producer = wa_platform::kafka::EventProducer::new(&floor_kafka, "bench", Duration::from_secs(30))?;
+    let floor_hooks = Arc::new(Webhooks::new(String::new()));
+    let publish = || {
+        let (_, params) = floor_hooks.next_params();
+        let producer = producer.clone();
+        async move {
+            let event = wa_twilio::inbound::inbound_event(&params, wa_platform::now_millis()).expect("a valid webhook");
+            producer.publish(&INBOUND, &event).await.is_ok()
+        }
+    };
+    open_loop(rate, 2, publish).await; // warming up: connections and metadata
+    let floor_open = open_loop(rate, seconds, publish).await;
 
     stop.cancel();
     ingress_task.await??;
@@ -305,7 +339,9 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
     println!("open loop at {rate}/s ({seconds} s), latency from scheduled start:");
-    for (name, run) in [("bare axum handler", &bare_open), ("ingress", &ingress_open)] {
+    for (name, run) in
+        [("bare axum handler", &bare_open), ("ingress", &ingress_open), ("broker alone (its events)", &floor_open)]
+    {
         println!(
             "  {name:<28} {:>7.0}/s achieved  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({} failed)",
             run.achieved,

@@ -23,9 +23,18 @@ pub const BODY_SHA256_PARAM: &str = "bodySHA256";
 
 /// The signature Twilio sends for `url` and form `params`, with `auth_token`.
 pub fn compute(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+    sign(auth_token, url, &sorted(params))
+}
+
+/// The parameters in the order Twilio signs them: sorted by name, then value.
+fn sorted(params: &[(String, String)]) -> Vec<(&str, &str)> {
     let mut sorted: Vec<(&str, &str)> = params.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
     sorted.sort_unstable();
     sorted.dedup();
+    sorted
+}
+
+fn sign(auth_token: &str, url: &str, sorted: &[(&str, &str)]) -> String {
     let mut mac = Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("hmac takes any key length");
     mac.update(url.as_bytes());
     for (name, value) in sorted {
@@ -43,14 +52,15 @@ pub fn body_sha256(body: &[u8]) -> String {
 /// Whether `signature` is valid for a form request under any of `auth_tokens` (several during a
 /// token rotation).
 pub fn verify(auth_tokens: &[String], url: &str, params: &[(String, String)], signature: &str) -> bool {
-    let mut valid = false;
-    for token in auth_tokens {
-        for variant in [with_default_port(url), without_port(url)] {
-            let expected = compute(token, &variant, params);
-            valid |= bool::from(expected.as_bytes().ct_eq(signature.trim().as_bytes()));
-        }
-    }
-    valid
+    let sorted = sorted(params);
+    let presented = signature.trim().as_bytes();
+    // Twilio signs the URL as configured, usually without a port: that form is tried first. Each
+    // comparison takes constant time; which token or URL form matched is no secret.
+    let (bare, with_port) = (without_port(url), with_default_port(url));
+    let forms = if bare == with_port { vec![bare] } else { vec![bare, with_port] };
+    auth_tokens
+        .iter()
+        .any(|token| forms.iter().any(|form| bool::from(sign(token, form, &sorted).as_bytes().ct_eq(presented))))
 }
 
 /// Whether `signature` is valid for a JSON (or any non-form) request: the URL's `bodySHA256`

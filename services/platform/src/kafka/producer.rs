@@ -85,8 +85,9 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct EventProducer {
     inner: FutureProducer,
-    kafka: KafkaConfig,
-    source: String,
+    /// Shared, not copied, by the clones each publish task holds.
+    kafka: Arc<KafkaConfig>,
+    source: Arc<str>,
     faults: DeliveryFaults,
 }
 
@@ -105,7 +106,7 @@ impl EventProducer {
             .set("linger.ms", "5")
             .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
             .create()?;
-        Ok(Self { inner, kafka: kafka.clone(), source: source.to_owned(), faults: DeliveryFaults::default() })
+        Ok(Self { inner, kafka: Arc::new(kafka.clone()), source: Arc::from(source), faults: DeliveryFaults::default() })
     }
 
     /// The same producer, with deliveries to the topics `faults` names failing (tests).
