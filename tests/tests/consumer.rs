@@ -120,3 +120,107 @@ async fn keys_in_order_concurrently_once_and_committed_to_the_end() {
     let total: i64 = committed.iter().map(|o| (*o).max(0)).sum();
     assert_eq!(total, (KEYS * PER_KEY) as i64, "committed offsets {committed:?} reach every partition's end");
 }
+
+/// Handles only records without a `skip` header, and counts every record it was asked about.
+struct Picky {
+    asked: AtomicUsize,
+    handled: Mutex<Vec<usize>>,
+    total: usize,
+    wanted: usize,
+    all_done: Notify,
+}
+
+impl Picky {
+    fn check_done(&self) {
+        if self.asked.load(Ordering::SeqCst) == self.total && self.handled.lock().unwrap().len() == self.wanted {
+            self.all_done.notify_one();
+        }
+    }
+}
+
+impl Handler for Picky {
+    fn wants(&self, headers: Option<&rdkafka::message::OwnedHeaders>) -> bool {
+        let wanted = wa_platform::kafka::header_str(headers, "skip").is_none();
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        self.check_done();
+        wanted
+    }
+
+    async fn handle(&self, record: &Record<'_>) -> Result<(), HandleError> {
+        let sequence: usize = std::str::from_utf8(record.payload).unwrap().parse().unwrap();
+        self.handled.lock().unwrap().push(sequence);
+        self.check_done();
+        Ok(())
+    }
+}
+
+/// Records a handler does not want are never handled, yet done: the committed offsets reach
+/// past them to each partition's end, even when they are a partition's last records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_a_handler_does_not_want_are_passed_by_and_committed() {
+    let kafka = KafkaConfig {
+        bootstrap_servers: e2e_tests::bootstrap_servers(),
+        topic_prefix: format!("c{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        group_instance_id: None,
+        fetch_wait: wa_platform::config::KafkaConfig::DEFAULT_FETCH_WAIT,
+        security: Vec::new(),
+    };
+    let spec: TopicSpec = OUTBOUND_REQUESTED;
+    wa_platform::kafka::ensure_topics(&kafka, &[spec, wa_platform::topics::DEAD_LETTER]).await.unwrap();
+    let producer = EventProducer::new(&kafka, "consumer-test", Duration::from_secs(30)).unwrap();
+    let topic = kafka.topic(&spec);
+    // Every third record, and each key's last, is not the handler's.
+    let unwanted = |sequence: usize| sequence % 3 == 2 || sequence == PER_KEY - 1;
+    let mut expected = Vec::new();
+    for sequence in 0..PER_KEY {
+        for key in 0..KEYS {
+            let headers = if unwanted(sequence) {
+                rdkafka::message::OwnedHeaders::new()
+                    .insert(rdkafka::message::Header { key: "skip", value: Some("yes") })
+            } else {
+                expected.push(sequence);
+                rdkafka::message::OwnedHeaders::new()
+            };
+            let key = format!("key-{key}");
+            let queued = producer
+                .enqueue_record(&topic, key.as_bytes(), Some(sequence.to_string().as_bytes()), headers, None)
+                .await
+                .unwrap();
+            queued.acknowledged().await.unwrap();
+        }
+    }
+
+    let picky = Picky {
+        asked: AtomicUsize::new(0),
+        handled: Mutex::default(),
+        total: KEYS * PER_KEY,
+        wanted: expected.len(),
+        all_done: Notify::new(),
+    };
+    let settings = ConsumerSettings {
+        group: "consumer-picky".to_owned(),
+        topics: vec![spec],
+        service: "consumer-test",
+        assignment: Default::default(),
+        max_in_flight: wa_platform::kafka::MAX_IN_FLIGHT,
+        fetch_wait: Some(Duration::from_millis(200)),
+    };
+    let shutdown = CancellationToken::new();
+    let consuming = wa_platform::kafka::run_consumer(&kafka, &settings, &producer, &picky, &shutdown);
+    let stopper = async {
+        tokio::time::timeout(Duration::from_secs(120), picky.all_done.notified())
+            .await
+            .expect("every record read and every wanted one handled");
+        shutdown.cancel();
+    };
+    let (result, ()) = tokio::join!(consuming, stopper);
+    result.unwrap();
+
+    let mut handled = picky.handled.lock().unwrap().clone();
+    handled.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(handled, expected, "the wanted records, each once, and no other");
+    let committed = committed(&kafka, "consumer-picky", &topic, spec.partitions);
+    let total: i64 = committed.iter().map(|o| (*o).max(0)).sum();
+    assert_eq!(total, (KEYS * PER_KEY) as i64, "committed offsets {committed:?} reach every partition's end");
+}

@@ -814,6 +814,23 @@ async fn customers_media_is_downloaded_stored_and_announced() {
         .await;
     assert_eq!(answer["webhook_status"], 200, "{answer}");
     let sid = answer["message_sid"].as_str().unwrap().to_owned();
+    // The record says how much media it carries, so the keeper passes text by unread.
+    let media_count = |sid: String| {
+        let channel = &channel;
+        async move {
+            let record = channel
+                .await_record(&wa_platform::topics::INBOUND, |r| {
+                    r.decode::<InboundMessageReceived>().message_sid == sid
+                })
+                .await;
+            record.headers.get("ce_mediacount").cloned()
+        }
+    };
+    assert_eq!(media_count(sid.clone()).await.as_deref(), Some("2"));
+    let text_sid = unique_sid();
+    let text = channel.inbound_params(&text_sid, &customer, "thanks");
+    assert_eq!(channel.post_inbound(&text, None).await.status(), 200);
+    assert_eq!(media_count(text_sid).await.as_deref(), Some("0"));
     for (index, sent) in answer["media"].as_array().unwrap().iter().enumerate() {
         let stored: wa_schemas::InboundMediaStored = channel
             .await_record(&wa_platform::topics::INBOUND_MEDIA, |r| {
