@@ -61,8 +61,9 @@ fn committed(kafka: &KafkaConfig, group: &str, topic: &str, partitions: i32) -> 
     (0..partitions).map(|p| committed.find_partition(topic, p).unwrap().offset().to_raw().unwrap_or(-1)).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn keys_in_order_concurrently_once_and_committed_to_the_end() {
+/// Topics of their own (and a producer) for one test: returns the config, the producer and the
+/// full name of the test's topic (`wa.outbound.requested.v1` under a fresh prefix).
+async fn fresh_topic() -> (KafkaConfig, EventProducer, String) {
     let kafka = KafkaConfig {
         bootstrap_servers: e2e_tests::bootstrap_servers(),
         topic_prefix: format!("c{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]),
@@ -70,10 +71,16 @@ async fn keys_in_order_concurrently_once_and_committed_to_the_end() {
         fetch_wait: wa_platform::config::KafkaConfig::DEFAULT_FETCH_WAIT,
         security: Vec::new(),
     };
-    let spec: TopicSpec = OUTBOUND_REQUESTED;
-    wa_platform::kafka::ensure_topics(&kafka, &[spec, wa_platform::topics::DEAD_LETTER]).await.unwrap();
+    wa_platform::kafka::ensure_topics(&kafka, &[OUTBOUND_REQUESTED, wa_platform::topics::DEAD_LETTER]).await.unwrap();
     let producer = EventProducer::new(&kafka, "consumer-test", Duration::from_secs(30)).unwrap();
-    let topic = kafka.topic(&spec);
+    let topic = kafka.topic(&OUTBOUND_REQUESTED);
+    (kafka, producer, topic)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_in_order_concurrently_once_and_committed_to_the_end() {
+    let (kafka, producer, topic) = fresh_topic().await;
+    let spec: TopicSpec = OUTBOUND_REQUESTED;
     for sequence in 0..PER_KEY {
         for key in 0..KEYS {
             producer
@@ -158,17 +165,8 @@ impl Handler for Picky {
 /// past them to each partition's end, even when they are a partition's last records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn records_a_handler_does_not_want_are_passed_by_and_committed() {
-    let kafka = KafkaConfig {
-        bootstrap_servers: e2e_tests::bootstrap_servers(),
-        topic_prefix: format!("c{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-        group_instance_id: None,
-        fetch_wait: wa_platform::config::KafkaConfig::DEFAULT_FETCH_WAIT,
-        security: Vec::new(),
-    };
+    let (kafka, producer, topic) = fresh_topic().await;
     let spec: TopicSpec = OUTBOUND_REQUESTED;
-    wa_platform::kafka::ensure_topics(&kafka, &[spec, wa_platform::topics::DEAD_LETTER]).await.unwrap();
-    let producer = EventProducer::new(&kafka, "consumer-test", Duration::from_secs(30)).unwrap();
-    let topic = kafka.topic(&spec);
     // Every third record, and each key's last, is not the handler's.
     let unwanted = |sequence: usize| sequence % 3 == 2 || sequence == PER_KEY - 1;
     let mut expected = Vec::new();
