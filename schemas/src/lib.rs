@@ -131,9 +131,9 @@ pub trait Event: Serialize + DeserializeOwned {
     /// When the event happened, in Unix milliseconds.
     fn occurred_at(&self) -> i64;
 
-    /// CloudEvents extension attributes (name, value) carried beside the value as `ce_<name>`
-    /// headers, so that a consumer can tell what a record holds without decoding it.
-    fn extensions(&self) -> Vec<(&'static str, String)> {
+    /// CloudEvents extension attributes as the headers that carry them beside the value
+    /// (`ce_<name>`, value), so that a consumer can tell what a record holds without decoding it.
+    fn extension_headers(&self) -> Vec<(&'static str, String)> {
         Vec::new()
     }
 
@@ -436,14 +436,14 @@ event!(
     conversation_id,
     /// `mediacount`: how many media items the message carries (the media keeper passes
     /// records without media by without decoding them).
-    fn extensions(&self) -> Vec<(&'static str, String)> {
-        vec![(MEDIA_COUNT_EXTENSION, self.media.len().to_string())]
+    fn extension_headers(&self) -> Vec<(&'static str, String)> {
+        vec![(MEDIA_COUNT_HEADER, self.media.len().to_string())]
     }
 );
 
-/// The CloudEvents extension attribute on `wa.inbound.v1` records that counts their media
-/// items (header `ce_mediacount`).
-pub const MEDIA_COUNT_EXTENSION: &str = "mediacount";
+/// The header of the CloudEvents extension attribute `mediacount` on `wa.inbound.v1` records:
+/// how many media items the message carries.
+pub const MEDIA_COUNT_HEADER: &str = "ce_mediacount";
 
 /// A Twilio status callback for a message we sent (topic `wa.delivery.v1`). Published as
 /// received: out of order and repeated callbacks included.

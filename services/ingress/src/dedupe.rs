@@ -13,8 +13,8 @@
 //!
 //! What this cannot catch: two instances receiving the same id within the time it takes a
 //! publish to come back through their followers (milliseconds on Apache Kafka, up to half a
-//! second on tansu, whose fetches wait out [`FOLLOW_FETCH_WAIT`]). Consumers stay idempotent on event ids
-//! for that case (decision 4).
+//! second on tansu, whose fetches wait out [`crate::BACKGROUND_FETCH_WAIT`]). Consumers stay
+//! idempotent on event ids for that case (decision 4).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -25,10 +25,6 @@ use wa_platform::config::KafkaConfig;
 use wa_platform::kafka::{header_str, TopicFollower};
 use wa_platform::topics::TopicSpec;
 use wa_platform::CancellationToken;
-
-/// How long the broker may hold the dedupe followers' fetches: what other instances published
-/// is seen up to about this much later on tansu (Apache Kafka answers as soon as records arrive).
-const FOLLOW_FETCH_WAIT: Duration = Duration::from_millis(500);
 
 /// Whether publishing happened now or had happened before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +137,7 @@ impl<E: Clone + Send + Sync + 'static> Deduplicator<E> {
         let since = wa_platform::now_millis().saturating_sub(self.seen.horizon_ms);
         // Off the requests' path (this instance remembers its own publishes as they are
         // acknowledged): fewer, larger fetches cost the broker less.
-        let kafka = KafkaConfig { fetch_wait: kafka.fetch_wait.max(FOLLOW_FETCH_WAIT), ..kafka.clone() };
+        let kafka = KafkaConfig { fetch_wait: kafka.fetch_wait.max(crate::BACKGROUND_FETCH_WAIT), ..kafka.clone() };
         let follower = TopicFollower::start_since(&kafka, spec, "ingress-dedupe", Some(since)).await?;
         let seen = self.seen.clone();
         let running = follower.clone();

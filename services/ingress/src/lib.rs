@@ -39,6 +39,12 @@ pub use crate::config::Config;
 /// The service name, in logs, metrics and CloudEvents `source`.
 pub const SERVICE: &str = "ingress";
 
+/// How long the broker may hold the fetches of ingress's readers of its own topics (the media
+/// keeper, the dedupe followers): they are off the requests' path, and on tansu, whose fetches
+/// wait their time out, fewer and larger fetches cost the broker less. Apache Kafka answers as
+/// soon as records arrive, so nothing waits longer there.
+pub(crate) const BACKGROUND_FETCH_WAIT: Duration = Duration::from_millis(500);
+
 /// What request handlers share.
 pub(crate) struct AppState {
     pub(crate) producer: EventProducer,
@@ -207,7 +213,7 @@ impl Service for Ingress {
                 max_in_flight: 16,
                 // Off the webhooks' path: media waits up to half a second more to be fetched,
                 // and the broker serves the keeper a tenth of the fetches.
-                fetch_wait: Some(media::FETCH_WAIT),
+                fetch_wait: Some(BACKGROUND_FETCH_WAIT),
             };
             let keeping =
                 wa_platform::kafka::run_consumer(&config.kafka, &media_settings, &producer, &keeper, &stopped);

@@ -31,12 +31,6 @@ pub(crate) const DELETE_AT_TWILIO: EnvVar = EnvVar {
     doc: "true deletes each media item at Twilio (its Media resource) once it is stored",
 };
 
-/// How long the broker may hold the keeper's fetches: it is off the webhooks' path.
-pub(crate) const FETCH_WAIT: Duration = Duration::from_millis(500);
-
-/// The header of [`wa_schemas::MEDIA_COUNT_EXTENSION`].
-const MEDIA_COUNT_HEADER: &str = "ce_mediacount";
-
 /// Download attempts before a media item is dead-lettered.
 const ATTEMPTS: u32 = 5;
 
@@ -182,7 +176,7 @@ impl Handler for MediaKeeper {
     /// Records whose `ce_mediacount` header says 0 have nothing to keep; records without the
     /// header (written before it existed) are decoded to find out.
     fn wants(&self, headers: Option<&rdkafka::message::OwnedHeaders>) -> bool {
-        wa_platform::kafka::header_str(headers, MEDIA_COUNT_HEADER) != Some("0")
+        wa_platform::kafka::header_str(headers, wa_schemas::MEDIA_COUNT_HEADER) != Some("0")
     }
 
     async fn handle(&self, record: &Record<'_>) -> Result<(), HandleError> {
@@ -226,12 +220,4 @@ impl Handler for MediaKeeper {
 /// Reads `MEDIA_STORE_URL` and `MEDIA_DELETE_AT_TWILIO`.
 pub(crate) fn from_env() -> Result<(String, bool), ConfigError> {
     Ok((config::var_or(&STORE_URL), config::parse(&DELETE_AT_TWILIO)?))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_media_count_header_is_the_extensions() {
-        assert_eq!(super::MEDIA_COUNT_HEADER, format!("ce_{}", wa_schemas::MEDIA_COUNT_EXTENSION));
-    }
 }

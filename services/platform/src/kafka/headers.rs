@@ -37,9 +37,10 @@ pub(crate) fn event_headers<E: Event>(event: &E, source: &str) -> OwnedHeaders {
         .insert(Header { key: CE_TIME, value: Some(time.as_str()) })
         .insert(Header { key: CE_SUBJECT, value: Some(event.key()) })
         .insert(Header { key: "content-type", value: Some(AVRO_CONTENT_TYPE) });
-    let headers = event.extensions().into_iter().fold(headers, |headers, (name, value)| {
-        headers.insert(Header { key: &format!("ce_{name}"), value: Some(value.as_str()) })
-    });
+    let headers = event
+        .extension_headers()
+        .into_iter()
+        .fold(headers, |headers, (key, value)| headers.insert(Header { key, value: Some(value.as_str()) }));
     with_trace_context(headers)
 }
 
