@@ -7,11 +7,16 @@
 //! generator shares the machine's cores with ingress and the broker, as it would on a 2-core
 //! box; the bare handler pays the same client cost).
 //!
-//! Phases: closed loop at `BENCH_CONCURRENCY` (default 256) for `BENCH_SECONDS` (default 10)
-//! against each server for the ceiling, then an open loop at `BENCH_RATE` requests/s (default
-//! 2,000) against each, with latency measured from each request's scheduled start (so a stall
-//! is not hidden by the generator waiting for it). At the end the inbound topic must hold one
-//! record per webhook ingress acknowledged.
+//! Phases, after a short warm-up: an open loop at `BENCH_RATE` requests/s (default 2,000) for
+//! `BENCH_SECONDS` (default 10) against each server, with latency measured from each request's
+//! scheduled start (so a stall is not hidden by the generator waiting for it); the same rate of
+//! ingress's events published straight to a fresh topic, alone and then with two readers like
+//! ingress's own (the broker's floor, on a topic of the same size as ingress's); then a closed
+//! loop at `BENCH_CONCURRENCY` (default 256) for the ceiling, in `BENCH_ROUNDS` (default 5)
+//! alternating rounds so that each of ingress's rounds is compared with the bare handler's
+//! beside it. Each phase also reports CPU per request, of this process and of the broker
+//! (`BENCH_BROKER_PID`, set by xtask), and the share of the machine's time the hypervisor stole.
+//! At the end the inbound topic must hold one record per webhook ingress acknowledged.
 
 /// As in the service binaries.
 #[global_allocator]
@@ -108,10 +113,10 @@ impl Webhooks {
     }
 }
 
-/// CPU seconds this process has used (user + system), from `/proc/self/stat`; 0 where that
-/// is not readable.
-fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+/// CPU seconds a process has used (user + system), from `/proc/<pid>/stat`; 0 where that is
+/// not readable.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
     // Fields after the command name (which is in parentheses and may contain spaces).
@@ -121,15 +126,70 @@ fn process_cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Requests/s with `concurrency` requests always in flight.
+/// The machine's CPU time so far (all cores, in ticks): all of it, and what the hypervisor took
+/// for other guests (`steal`), from the `cpu` line of `/proc/stat`.
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
+    (fields.iter().sum(), fields.get(7).copied().unwrap_or(0.0))
+}
+
+/// CPU counters at one moment: this process, the broker's process (when `BENCH_BROKER_PID`
+/// names it), and the machine.
+#[derive(Clone, Copy)]
+struct CpuSample {
+    process: f64,
+    broker: f64,
+    machine: (f64, f64),
+}
+
+impl CpuSample {
+    fn now() -> Self {
+        let broker =
+            std::env::var("BENCH_BROKER_PID").ok().filter(|pid| !pid.is_empty()).map_or(0.0, |pid| cpu_seconds(&pid));
+        Self { process: cpu_seconds("self"), broker, machine: machine_ticks() }
+    }
+
+    /// What was used since `before`, per request for `requests`.
+    fn since(before: Self, requests: u64) -> CpuUse {
+        let now = Self::now();
+        let per_request = |seconds: f64| seconds * 1e6 / requests.max(1) as f64;
+        let (total, steal) = (now.machine.0 - before.machine.0, now.machine.1 - before.machine.1);
+        CpuUse {
+            process_us: per_request(now.process - before.process),
+            broker_us: per_request(now.broker - before.broker),
+            steal_share: if total > 0.0 { steal / total } else { 0.0 },
+        }
+    }
+}
+
+/// CPU used during a phase.
+struct CpuUse {
+    /// Of this process (load generator and server), µs per request.
+    process_us: f64,
+    /// Of the broker's process, µs per request (0 when its pid is not known).
+    broker_us: f64,
+    /// The share of the machine's time the hypervisor gave other guests (steal).
+    steal_share: f64,
+}
+
+/// What a closed-loop run measured.
+struct ClosedLoop {
+    rate: f64,
+    failed: u64,
+    cpu: CpuUse,
+}
+
+/// Requests/s with `concurrency` requests always in flight for `length`.
 async fn closed_loop(
     webhooks: Arc<Webhooks>,
     client: &reqwest::Client,
     concurrency: u64,
-    seconds: u64,
-) -> (f64, u64, f64) {
-    let cpu_before = process_cpu_seconds();
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    length: Duration,
+) -> ClosedLoop {
+    let cpu_before = CpuSample::now();
+    let deadline = Instant::now() + length;
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -148,8 +208,35 @@ async fn closed_loop(
         worker.await.expect("worker");
     }
     let done = ok.load(Ordering::Relaxed);
-    let cpu_us_per_request = (process_cpu_seconds() - cpu_before) * 1e6 / done.max(1) as f64;
-    (done as f64 / started.elapsed().as_secs_f64(), failed.load(Ordering::Relaxed), cpu_us_per_request)
+    ClosedLoop {
+        rate: done as f64 / started.elapsed().as_secs_f64(),
+        failed: failed.load(Ordering::Relaxed),
+        cpu: CpuSample::since(cpu_before, done),
+    }
+}
+
+/// The closed loop against both servers in alternating rounds, so that each of ingress's
+/// rounds is compared with the bare handler's just before it: on a shared host whose speed
+/// drifts, a ratio of neighbours says more than a ratio of two long runs minutes apart.
+struct Rounds {
+    bare: Vec<ClosedLoop>,
+    ingress: Vec<ClosedLoop>,
+}
+
+impl Rounds {
+    /// Ingress's rate as a share of the bare handler's, per round, sorted.
+    fn shares(&self) -> Vec<f64> {
+        let mut shares: Vec<f64> = self.bare.iter().zip(&self.ingress).map(|(b, i)| i.rate / b.rate).collect();
+        shares.sort_by(f64::total_cmp);
+        shares
+    }
+
+    /// The median of `value` over `runs`.
+    fn median(runs: &[ClosedLoop], value: impl Fn(&ClosedLoop) -> f64) -> f64 {
+        let mut values: Vec<f64> = runs.iter().map(value).collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(0.0)
+    }
 }
 
 /// What an open-loop run measured.
@@ -157,6 +244,7 @@ struct OpenLoop {
     achieved: f64,
     failed: u64,
     latencies_us: Vec<u64>,
+    cpu: CpuUse,
 }
 
 impl OpenLoop {
@@ -174,6 +262,7 @@ where
     Fut: std::future::Future<Output = bool> + Send + 'static,
 {
     let total = rate * seconds;
+    let cpu_before = CpuSample::now();
     let started = tokio::time::Instant::now();
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(bool, u64)>();
     for i in 0..total {
@@ -200,7 +289,12 @@ where
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies_us.sort_unstable();
-    OpenLoop { achieved: latencies_us.len() as f64 / elapsed, failed, latencies_us }
+    OpenLoop {
+        achieved: latencies_us.len() as f64 / elapsed,
+        failed,
+        latencies_us,
+        cpu: CpuSample::since(cpu_before, total),
+    }
 }
 
 /// The MessageSid of every record on the inbound topic, read from the beginning to the end.
@@ -253,6 +347,7 @@ async fn sids_on_inbound(kafka: &KafkaConfig) -> anyhow::Result<std::collections
 async fn main() -> anyhow::Result<()> {
     let (seconds, concurrency, rate) =
         (setting("BENCH_SECONDS", 10), setting("BENCH_CONCURRENCY", 256), setting("BENCH_RATE", 2_000));
+    let rounds = setting("BENCH_ROUNDS", 5).max(1);
     let kafka = KafkaConfig {
         bootstrap_servers: e2e_tests::bootstrap_servers(),
         topic_prefix: format!("bench{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -284,13 +379,8 @@ async fn main() -> anyhow::Result<()> {
     let ingress_hooks = Arc::new(Webhooks::new(format!("{ingress_base}/twilio/inbound")));
 
     eprintln!("bench: warming up");
-    closed_loop(bare_hooks.clone(), &client, concurrency, 2).await;
-    closed_loop(ingress_hooks.clone(), &client, concurrency, 2).await;
-
-    eprintln!("bench: closed loop, {concurrency} in flight, {seconds} s each");
-    let (bare_max, _, bare_cpu) = closed_loop(bare_hooks.clone(), &client, concurrency, seconds).await;
-    let (ingress_max, ingress_max_failed, ingress_cpu) =
-        closed_loop(ingress_hooks.clone(), &client, concurrency, seconds).await;
+    closed_loop(bare_hooks.clone(), &client, concurrency, Duration::from_secs(2)).await;
+    closed_loop(ingress_hooks.clone(), &client, concurrency, Duration::from_secs(2)).await;
 
     eprintln!("bench: open loop at {rate}/s, {seconds} s each");
     let send_to = |hooks: &Arc<Webhooks>| {
@@ -318,37 +408,75 @@ async fn main() -> anyhow::Result<()> {
     };
     open_loop(rate, 2, publish).await; // warming up: connections and metadata
     let floor_open = open_loop(rate, seconds, publish).await;
+    // The same with two readers of the topic, as ingress has on its own (the dedupe follower
+    // and the media keeper, both fetching with ingress's background fetch wait).
+    let reading_kafka = KafkaConfig { fetch_wait: Duration::from_millis(500), ..floor_kafka.clone() };
+    let mut readers = Vec::new();
+    for reader in ["bench-reader-1", "bench-reader-2"] {
+        let follower = wa_platform::kafka::TopicFollower::start(&reading_kafka, &INBOUND, reader).await?;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move { follower.run(stop, |_| ()).await }));
+    }
+    let floor_read_open = open_loop(rate, seconds, publish).await;
+
+    eprintln!("bench: closed loop, {concurrency} in flight, {seconds} s each in {rounds} alternating rounds");
+    let round = Duration::from_secs_f64(seconds as f64 / rounds as f64);
+    let mut closed = Rounds { bare: Vec::new(), ingress: Vec::new() };
+    for _ in 0..rounds {
+        closed.bare.push(closed_loop(bare_hooks.clone(), &client, concurrency, round).await);
+        closed.ingress.push(closed_loop(ingress_hooks.clone(), &client, concurrency, round).await);
+    }
 
     stop.cancel();
     ingress_task.await??;
+    for reader in readers {
+        reader.await??;
+    }
 
     println!("ingress benchmark: signed WhatsApp webhooks through to broker acknowledgement");
     println!("machine: {} cores; load generator in the same process", std::thread::available_parallelism()?.get());
     println!();
-    println!("closed loop ({concurrency} in flight, {seconds} s):");
+    println!("closed loop ({concurrency} in flight, {seconds} s each, in {rounds} alternating rounds; medians of the rounds):");
+    for (name, runs) in [("bare axum handler (ceiling)", &closed.bare), ("ingress", &closed.ingress)] {
+        println!(
+            "  {name:<28} {:>9.0} requests/s  CPU per request: {:.0} µs this process, {:.0} µs broker  (steal {:.0}%; {} failed)",
+            Rounds::median(runs, |r| r.rate),
+            Rounds::median(runs, |r| r.cpu.process_us),
+            Rounds::median(runs, |r| r.cpu.broker_us),
+            100.0 * Rounds::median(runs, |r| r.cpu.steal_share),
+            runs.iter().map(|r| r.failed).sum::<u64>(),
+        );
+    }
+    let shares = closed.shares();
     println!(
-        "  bare axum handler (ceiling)  {bare_max:>9.0} requests/s  ({bare_cpu:.0} µs CPU of this process per request)"
+        "  ingress as a share of the bare handler, round by round: median {:.0}% (from {:.0}% to {:.0}%)",
+        100.0 * shares[shares.len() / 2],
+        100.0 * shares[0],
+        100.0 * shares[shares.len() - 1]
     );
+    let machine_us = |runs: &[ClosedLoop]| Rounds::median(runs, |r| r.cpu.process_us + r.cpu.broker_us);
     println!(
-        "  ingress                      {ingress_max:>9.0} requests/s  = {:.0}% of the ceiling  ({ingress_cpu:.0} µs CPU of this process per request; {ingress_max_failed} failed)",
-        100.0 * ingress_max / bare_max
-    );
-    println!(
-        "  (the machine has {} µs of CPU per request at the ingress rate: what this process did not use went to the broker process or stayed idle)",
-        (std::thread::available_parallelism()?.get() as f64 * 1e6 / ingress_max).round()
+        "  by CPU per request (this process + broker, steal excluded): {:.0} µs bare, {:.0} µs ingress = {:.0}%",
+        machine_us(&closed.bare),
+        machine_us(&closed.ingress),
+        100.0 * machine_us(&closed.bare) / machine_us(&closed.ingress)
     );
     println!();
     println!("open loop at {rate}/s ({seconds} s), latency from scheduled start:");
-    for (name, run) in
-        [("bare axum handler", &bare_open), ("ingress", &ingress_open), ("broker alone (its events)", &floor_open)]
-    {
+    for (name, run) in [
+        ("bare axum handler", &bare_open),
+        ("ingress", &ingress_open),
+        ("broker alone (its events)", &floor_open),
+        ("broker, with two readers", &floor_read_open),
+    ] {
         println!(
-            "  {name:<28} {:>7.0}/s achieved  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({} failed)",
+            "  {name:<28} {:>7.0}/s achieved  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({} failed; steal {:.0}%)",
             run.achieved,
             run.percentile(0.50),
             run.percentile(0.99),
             run.percentile(1.0),
-            run.failed
+            run.failed,
+            100.0 * run.cpu.steal_share
         );
     }
     println!();

@@ -108,6 +108,11 @@ impl Broker {
         Ok(broker)
     }
 
+    /// The broker's process id, when this started it.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Connection settings for the channel's topics (no prefix).
     pub(crate) fn kafka(&self) -> KafkaConfig {
         KafkaConfig {

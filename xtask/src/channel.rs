@@ -656,6 +656,7 @@ async fn bench_through_broker(example: &str, storage: &str) -> anyhow::Result<Ex
     let status = cargo()
         .args(["run", "--release", "--quiet", "-p", "e2e-tests", "--example", example])
         .env("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap_servers)
+        .env("BENCH_BROKER_PID", broker.pid().map(|pid| pid.to_string()).unwrap_or_default())
         .status()
         .await;
     broker.stop().await;
