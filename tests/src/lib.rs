@@ -312,11 +312,18 @@ impl Channel {
     /// Stops ingress, checks it stopped cleanly, and starts a new instance on the same topics
     /// (on a new port: `ingress_url` changes). It must know what the old one published.
     pub async fn restart_ingress(&mut self) {
+        self.restart_ingress_with(|_| ()).await;
+    }
+
+    /// Like [`Channel::restart_ingress`], the new instance's configuration changed by `configure`.
+    pub async fn restart_ingress_with(&mut self, configure: impl FnOnce(&mut ingress::Config)) {
         let index = self.tasks.iter().position(|(name, _, _)| *name == ingress::SERVICE).expect("running");
         let (service, stop, task) = self.tasks.remove(index);
         stop.cancel();
         join(service, task).await;
-        let ingress = ingress::bind(ingress_config(&self.kafka)).await.expect("ingress binds");
+        let mut config = ingress_config(&self.kafka);
+        configure(&mut config);
+        let ingress = ingress::bind(config).await.expect("ingress binds");
         self.ingress_url = format!("http://{}", ingress.local_addr());
         self.service_urls.insert(ingress::SERVICE, self.ingress_url.clone());
         self.tasks.push(spawn(ingress, &self.shutdown));

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use e2e_tests::{unique_customer, Channel, ACCOUNT_SID, API_TOKEN, AUTH_TOKEN, BUSINESS};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use wa_platform::topics::{DELIVERY, INBOUND, OUTBOUND_REQUESTED, QUARANTINE};
+use wa_platform::topics::{DEAD_LETTER, DELIVERY, INBOUND, INBOUND_MEDIA, OUTBOUND_REQUESTED, QUARANTINE};
 use wa_platform::CancellationToken;
 use wa_schemas::{DeliveryStatusReceived, InboundMessageReceived, Location, Media, QuarantinedRequest, Referral};
 use wa_twilio::signature;
@@ -871,5 +871,74 @@ async fn customers_media_is_downloaded_stored_and_announced() {
         .await;
     let reason = &dead.headers["dlq.reason"];
     assert!(reason.contains("404") && reason.contains(&gone), "{reason}");
+    channel.stop().await;
+}
+
+/// With `MEDIA_DELETE_AT_TWILIO`, a photo is stored, deleted at Twilio and announced. When the
+/// announcement fails after the deletion, the record is handled again: Twilio now answers 404
+/// for the photo, and the keeper announces the copy it stored instead of dead-lettering it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn media_deleted_at_twilio_is_still_announced_when_its_announcement_is_retried() {
+    let mut channel = Channel::start().await;
+    let faults = wa_platform::kafka::DeliveryFaults::default();
+    faults.set_failing(&channel.topic(&INBOUND_MEDIA), true);
+    channel
+        .restart_ingress_with(|config| {
+            config.media_delete_at_twilio = true;
+            config.delivery_faults = faults.clone();
+        })
+        .await;
+    let answer = channel
+        .sim_inbound_request(json!({
+            "from": unique_customer(), "to": BUSINESS, "body": "the parcel arrived like this",
+            "media": [{"content_type": "image/jpeg", "size": 20480}],
+        }))
+        .await;
+    assert_eq!(answer["webhook_status"], 200, "{answer}");
+    let sid = answer["message_sid"].as_str().unwrap().to_owned();
+    let sent = &answer["media"][0];
+
+    // Two failed announcements: the second attempt found the photo gone at Twilio.
+    let inbound = channel.topic(&INBOUND);
+    let labels =
+        [r#"service="ingress""#.to_owned(), format!(r#"topic="{inbound}""#), r#"outcome="retried""#.to_owned()];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let metrics = channel.get(ingress::SERVICE, "/metrics").await.text().await.unwrap();
+        let retried = metrics
+            .lines()
+            .filter(|line| line.starts_with("wa_records_consumed_total{"))
+            .find(|line| labels.iter().all(|label| line.contains(label.as_str())))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok());
+        if retried.is_some_and(|count| count >= 2.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the keeper did not retry its announcement twice:\n{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let gone = channel
+        .http()
+        .get(sent["url"].as_str().unwrap())
+        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND, "deleted at Twilio");
+
+    faults.set_failing(&channel.topic(&INBOUND_MEDIA), false);
+    let stored: wa_schemas::InboundMediaStored = channel
+        .await_record(&INBOUND_MEDIA, |r| r.decode::<wa_schemas::InboundMediaStored>().message_sid == sid)
+        .await
+        .decode();
+    assert!(stored.deleted_at_twilio);
+    assert_eq!(
+        (stored.size, stored.sha256.as_str(), stored.content_type.as_str()),
+        (sent["size"].as_i64().unwrap(), sent["sha256"].as_str().unwrap(), "image/jpeg")
+    );
+    let dead = channel.read_to_end(&DEAD_LETTER).await;
+    assert!(
+        dead.iter().all(|r| !r.headers.get("dlq.reason").is_some_and(|reason| reason.contains(&sid))),
+        "nothing dead-lettered for the photo"
+    );
     channel.stop().await;
 }

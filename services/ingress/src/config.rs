@@ -105,6 +105,8 @@ pub struct Config {
     pub dedupe_horizon: Duration,
     /// Most ids remembered per topic.
     pub dedupe_capacity: usize,
+    /// Outputs made to fail on purpose (tests); none by default.
+    pub delivery_faults: wa_platform::kafka::DeliveryFaults,
 }
 
 impl Config {
@@ -170,6 +172,7 @@ impl Config {
             twilio_credentials: config::twilio_credentials(http_addr)?,
             dedupe_horizon: Duration::from_secs(3600 * config::parse::<u64>(&DEDUPE_HORIZON_HOURS)?),
             dedupe_capacity: config::parse(&DEDUPE_CAPACITY)?,
+            delivery_faults: wa_platform::kafka::DeliveryFaults::default(),
         })
     }
 
@@ -197,6 +200,7 @@ impl Config {
             ),
             dedupe_horizon: Duration::from_secs(24 * 3600),
             dedupe_capacity: 2_000_000,
+            delivery_faults: wa_platform::kafka::DeliveryFaults::default(),
         }
     }
 }

@@ -147,7 +147,8 @@ impl Service for Ingress {
         // tansu 0.6 cannot take (decision 37), and a record that lands after the 503 is only a
         // duplicate of Twilio's retry, with the same event id.
         let delivery_timeout = config.publish_timeout.max(wa_platform::kafka::DELIVERY_TIMEOUT);
-        let producer = EventProducer::new(&config.kafka, "wachannel/ingress", delivery_timeout)?;
+        let producer = EventProducer::new(&config.kafka, "wachannel/ingress", delivery_timeout)?
+            .with_faults(config.delivery_faults.clone());
         if config.api_tokens.is_empty() {
             tracing::warn!("INGRESS_API_TOKENS is unset: /v1/outbound accepts requests without a token");
         }

@@ -3,11 +3,14 @@
 //! storage), stored through `object_store` (a local directory by default, S3 in production) and
 //! announced on `wa.inbound.media.v1`. It runs beside the webhook handlers as its own consumer
 //! group on `wa.inbound.v1`, so a webhook is never held back by its media. A failed download is
-//! retried with backoff, then dead-lettered with the reason; the consumer goes on.
+//! retried with backoff, then dead-lettered with the reason; the consumer goes on. An item is
+//! stored before it is deleted at Twilio (`MEDIA_DELETE_AT_TWILIO`) and announced after: a
+//! record handled again once its media is gone at Twilio announces the copy it stored.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use object_store::path::Path as StorePath;
 use object_store::ObjectStore;
 use sha2::Digest as _;
@@ -102,7 +105,7 @@ enum Download {
 }
 
 impl MediaKeeper {
-    async fn download(&self, url: &str) -> Result<(String, Vec<u8>), Download> {
+    async fn download(&self, url: &str) -> Result<(String, Bytes), Download> {
         let request = self.http.get(url).basic_auth(&self.credentials.0, Some(&self.credentials.1));
         let response = wa_twilio::traced::send(&self.http, request)
             .await
@@ -121,7 +124,7 @@ impl MediaKeeper {
             .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned())
             .unwrap_or_default();
         let bytes = response.bytes().await.map_err(|err| Download::Retry(format!("reading {url}: {err}")))?;
-        Ok((content_type, bytes.to_vec()))
+        Ok((content_type, bytes))
     }
 
     /// Downloads with backoff: 0.5, 1, 2, 4 s between the attempts.
@@ -129,7 +132,7 @@ impl MediaKeeper {
         &self,
         url: &str,
         revoked: &wa_platform::CancellationToken,
-    ) -> Result<(String, Vec<u8>), HandleError> {
+    ) -> Result<(String, Bytes), HandleError> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(4));
         for attempt in 1..=ATTEMPTS {
             match self.download(url).await {
@@ -153,6 +156,17 @@ impl MediaKeeper {
             }
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// What an earlier attempt stored under `key`, if anything.
+    async fn kept_before(&self, key: &str) -> Result<Option<Bytes>, HandleError> {
+        let unreadable =
+            |err: object_store::Error| HandleError::Transient(format!("reading stored media {key}: {err}"));
+        match self.store.store.get(&StorePath::from(key)).await {
+            Ok(found) => Ok(Some(found.bytes().await.map_err(unreadable)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(unreadable(err)),
+        }
     }
 
     async fn delete_at_twilio(&self, url: &str) -> bool {
@@ -182,16 +196,29 @@ impl Handler for MediaKeeper {
     async fn handle(&self, record: &Record<'_>) -> Result<(), HandleError> {
         let event = InboundMessageReceived::decode(record.payload)?;
         for (index, media) in event.media.iter().enumerate() {
-            let (served_type, bytes) = self.download_with_retries(&media.url, record.revoked).await?;
             let key = self.store.key(&event, index);
+            let (served_type, bytes, deleted_at_twilio) =
+                match self.download_with_retries(&media.url, record.revoked).await {
+                    Ok((served_type, bytes)) => {
+                        self.store
+                            .store
+                            .put(&StorePath::from(key.as_str()), bytes.clone().into())
+                            .await
+                            .map_err(|err| HandleError::Transient(format!("storing media {key}: {err}")))?;
+                        let deleted = self.delete_at_twilio && self.delete_at_twilio(&media.url).await;
+                        (served_type, bytes, deleted)
+                    }
+                    // Handled again after this item was kept (its announcement failed, or the
+                    // record moved to another instance): Twilio no longer has what it deleted,
+                    // the store has it.
+                    Err(HandleError::Poison(reason)) => match self.kept_before(&key).await? {
+                        Some(bytes) => (String::new(), bytes, self.delete_at_twilio),
+                        None => return Err(HandleError::Poison(reason)),
+                    },
+                    Err(other) => return Err(other),
+                };
             let sha256: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
             let size = bytes.len() as i64;
-            self.store
-                .store
-                .put(&StorePath::from(key.as_str()), bytes.into())
-                .await
-                .map_err(|err| HandleError::Transient(format!("storing media {key}: {err}")))?;
-            let deleted_at_twilio = self.delete_at_twilio && self.delete_at_twilio(&media.url).await;
             let content_type = if served_type.is_empty() { media.content_type.clone() } else { served_type };
             let stored = InboundMediaStored {
                 event_id: Uuid::new_v5(
