@@ -70,8 +70,8 @@ pub struct RecentMessage {
 
 const NO_MESSAGE: RecentMessage = RecentMessage { at: NEVER, id: Uuid::nil() };
 
-/// A conversation's session. 176 bytes: a million conversations fit in well under 300 MB with
-/// their keys and the map's overhead (docs/benchmarks.md).
+/// A conversation's session. 176 bytes, kept boxed by the store: with its key, its share of
+/// the map and its pending notice, a conversation takes under 300 bytes (docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {
     last_customer_message_at: i64,

@@ -15,7 +15,9 @@ pub type DueNotices = Vec<(Uuid, Notice, Session)>;
 /// notice falls due.
 #[derive(Debug, Default)]
 pub struct PartitionStore {
-    sessions: HashMap<Uuid, Session>,
+    /// Boxed: the map's buckets stay small (24 bytes), so the space it keeps free as it grows
+    /// costs a pointer per free bucket, not a whole session (docs/benchmarks.md).
+    sessions: HashMap<Uuid, Box<Session>>,
     dirty: HashSet<Uuid>,
     timers: BTreeSet<(i64, Uuid)>,
     lead_millis: i64,
@@ -29,7 +31,7 @@ impl PartitionStore {
 
     /// The session of `conversation`, if anything happened in it.
     pub fn get(&self, conversation: &Uuid) -> Option<&Session> {
-        self.sessions.get(conversation)
+        self.sessions.get(conversation).map(|session| &**session)
     }
 
     /// How many conversations it holds.
@@ -44,16 +46,16 @@ impl PartitionStore {
 
     /// Every session.
     pub fn iter(&self) -> impl Iterator<Item = (&Uuid, &Session)> {
-        self.sessions.iter()
+        self.sessions.iter().map(|(conversation, session)| (conversation, &**session))
     }
 
     /// Applies a fact to a conversation; a changed session is marked for the next snapshot and
     /// its notices are rescheduled.
     pub fn apply(&mut self, conversation: Uuid, fact: Fact) -> (Change, Session) {
         let session = self.sessions.entry(conversation).or_default();
-        let before = *session;
+        let before = **session;
         let change = session.apply(fact);
-        let after = *session;
+        let after = **session;
         if after != before {
             self.dirty.insert(conversation);
             self.reschedule(conversation, Some(&before), &after);
@@ -63,8 +65,8 @@ impl PartitionStore {
 
     /// Puts a session read back from a snapshot (not marked for snapshotting again).
     pub fn restore(&mut self, conversation: Uuid, session: Session) {
-        let before = self.sessions.insert(conversation, session);
-        self.reschedule(conversation, before.as_ref(), &session);
+        let before = self.sessions.insert(conversation, Box::new(session));
+        self.reschedule(conversation, before.as_deref(), &session);
     }
 
     /// Forgets a conversation (a tombstone in the snapshots).
@@ -87,9 +89,9 @@ impl PartitionStore {
             }
             self.timers.pop_first();
             let Some(session) = self.sessions.get_mut(&conversation) else { continue };
-            let before = *session;
+            let before = **session;
             if let Some(notice) = session.take_due_notice(now, self.lead_millis) {
-                let after = *session;
+                let after = **session;
                 due.push((conversation, notice, after));
                 self.dirty.insert(conversation);
                 if let Some(next) = after.next_notice_at(self.lead_millis) {
@@ -105,9 +107,9 @@ impl PartitionStore {
     /// Marks one conversation's notices due at `now` as published without returning them.
     pub fn settle_conversation(&mut self, conversation: &Uuid, now: i64) {
         let Some(session) = self.sessions.get_mut(conversation) else { return };
-        let before = *session;
+        let before = **session;
         session.settle_notices(now, self.lead_millis);
-        let after = *session;
+        let after = **session;
         if after != before {
             self.dirty.insert(*conversation);
             self.reschedule(*conversation, Some(&before), &after);
