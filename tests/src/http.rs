@@ -171,6 +171,26 @@ impl Channel {
             .expect("ingress answers")
     }
 
+    /// Posts a CRM request as a CRM does: while ingress answers 503 (the broker not serving,
+    /// or overloaded), the same request, with the same `request_id`, is sent again after the
+    /// answer's `Retry-After`, for up to [`crate::EVENT_TIMEOUT`]. The last answer is returned.
+    pub async fn post_outbound_retrying(&self, request: &serde_json::Value) -> reqwest::Response {
+        let deadline = tokio::time::Instant::now() + crate::EVENT_TIMEOUT;
+        loop {
+            let response = self.post_outbound(request).await;
+            if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || tokio::time::Instant::now() >= deadline
+            {
+                return response;
+            }
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(1);
+            tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
+        }
+    }
+
     /// Every message the simulator accepted.
     pub async fn sim_messages(&self) -> Vec<serde_json::Value> {
         sim_json(self.http.get(format!("{}/sim/messages", self.sim_url))).await

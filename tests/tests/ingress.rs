@@ -769,7 +769,7 @@ async fn a_bsuid_seen_with_a_phone_number_keys_its_conversation() {
 
     // The CRM answers the BSUID: the same conversation.
     let reply = json!({"request_id": format!("bsuid-{second}"), "from": BUSINESS, "to": bsuid_address, "body": "hi"});
-    let answered: Value = channel.post_outbound(&reply).await.json().await.unwrap();
+    let answered: Value = channel.post_outbound_retrying(&reply).await.json().await.unwrap();
     assert_eq!(answered["conversation_id"], linked.conversation_id.as_str());
 
     // Another ingress instance knows the link from the topic.
