@@ -410,14 +410,19 @@ async fn main() -> anyhow::Result<()> {
     let floor_open = open_loop(rate, seconds, publish).await;
     // The same with two readers of the topic, as ingress has on its own (the dedupe follower
     // and the media keeper, both fetching with ingress's background fetch wait).
-    let reading_kafka = KafkaConfig { fetch_wait: Duration::from_millis(500), ..floor_kafka.clone() };
-    let mut readers = Vec::new();
+    let reading_kafka = KafkaConfig { fetch_wait: ingress::BACKGROUND_FETCH_WAIT, ..floor_kafka.clone() };
+    let (stop_reading, mut readers) = (CancellationToken::new(), Vec::new());
     for reader in ["bench-reader-1", "bench-reader-2"] {
         let follower = wa_platform::kafka::TopicFollower::start(&reading_kafka, &INBOUND, reader).await?;
-        let stop = stop.clone();
+        let stop = stop_reading.clone();
         readers.push(tokio::spawn(async move { follower.run(stop, |_| ()).await }));
     }
     let floor_read_open = open_loop(rate, seconds, publish).await;
+    // Stopped before the closed loop, whose broker they would otherwise keep busy.
+    stop_reading.cancel();
+    for reader in readers {
+        reader.await??;
+    }
 
     eprintln!("bench: closed loop, {concurrency} in flight, {seconds} s each in {rounds} alternating rounds");
     let round = Duration::from_secs_f64(seconds as f64 / rounds as f64);
@@ -429,9 +434,6 @@ async fn main() -> anyhow::Result<()> {
 
     stop.cancel();
     ingress_task.await??;
-    for reader in readers {
-        reader.await??;
-    }
 
     println!("ingress benchmark: signed WhatsApp webhooks through to broker acknowledgement");
     println!("machine: {} cores; load generator in the same process", std::thread::available_parallelism()?.get());

@@ -43,7 +43,7 @@ pub const SERVICE: &str = "ingress";
 /// keeper, the dedupe followers): they are off the requests' path, and on tansu, whose fetches
 /// wait their time out, fewer and larger fetches cost the broker less. Apache Kafka answers as
 /// soon as records arrive, so nothing waits longer there.
-pub(crate) const BACKGROUND_FETCH_WAIT: Duration = Duration::from_millis(500);
+pub const BACKGROUND_FETCH_WAIT: Duration = Duration::from_millis(500);
 
 /// What request handlers share.
 pub(crate) struct AppState {

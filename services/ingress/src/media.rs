@@ -158,6 +158,35 @@ impl MediaKeeper {
         unreachable!("the last attempt returns")
     }
 
+    /// Downloads the item at `url`, stores it under `key` and deletes it at Twilio when so
+    /// configured: (the type Twilio served, the bytes, whether it was deleted at Twilio).
+    async fn keep(
+        &self,
+        url: &str,
+        key: &str,
+        revoked: &wa_platform::CancellationToken,
+    ) -> Result<(String, Bytes, bool), HandleError> {
+        let (served_type, bytes) = match self.download_with_retries(url, revoked).await {
+            Ok(downloaded) => downloaded,
+            // Handled again after this item was kept (its announcement failed, or the record
+            // moved to another instance): Twilio no longer has what it deleted, the store has it.
+            Err(HandleError::Poison(reason)) => {
+                return match self.kept_before(key).await? {
+                    Some(bytes) => Ok((String::new(), bytes, self.delete_at_twilio)),
+                    None => Err(HandleError::Poison(reason)),
+                }
+            }
+            Err(other) => return Err(other),
+        };
+        self.store
+            .store
+            .put(&StorePath::from(key), bytes.clone().into())
+            .await
+            .map_err(|err| HandleError::Transient(format!("storing media {key}: {err}")))?;
+        let deleted = self.delete_at_twilio && self.delete_at_twilio(url).await;
+        Ok((served_type, bytes, deleted))
+    }
+
     /// What an earlier attempt stored under `key`, if anything.
     async fn kept_before(&self, key: &str) -> Result<Option<Bytes>, HandleError> {
         let unreadable =
@@ -197,26 +226,7 @@ impl Handler for MediaKeeper {
         let event = InboundMessageReceived::decode(record.payload)?;
         for (index, media) in event.media.iter().enumerate() {
             let key = self.store.key(&event, index);
-            let (served_type, bytes, deleted_at_twilio) =
-                match self.download_with_retries(&media.url, record.revoked).await {
-                    Ok((served_type, bytes)) => {
-                        self.store
-                            .store
-                            .put(&StorePath::from(key.as_str()), bytes.clone().into())
-                            .await
-                            .map_err(|err| HandleError::Transient(format!("storing media {key}: {err}")))?;
-                        let deleted = self.delete_at_twilio && self.delete_at_twilio(&media.url).await;
-                        (served_type, bytes, deleted)
-                    }
-                    // Handled again after this item was kept (its announcement failed, or the
-                    // record moved to another instance): Twilio no longer has what it deleted,
-                    // the store has it.
-                    Err(HandleError::Poison(reason)) => match self.kept_before(&key).await? {
-                        Some(bytes) => (String::new(), bytes, self.delete_at_twilio),
-                        None => return Err(HandleError::Poison(reason)),
-                    },
-                    Err(other) => return Err(other),
-                };
+            let (served_type, bytes, deleted_at_twilio) = self.keep(&media.url, &key, record.revoked).await?;
             let sha256: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
             let size = bytes.len() as i64;
             let content_type = if served_type.is_empty() { media.content_type.clone() } else { served_type };
